@@ -1,0 +1,31 @@
+# Two set-up commands (README): `make demo` runs the whole story, `make test` runs the suite.
+# Both create the virtualenv on first use and are quick the second time.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned here, in the install step: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0 -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(VENV)/bin/portllm demo
+
+test: $(INSTALLED)
+	$(PY) -m pytest
+
+bench: $(INSTALLED)
+	$(PY) bench/transplant.py
+	$(PY) bench/serve.py
+	$(PY) bench/ack.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,100 @@
+"""docker-compose.yml validated offline: no Docker engine runs on CI machines."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+EXPECTED = {"postgres", "redis", "migrate", "bot", "worker-gpu", "worker-serve", "flower"}
+LONG_RUNNING = EXPECTED - {"migrate"}
+
+
+def env_example_names() -> set[str]:
+    """Variables .env.example sets, or documents as a commented `# NAME=default` line."""
+    return set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+
+
+def test_every_service_is_declared():
+    assert set(SERVICES) == EXPECTED
+
+
+def test_every_service_has_an_image_or_build():
+    for name, service in SERVICES.items():
+        assert "image" in service or "build" in service, name
+
+
+def test_long_running_services_have_health_checks():
+    for name in LONG_RUNNING:
+        test = SERVICES[name].get("healthcheck", {}).get("test")
+        assert test, f"{name} has no health check"
+
+
+def test_dependencies_wait_for_health_or_completion():
+    for name, service in SERVICES.items():
+        for dep, spec in service.get("depends_on", {}).items():
+            assert dep in SERVICES, f"{name} depends on unknown {dep}"
+            wanted = "service_completed_successfully" if dep == "migrate" else "service_healthy"
+            assert spec["condition"] == wanted, f"{name} -> {dep}"
+            if wanted == "service_healthy":
+                assert "healthcheck" in SERVICES[dep], f"{dep} is waited on but has no health check"
+
+
+def test_app_services_share_the_artifact_volume_and_migrate_first():
+    for name in ("bot", "worker-gpu", "worker-serve"):
+        assert "artifacts:/data" in SERVICES[name]["volumes"], name
+        assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert SERVICES["migrate"]["command"] == ["portllm", "db", "upgrade"]
+    named = {v.split(":", 1)[0] for s in SERVICES.values() for v in s.get("volumes", [])}
+    assert named <= set(COMPOSE["volumes"])
+
+
+def test_gpu_worker_reserves_an_nvidia_device():
+    devices = SERVICES["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert SERVICES["worker-gpu"]["command"][-1] == "gpu"
+    assert SERVICES["worker-serve"]["command"][-1] == "serve"
+
+
+def test_every_variable_is_listed_in_env_example():
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / "docker-compose.yml").read_text()))
+    missing = used - env_example_names()
+    assert not missing, f"add to .env.example: {sorted(missing)}"
+
+
+def settings_variables(settings_class) -> set[str]:
+    prefix = settings_class.model_config.get("env_prefix", "")
+    names = set()
+    for name, field in settings_class.model_fields.items():
+        alias = field.validation_alias
+        names |= set(alias.choices) if alias is not None else {f"{prefix}{name}".upper()}
+    return names
+
+
+def test_env_example_lists_every_setting_the_code_reads():
+    from bot.settings import BotSettings
+    from registry.settings import RegistrySettings
+    from workers.settings import WorkerSettings
+
+    read = set().union(*(settings_variables(c) for c in (BotSettings, RegistrySettings, WorkerSettings)))
+    missing = read - env_example_names()
+    assert not missing, f"add to .env.example: {sorted(missing)}"
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="docker client not installed")
+def test_docker_compose_config_passes_where_compose_is_installed(tmp_path):
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed here")
+    env = tmp_path / ".env"
+    env.write_text((ROOT / ".env.example").read_text())
+    result = subprocess.run(
+        ["docker", "compose", "--env-file", str(env), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
