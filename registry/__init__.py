@@ -1,0 +1,13 @@
+"""PortLLM registry: the system of record for bases, assistants, patches, runs, evaluations,
+rollouts and their audit trail. Imports nothing else of PortLLM and never imports torch.
+
+    registry.settings   RegistrySettings (PORTLLM_DATA_DIR, PORTLLM_DATABASE_URL)
+    registry.db         make_engine, make_session_factory, session_scope
+    registry.models     the SQLAlchemy models and state enums
+    registry.services   the functions that change and read them (each change audited):
+                        catalog (bases, assistants, patches), runs, rollouts, views
+    registry.gate       gate_verdict
+    registry.artifacts  ArtifactStore
+    registry.errors     RegistryError and the errors people see
+    registry.cli        upgrade / current / check for `portllm db ...`
+"""

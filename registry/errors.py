@@ -1,0 +1,122 @@
+"""Registry errors. str(error) is one line for the person who typed the command."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def mention(user: str) -> str:
+    """How a user id reads in a message: `@alice`; Slack's own `<@U123>` mentions pass through."""
+    return user if user.startswith(("@", "<")) else f"@{user}"
+
+
+def channel_label(channel: str) -> str:
+    return channel if channel.startswith(("#", "<")) else f"#{channel}"
+
+
+class RegistryError(Exception):
+    """Base of every error the registry raises on purpose."""
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class UnknownAssistant(NotFound):
+    def __init__(self, name: str, suggestions: Sequence[str] = (), known: Sequence[str] = ()):
+        self.name = name
+        self.suggestions = list(suggestions)
+        if self.suggestions:
+            hint = f" Did you mean: {', '.join(self.suggestions)}?"
+        elif known:
+            hint = f" Known assistants: {', '.join(known)}."
+        else:
+            hint = " No assistants are registered yet."
+        super().__init__(f"Unknown assistant '{name}'.{hint}")
+
+
+class UnknownBase(NotFound):
+    def __init__(self, family: str, version: str, suggestions: Sequence[str] = (), known: Sequence[str] = ()):
+        self.family = family
+        self.version = version
+        self.suggestions = list(suggestions)
+        if self.suggestions:
+            hint = f" Did you mean: {', '.join(self.suggestions)}?"
+        elif known:
+            hint = f" Registered versions: {', '.join(known)}."
+        else:
+            hint = f" No {family} base is registered yet."
+        super().__init__(f"Unknown base version '{version}' of {family}.{hint}")
+
+
+class UnknownRun(NotFound):
+    def __init__(self, run_id: int):
+        self.run_id = run_id
+        super().__init__(f"There is no run #{run_id}. `status` lists the current runs.")
+
+
+class UnknownPatch(NotFound):
+    def __init__(self, message: str):
+        super().__init__(message)
+
+
+class DuplicateError(RegistryError):
+    """Something with the same identity is already registered."""
+
+
+class NotApprover(RegistryError):
+    def __init__(self, user: str, assistant: str, approvers: Sequence[str]):
+        self.user = user
+        self.assistant = assistant
+        listed = ", ".join(mention(a) for a in approvers) or "none yet"
+        super().__init__(f"You are not an approver of {assistant} (approvers: {listed}).")
+
+
+# How a rollout state or run status reads after "it": "Run #12 is not awaiting approval (it is live)."
+_STATE_PHRASES = {
+    "live": "is live",
+    "superseded": "was superseded",
+    "rolled_back": "was rolled back",
+    "rejected": "was rejected",
+    "queued": "is still queued",
+    "running": "is still running",
+    "failed": "failed",
+    "cancelled": "was cancelled",
+    "succeeded": "finished without a rollout",
+    "eval": "is an eval-only run",
+}
+
+
+class RunNotAwaitingApproval(RegistryError):
+    def __init__(self, run_id: int, state: str):
+        self.run_id = run_id
+        self.state = state
+        phrase = _STATE_PHRASES.get(state, f"is {state.replace('_', ' ')}")
+        super().__init__(f"Run #{run_id} is not awaiting approval (it {phrase}).")
+
+
+class NothingToRollBack(RegistryError):
+    def __init__(self, assistant: str, channel: str):
+        self.assistant = assistant
+        self.channel = channel
+        super().__init__(f"Nothing to roll back for {assistant} in {channel_label(channel)}.")
+
+
+class InvalidTransition(RegistryError):
+    def __init__(self, what: str, current: str, target: str):
+        self.current = current
+        self.target = target
+        super().__init__(f"{what} is {current.replace('_', ' ')}; it cannot become {target.replace('_', ' ')}.")
+
+
+class GateFailedNeedsAdmin(RegistryError):
+    def __init__(self, run_id: int, assistant: str, admins: Sequence[str]):
+        self.run_id = run_id
+        listed = ", ".join(mention(a) for a in admins) or "none set"
+        super().__init__(
+            f"Run #{run_id} failed the KPI gate: only an admin of {assistant} "
+            f"(admins: {listed}) can approve it, and only with a written reason."
+        )
+
+
+class ConcurrentUpdate(RegistryError):
+    """Someone else changed the same thing at the same moment; retrying reads the new state."""

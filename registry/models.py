@@ -1,0 +1,318 @@
+"""The registry's tables: bases, assistants, patches, runs, evaluations, rollouts, audit events."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints keep Alembic's batch mode on SQLite and later migrations deterministic.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out; SQLite stores no offset, so naive values read back as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry; use an aware UTC datetime")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class RunKind(StrEnum):
+    TRANSPLANT = "transplant"
+    EVAL = "eval"
+    RETUNE = "retune"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class RolloutState(StrEnum):
+    AWAITING_APPROVAL = "awaiting_approval"
+    LIVE = "live"
+    SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled_back"
+    REJECTED = "rejected"
+    BLOCKED = "blocked"
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+class EvalSubject(StrEnum):
+    CANDIDATE = "candidate"  # target base + transplanted patch
+    TARGET_BASE = "target_base"  # target base alone
+
+
+def _in(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON()}
+
+
+class BaseModel(Base):
+    """A registered base LLM: one version of a family, identified by its weights' fingerprint."""
+
+    __tablename__ = "base_models"
+    __table_args__ = (UniqueConstraint("family", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    family: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(100))
+    source_ref: Mapped[str] = mapped_column(String(1000))
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    # model_type, hidden_size, num_layers, vocab_size, modules {name: shape}, digest
+    signature: Mapped[dict[str, Any]]
+    tokenizer_fingerprint: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    registered_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def label(self) -> str:
+        return f"{self.family}/{self.version}"
+
+
+class Assistant(Base):
+    """A team's assistant: the family it runs on, its KPI suite, gate thresholds and approvers."""
+
+    __tablename__ = "assistants"
+    __table_args__ = (
+        CheckConstraint("min_accuracy >= 0 AND min_accuracy <= 1", name="min_accuracy_range"),
+        CheckConstraint("max_regression >= 0 AND max_regression <= 1", name="max_regression_range"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    family: Mapped[str] = mapped_column(String(100))
+    suite_ref: Mapped[str] = mapped_column(String(1000))
+    suite_digest: Mapped[str] = mapped_column(String(64))
+    min_accuracy: Mapped[float] = mapped_column(Float)
+    max_regression: Mapped[float] = mapped_column(Float)
+    approvers: Mapped[list[str]]  # Slack user ids (or console user names)
+    admins: Mapped[list[str]]  # may approve a failed gate, with a reason
+    system_prompt: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    patches: Mapped[list[Patch]] = relationship(
+        back_populates="assistant", order_by="Patch.id", viewonly=True
+    )
+
+
+class Patch(Base):
+    """A LoRA patch trained (or re-tuned) on one base, stored content-addressed."""
+
+    __tablename__ = "patches"
+    __table_args__ = (CheckConstraint("kind = 'lora'", name="kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    assistant_id: Mapped[int] = mapped_column(ForeignKey("assistants.id"), index=True)
+    origin_base_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    # A re-tune's parent is the patch it was warm-started from.
+    parent_patch_id: Mapped[int | None] = mapped_column(ForeignKey("patches.id"))
+    kind: Mapped[str] = mapped_column(String(20), default="lora")
+    artifact_ref: Mapped[str] = mapped_column(String(200))
+    artifact_digest: Mapped[str] = mapped_column(String(64))
+    rank: Mapped[int] = mapped_column(Integer)
+    alpha: Mapped[float] = mapped_column(Float)
+    use_rslora: Mapped[bool] = mapped_column(default=False)
+    target_modules: Mapped[list[str]]
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # dataset digest, hyper-parameters, seed
+    provenance: Mapped[dict[str, Any]]
+    train_data_ref: Mapped[str | None] = mapped_column(String(200))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    assistant: Mapped[Assistant] = relationship(back_populates="patches")
+    origin_base: Mapped[BaseModel] = relationship()
+    parent_patch: Mapped[Patch | None] = relationship(remote_side=[id])
+
+
+class Run(Base):
+    """One transplant-and-evaluate, eval-only or re-tune job, requested from chat or the CLI."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(_in("kind", RunKind), name="kind"),
+        CheckConstraint(_in("status", RunStatus), name="status"),
+        CheckConstraint("progress >= 0 AND progress <= 1", name="progress_range"),
+        Index("ix_runs_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED)
+    assistant_id: Mapped[int] = mapped_column(ForeignKey("assistants.id"), index=True)
+    patch_id: Mapped[int] = mapped_column(ForeignKey("patches.id"))
+    target_base_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    step: Mapped[str] = mapped_column(Text, default="")
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    requested_by: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(200))
+    compat_report: Mapped[dict[str, Any] | None]
+    drift_report: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Where the run's chat message lives (e.g. Slack {"channel", "ts"}) so workers update it.
+    notify_ref: Mapped[dict[str, Any] | None]
+    # The patch a re-tune produced.
+    result_patch_id: Mapped[int | None] = mapped_column(ForeignKey("patches.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    assistant: Mapped[Assistant] = relationship()
+    patch: Mapped[Patch] = relationship(foreign_keys=[patch_id])
+    target_base: Mapped[BaseModel] = relationship()
+    result_patch: Mapped[Patch | None] = relationship(foreign_keys=[result_patch_id])
+    evaluations: Mapped[list[Evaluation]] = relationship(
+        back_populates="run", order_by="Evaluation.id", viewonly=True
+    )
+    rollout: Mapped[Rollout | None] = relationship(back_populates="run", viewonly=True)
+
+    @property
+    def candidate_patch(self) -> Patch:
+        """The patch the candidate carries: a re-tune's result, else the transplanted patch."""
+        return self.result_patch or self.patch
+
+    def evaluation(self, subject: str) -> Evaluation | None:
+        return next((e for e in self.evaluations if e.subject == subject), None)
+
+
+class Evaluation(Base):
+    """A KPI suite scored on one subject of a run (the candidate, or the target base alone)."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint("run_id", "subject"),
+        CheckConstraint(_in("subject", EvalSubject), name="subject"),
+        CheckConstraint("accuracy >= 0 AND accuracy <= 1", name="accuracy_range"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    subject: Mapped[str] = mapped_column(String(20))
+    suite_digest: Mapped[str] = mapped_column(String(64))
+    n: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+    ci_low: Mapped[float] = mapped_column(Float)
+    ci_high: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]]
+    items_ref: Mapped[str | None] = mapped_column(String(200))
+    duration_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    run: Mapped[Run] = relationship(back_populates="evaluations")
+
+
+class Rollout(Base):
+    """A run's candidate proposed for (assistant, channel); the database keeps one live per pair."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        CheckConstraint(_in("state", RolloutState), name="state"),
+        CheckConstraint(_in("verdict", Verdict), name="verdict"),
+        Index(
+            "uq_rollouts_one_live_per_channel",
+            "assistant_id",
+            "channel",
+            unique=True,
+            postgresql_where=text("state = 'live'"),
+            sqlite_where=text("state = 'live'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), unique=True)
+    assistant_id: Mapped[int] = mapped_column(ForeignKey("assistants.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(20))
+    verdict: Mapped[str] = mapped_column(String(20))
+    accuracy: Mapped[float | None] = mapped_column(Float)  # the candidate's, copied at opening
+    live_accuracy: Mapped[float | None] = mapped_column(Float)  # what the gate compared against
+    # The rollout that was live in this channel when this one went live (rollback restores it).
+    replaced_rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"))
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    live_since: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+
+    run: Mapped[Run] = relationship(back_populates="rollout")
+    assistant: Mapped[Assistant] = relationship()
+    replaced: Mapped[Rollout | None] = relationship(remote_side=[id])
+
+
+class AuditEvent(Base):
+    """Append-only record of every state change: who did what to which entity, and when."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_entity", "entity_type", "entity_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(50), index=True)  # e.g. "rollout.approved"
+    entity_type: Mapped[str] = mapped_column(String(30))
+    entity_id: Mapped[int] = mapped_column(Integer)
+    assistant_id: Mapped[int | None] = mapped_column(ForeignKey("assistants.id"), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)

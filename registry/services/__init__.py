@@ -1,0 +1,92 @@
+"""Registry services: plain functions taking a Session.
+
+Each service that changes state writes its AuditEvent in the same transaction. Services flush;
+the caller commits (see registry.db.session_scope) or rolls back when a service raises.
+State changes that people can race on (claiming a run, approving, rolling back) are conditional
+UPDATEs on the expected state, so exactly one of the racers sees a row change.
+"""
+from __future__ import annotations
+
+from registry.errors import RegistryError  # what every service raises for people to read
+from registry.services.catalog import (
+    register_base,
+    get_base,
+    list_bases,
+    create_assistant,
+    get_assistant,
+    list_assistants,
+    update_assistant,
+    is_approver,
+    is_admin,
+    register_patch,
+    same_user,
+    get_patch,
+    current_patch,
+)
+from registry.services.runs import (
+    RUN_TRANSITIONS,
+    ACTIVE_RUN_STATUSES,
+    get_run,
+    request_run,
+    claim_run,
+    heartbeat,
+    report_progress,
+    set_notify_ref,
+    finish_run,
+    cancel_run,
+    requeue_run,
+    stale_runs,
+    record_evaluation,
+)
+from registry.services.rollouts import (
+    ROLLOUT_TRANSITIONS,
+    live_rollout,
+    live_accuracy,
+    open_rollout,
+    decide_rollout,
+    rollback,
+)
+from registry.services.views import (
+    audit_events,
+    status,
+    lineage,
+)
+
+__all__ = [
+    "RegistryError",
+    "register_base",
+    "get_base",
+    "list_bases",
+    "create_assistant",
+    "get_assistant",
+    "list_assistants",
+    "update_assistant",
+    "is_approver",
+    "is_admin",
+    "same_user",
+    "register_patch",
+    "get_patch",
+    "current_patch",
+    "RUN_TRANSITIONS",
+    "ACTIVE_RUN_STATUSES",
+    "get_run",
+    "request_run",
+    "claim_run",
+    "heartbeat",
+    "report_progress",
+    "set_notify_ref",
+    "finish_run",
+    "cancel_run",
+    "requeue_run",
+    "stale_runs",
+    "record_evaluation",
+    "ROLLOUT_TRANSITIONS",
+    "live_rollout",
+    "live_accuracy",
+    "open_rollout",
+    "decide_rollout",
+    "rollback",
+    "audit_events",
+    "status",
+    "lineage",
+]

@@ -1,0 +1,287 @@
+"""Runs and their evaluations: requested from chat, claimed and finished by workers, swept."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from registry.errors import InvalidTransition, RegistryError, UnknownPatch, UnknownRun
+from registry.models import Assistant, EvalSubject, Evaluation, Run, RunKind, RunStatus, utcnow
+from registry.services.catalog import (
+    current_patch,
+    get_patch,
+    require_approver,
+    resolve_assistant,
+    resolve_base,
+    same_user,
+)
+from registry.services.common import audit, conditional_update
+
+
+# The run lifecycle. running -> queued is the sweeper handing a vanished worker's run to another.
+RUN_TRANSITIONS: dict[str, frozenset[str]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.RUNNING: frozenset(
+        {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.QUEUED}
+    ),
+    RunStatus.SUCCEEDED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+
+
+ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+def get_run(s: Session, run_id: int) -> Run:
+    run = s.get(Run, run_id)
+    if run is None:
+        raise UnknownRun(run_id)
+    return run
+
+
+def _reload(s: Session, run_id: int) -> Run:
+    return s.get(Run, run_id, populate_existing=True)
+
+
+def request_run(
+    s: Session,
+    *,
+    assistant: str | Assistant,
+    version: str,
+    kind: str = RunKind.TRANSPLANT,
+    idempotency_key: str,
+    requested_by: str,
+    channel: str,
+    patch_id: int | None = None,
+    notify_ref: dict[str, Any] | None = None,
+) -> tuple[Run, bool]:
+    """Queue a run of the assistant's patch onto `version`; returns (run, created).
+
+    The same idempotency key always returns the same run, also under concurrent requests: the
+    insert is `ON CONFLICT DO NOTHING` and the loser re-reads the winner's row.
+    """
+    existing = s.scalar(select(Run).where(Run.idempotency_key == idempotency_key))
+    if existing is not None:
+        return existing, False
+    if kind not in RunKind.__members__.values():
+        raise RegistryError(f"Unknown run kind '{kind}'; use one of: {', '.join(RunKind)}.")
+    owner = resolve_assistant(s, assistant)
+    target = resolve_base(s, owner, version)
+    if patch_id is None:
+        patch = current_patch(s, owner)
+    else:
+        patch = get_patch(s, patch_id)
+        if patch.assistant_id != owner.id:
+            raise UnknownPatch(f"Patch #{patch_id} does not belong to {owner.name}.")
+    if kind == RunKind.RETUNE and not patch.train_data_ref:
+        raise RegistryError(
+            f"Patch #{patch.id} of {owner.name} has no registered training data, so it cannot be re-tuned."
+        )
+    values = dict(
+        kind=str(kind), status=RunStatus.QUEUED.value, assistant_id=owner.id, patch_id=patch.id,
+        target_base_id=target.id, progress=0.0, step="queued", idempotency_key=idempotency_key,
+        requested_by=requested_by, channel=channel, attempts=0, notify_ref=notify_ref,
+        created_at=utcnow(),
+    )
+    run_id = s.scalar(_insert_unless_key_exists(s, values))
+    if run_id is None:  # a concurrent request with the same key won
+        return s.scalar(select(Run).where(Run.idempotency_key == idempotency_key)), False
+    run = _reload(s, run_id)
+    audit(s, actor=requested_by, action="run.requested", entity_type="run", entity_id=run.id,
+          assistant_id=owner.id, kind=run.kind, patch_id=patch.id, target_base=target.label,
+          channel=channel, idempotency_key=idempotency_key)
+    return run, True
+
+
+def _insert_unless_key_exists(s: Session, values: dict[str, Any]):
+    dialect = s.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert is None:
+        raise RegistryError(f"The registry supports SQLite and PostgreSQL, not {dialect}.")
+    return (
+        insert(Run).values(**values)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(Run.id)
+    )
+
+
+def claim_run(s: Session, run_id: int, worker: str) -> Run | None:
+    """queued -> running for `worker`; None when the run is gone or no longer queued."""
+    now = utcnow()
+    won = conditional_update(
+        s, Run, [Run.id == run_id, Run.status == RunStatus.QUEUED],
+        status=RunStatus.RUNNING.value, worker=worker, started_at=now, heartbeat_at=now,
+        attempts=Run.attempts + 1, step="started",
+    )
+    if not won:
+        return None
+    run = _reload(s, run_id)
+    audit(s, actor=worker, action="run.started", entity_type="run", entity_id=run.id,
+          assistant_id=run.assistant_id, worker=worker, attempt=run.attempts)
+    return run
+
+
+def heartbeat(s: Session, run_id: int) -> Run:
+    """Mark a running run as alive (the sweeper requeues runs whose heartbeat stops)."""
+    conditional_update(s, Run, [Run.id == run_id, Run.status == RunStatus.RUNNING],
+                       heartbeat_at=utcnow())
+    return _reload_or_unknown(s, run_id)
+
+
+def report_progress(s: Session, run_id: int, progress: float, step: str) -> Run:
+    """Record progress (0..1) and the current step of a running run; also a heartbeat.
+
+    Returns the run as stored, so a worker can see it was cancelled and stop. Not audited:
+    progress is not a state change.
+    """
+    conditional_update(
+        s, Run, [Run.id == run_id, Run.status == RunStatus.RUNNING],
+        progress=min(max(float(progress), 0.0), 1.0), step=step, heartbeat_at=utcnow(),
+    )
+    return _reload_or_unknown(s, run_id)
+
+
+def _reload_or_unknown(s: Session, run_id: int) -> Run:
+    run = _reload(s, run_id)
+    if run is None:
+        raise UnknownRun(run_id)
+    return run
+
+
+def set_notify_ref(s: Session, run_id: int, notify_ref: dict[str, Any]) -> Run:
+    """Remember where the run's chat message lives (e.g. Slack channel and ts)."""
+    run = get_run(s, run_id)
+    run.notify_ref = notify_ref
+    s.flush()
+    return run
+
+
+def _transition_run(
+    s: Session, run_id: int, target: str, actor: str | None, values: dict[str, Any],
+    **details: Any,
+) -> Run:
+    sources = [state for state, targets in RUN_TRANSITIONS.items() if target in targets]
+    before = s.scalar(select(Run.worker).where(Run.id == run_id))
+    won = conditional_update(s, Run, [Run.id == run_id, Run.status.in_(sources)],
+                             status=target, **values)
+    run = _reload_or_unknown(s, run_id)
+    if not won:
+        raise InvalidTransition(f"Run #{run_id}", run.status, target)
+    action = "run.requeued" if target == RunStatus.QUEUED else f"run.{target}"
+    audit(s, actor=actor or before or "worker", action=action, entity_type="run",
+          entity_id=run.id, assistant_id=run.assistant_id,
+          **{k: v for k, v in details.items() if v is not None})
+    return run
+
+
+def finish_run(
+    s: Session,
+    run_id: int,
+    *,
+    status: str,
+    error: str | None = None,
+    compat_report: dict[str, Any] | None = None,
+    drift_report: dict[str, Any] | None = None,
+    result_patch_id: int | None = None,
+    actor: str | None = None,
+) -> Run:
+    """running -> succeeded | failed | cancelled (queued -> failed | cancelled too).
+
+    Reports left as None keep what is stored. A finished run cannot finish again (InvalidTransition).
+    """
+    if status not in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
+        raise RegistryError(f"A run finishes as succeeded, failed or cancelled, not '{status}'.")
+    values: dict[str, Any] = {"finished_at": utcnow(), "step": str(status)}
+    if status == RunStatus.SUCCEEDED:
+        values["progress"] = 1.0
+    if error is not None:
+        values["error"] = error
+    if compat_report is not None:
+        values["compat_report"] = compat_report
+    if drift_report is not None:
+        values["drift_report"] = drift_report
+    if result_patch_id is not None:
+        values["result_patch_id"] = result_patch_id
+    return _transition_run(s, run_id, str(status), actor, values, error=error,
+                           result_patch_id=result_patch_id)
+
+
+def cancel_run(s: Session, run_id: int, *, user: str) -> Run:
+    """Cancel a queued or running run; its requester or an approver of the assistant may."""
+    run = get_run(s, run_id)
+    if not same_user(user, run.requested_by):
+        require_approver(run.assistant, user)
+    return _transition_run(s, run_id, RunStatus.CANCELLED, user,
+                           {"finished_at": utcnow(), "step": "cancelled"})
+
+
+def requeue_run(s: Session, run_id: int, *, reason: str, actor: str = "sweeper") -> Run:
+    """running -> queued, for a run whose worker vanished; the next claim counts another attempt."""
+    return _transition_run(
+        s, run_id, RunStatus.QUEUED, actor,
+        {"worker": None, "heartbeat_at": None, "started_at": None, "step": "requeued"},
+        reason=reason,
+    )
+
+
+def stale_runs(
+    s: Session, *, queued_before: datetime, heartbeat_before: datetime
+) -> dict[str, list[Run]]:
+    """For the sweeper: runs queued since before `queued_before`, and running runs whose last
+    sign of life (heartbeat, else start) is older than `heartbeat_before`."""
+    queued = s.scalars(
+        select(Run).where(Run.status == RunStatus.QUEUED, Run.created_at < queued_before)
+        .order_by(Run.id)
+    )
+    running = s.scalars(
+        select(Run).where(
+            Run.status == RunStatus.RUNNING,
+            func.coalesce(Run.heartbeat_at, Run.started_at) < heartbeat_before,
+        ).order_by(Run.id)
+    )
+    return {"queued": list(queued), "running": list(running)}
+
+
+def record_evaluation(
+    s: Session,
+    run_id: int,
+    *,
+    subject: str,
+    suite_digest: str,
+    n: int,
+    accuracy: float,
+    ci_low: float,
+    ci_high: float,
+    metrics: dict[str, Any],
+    items_ref: str | None = None,
+    duration_s: float,
+) -> Evaluation:
+    """Record one subject's KPI result; a retried run replaces its earlier result for that subject."""
+    if subject not in EvalSubject.__members__.values():
+        raise RegistryError(f"Unknown evaluation subject '{subject}'; use one of: {', '.join(EvalSubject)}.")
+    run = get_run(s, run_id)
+    evaluation = s.scalar(
+        select(Evaluation).where(Evaluation.run_id == run_id, Evaluation.subject == subject)
+    )
+    if evaluation is None:
+        evaluation = Evaluation(run_id=run_id, subject=str(subject))
+        s.add(evaluation)
+    evaluation.suite_digest = suite_digest
+    evaluation.n = n
+    evaluation.accuracy = accuracy
+    evaluation.ci_low = ci_low
+    evaluation.ci_high = ci_high
+    evaluation.metrics = metrics
+    evaluation.items_ref = items_ref
+    evaluation.duration_s = duration_s
+    evaluation.created_at = utcnow()
+    s.flush()
+    audit(s, actor=run.worker or "worker", action="evaluation.recorded", entity_type="evaluation",
+          entity_id=evaluation.id, assistant_id=run.assistant_id, run_id=run_id,
+          subject=str(subject), n=n, accuracy=accuracy, ci95=[ci_low, ci_high])
+    s.expire(run, ["evaluations"])
+    return evaluation

@@ -1,0 +1,113 @@
+"""Concurrent deciders: the database picks exactly one winner.
+
+Written for PostgreSQL (row locks, READ COMMITTED); the same races also run on the embedded
+SQLite default, where writers queue on the database lock.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import func, select
+
+from registry import services as sv
+from registry.db import session_scope
+from registry.errors import ConcurrentUpdate, RunNotAwaitingApproval
+from registry.models import AuditEvent, Rollout, Run
+from tests.registry.helpers import ASSISTANT, live, proposed, seed
+
+THREADS = 10
+
+
+def _race(session_factory, act: Callable[[object, int], object]) -> list[object]:
+    """Run `act(session, i)` in THREADS threads released at once, each in its own transaction."""
+    barrier = threading.Barrier(THREADS)
+    outcomes: list[object] = [None] * THREADS
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            with session_scope(session_factory) as s:
+                outcomes[i] = act(s, i)
+        except Exception as exc:  # noqa: BLE001 - outcomes are asserted by the test
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return outcomes
+
+
+def _count(s, model, *where):
+    return s.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def test_ten_approvals_of_one_rollout_have_one_winner(session_factory):
+    with session_scope(session_factory) as s:
+        seed(s)
+        previous = live(s, "v2")
+        candidate = proposed(s, "v3")
+    approvers = ["alice", "bob", "carol"]
+    outcomes = _race(session_factory, lambda s, i: sv.decide_rollout(
+        s, candidate.run_id, approve=True, user=approvers[i % 3]).state)
+
+    assert outcomes.count("live") == 1, outcomes
+    losers = [o for o in outcomes if o != "live"]
+    assert all(isinstance(o, RunNotAwaitingApproval) for o in losers), losers
+    assert {str(o) for o in losers} == {f"Run #{candidate.run_id} is not awaiting approval (it is live)."}
+    with session_scope(session_factory) as s:
+        assert _count(s, Rollout, Rollout.state == "live") == 1
+        assert sv.live_rollout(s, ASSISTANT, "support").id == candidate.id
+        assert s.get(Rollout, previous.id).state == "superseded"
+        assert _count(s, AuditEvent, AuditEvent.action == "rollout.approved",
+                      AuditEvent.entity_id == candidate.id) == 1
+        assert _count(s, AuditEvent, AuditEvent.action == "rollout.superseded") == 1
+
+
+def test_ten_candidates_approved_at_once_leave_one_live(session_factory):
+    with session_scope(session_factory) as s:
+        seed(s)
+        live(s, "v1")
+        candidates = [proposed(s, "v2" if i % 2 else "v3").run_id for i in range(THREADS)]
+    outcomes = _race(session_factory, lambda s, i: sv.decide_rollout(
+        s, candidates[i], approve=True, user="alice").state)
+
+    winners = outcomes.count("live")
+    assert winners >= 1
+    assert all(o == "live" or isinstance(o, ConcurrentUpdate) for o in outcomes), outcomes
+    with session_scope(session_factory) as s:
+        assert _count(s, Rollout, Rollout.state == "live") == 1
+        assert _count(s, AuditEvent, AuditEvent.action == "rollout.approved") == 1 + winners
+        # every approval superseded exactly the one live before it: a single chain
+        assert _count(s, Rollout, Rollout.state == "superseded") == winners
+
+
+def test_ten_requests_with_one_key_make_one_run(session_factory):
+    with session_scope(session_factory) as s:
+        seed(s)
+    outcomes = _race(session_factory, lambda s, i: (lambda run, created: (run.id, created))(
+        *sv.request_run(s, assistant=ASSISTANT, version="v2", idempotency_key="slack:T1:trigger-42",
+                        requested_by=f"user{i}", channel="support")))
+
+    assert all(isinstance(o, tuple) for o in outcomes), outcomes
+    assert len({run_id for run_id, _ in outcomes}) == 1
+    assert sum(created for _, created in outcomes) == 1
+    with session_scope(session_factory) as s:
+        assert _count(s, Run) == 1
+        assert _count(s, AuditEvent, AuditEvent.action == "run.requested") == 1
+
+
+def test_ten_workers_claiming_one_run_have_one_winner(session_factory):
+    with session_scope(session_factory) as s:
+        seed(s)
+        run, _ = sv.request_run(s, assistant=ASSISTANT, version="v2", idempotency_key="k",
+                                requested_by="dave", channel="support")
+    outcomes = _race(session_factory, lambda s, i: getattr(sv.claim_run(s, run.id, f"gpu-{i}"), "worker", None))
+
+    winners = [o for o in outcomes if o is not None]
+    assert len(winners) == 1 and not any(isinstance(o, Exception) for o in outcomes), outcomes
+    with session_scope(session_factory) as s:
+        assert s.get(Run, run.id).worker == winners[0] and s.get(Run, run.id).attempts == 1
