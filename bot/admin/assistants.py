@@ -1,0 +1,197 @@
+"""`portllm assistant add/list/set`: assistants, their KPI suites, gates and approvers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bot.admin import records
+from bot.admin.output import JSON_OPTION_HELP, print_json, short, stdout, table
+from bot.admin.runtime import BadInput, Env, actor, admin_command
+from bot.admin.staging import staged
+from bot.admin.validate import check_fraction, check_name, existing_file
+
+app = typer.Typer(help="Assistants: a family, a KPI suite, a gate and the people who approve.", no_args_is_help=True)
+
+
+@app.command("add")
+@admin_command
+def add(
+    name: str = typer.Argument(..., help="Assistant name, e.g. `support-assistant`."),
+    family: str = typer.Option(..., "--family", help="The base family it runs on (registered with `base add`)."),
+    suite: Path = typer.Option(..., "--suite", help="KPI suite, JSONL (multiple_choice / generate items)."),
+    min_accuracy: float = typer.Option(0.5, "--min-accuracy", help="Gate: lowest acceptable accuracy (0..1)."),
+    max_regression: float = typer.Option(0.05, "--max-regression", help="Gate: largest drop vs live (0..1)."),
+    approvers: list[str] = typer.Option([], "--approver", help="Who may approve a rollout (repeat)."),
+    admins: list[str] = typer.Option([], "--admin", help="Who may override a failed gate with a reason (repeat)."),
+    system_prompt: str = typer.Option("", "--system-prompt", help="Prepended to every question."),
+    owner: str = typer.Option("", "--owner", help="Who owns the assistant (default: you)."),
+) -> None:
+    """Register an assistant with its KPI suite (validated line by line, stored content-addressed)."""
+    from registry import services
+
+    check_name("assistant name", name)
+    check_fraction("--min-accuracy", min_accuracy)
+    check_fraction("--max-regression", max_regression)
+    env = Env.from_settings()
+    with env.session() as session:
+        if _find(session, name) is not None:
+            raise BadInput(f"assistant {name} already exists; use `portllm assistant set {name} …` to change it")
+        family = _registered_family(session, family)
+    suite_path, digest, n_items = _load_suite(suite)
+
+    with staged(env.store) as staging:
+        suite_ref = staging.put_file(suite_path)
+        with env.session() as session:
+            services.create_assistant(
+                session,
+                name=name,
+                family=family,
+                suite_ref=suite_ref,
+                suite_digest=digest,
+                min_accuracy=min_accuracy,
+                max_regression=max_regression,
+                approvers=list(approvers),
+                admins=list(admins),
+                system_prompt=system_prompt,
+                owner=owner or actor(),
+                actor=actor(),
+            )
+    stdout().print(
+        f"Assistant {name} added on {family}: suite of {n_items} items ({short(digest)}), "
+        f"gate min {min_accuracy:.0%} / max regression {max_regression:.0%}, "
+        f"approvers: {', '.join(approvers) or 'none yet'}"
+    )
+
+
+@app.command("list")
+@admin_command
+def list_(as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP)) -> None:
+    """List assistants with their gates and approvers."""
+    from registry import services
+
+    with Env.from_settings().session() as session:
+        rows = [records.assistant(a) for a in services.list_assistants(session)]
+    if as_json:
+        print_json(rows)
+        return
+    stdout().print(
+        table(
+            ["name", "family", "suite", "min acc", "max regr", "approvers", "admins"],
+            [
+                [r["name"], r["family"], short(r["suite_digest"]), f"{r['min_accuracy']:.0%}",
+                 f"{r['max_regression']:.0%}", ", ".join(r["approvers"]), ", ".join(r["admins"])]
+                for r in rows
+            ],
+            "No assistant registered yet.",
+        )
+    )
+
+
+@app.command("set")
+@admin_command
+def set_(
+    name: str = typer.Argument(..., help="The assistant to change."),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="Replace the KPI suite."),
+    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Gate: lowest acceptable accuracy."),
+    max_regression: Optional[float] = typer.Option(None, "--max-regression", help="Gate: largest drop vs live."),
+    approvers: list[str] = typer.Option([], "--approver", help="Replace the approvers (repeat)."),
+    add_approvers: list[str] = typer.Option([], "--add-approver", help="Add an approver (repeat)."),
+    remove_approvers: list[str] = typer.Option([], "--remove-approver", help="Remove an approver (repeat)."),
+    admins: list[str] = typer.Option([], "--admin", help="Replace the admins (repeat)."),
+    add_admins: list[str] = typer.Option([], "--add-admin", help="Add an admin (repeat)."),
+    remove_admins: list[str] = typer.Option([], "--remove-admin", help="Remove an admin (repeat)."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Replace the system prompt."),
+) -> None:
+    """Change an assistant's gate, approvers, admins, system prompt or KPI suite."""
+    from registry import services
+
+    check_fraction("--min-accuracy", min_accuracy)
+    check_fraction("--max-regression", max_regression)
+    env = Env.from_settings()
+    with env.session() as session:
+        current = services.get_assistant(session, name)
+        fields: dict[str, object] = {}
+        if min_accuracy is not None:
+            fields["min_accuracy"] = min_accuracy
+        if max_regression is not None:
+            fields["max_regression"] = max_regression
+        if system_prompt is not None:
+            fields["system_prompt"] = system_prompt
+        new_approvers = _edit_people("approver", current.approvers, approvers, add_approvers, remove_approvers)
+        if new_approvers is not None:
+            fields["approvers"] = new_approvers
+        new_admins = _edit_people("admin", current.admins, admins, add_admins, remove_admins)
+        if new_admins is not None:
+            fields["admins"] = new_admins
+    if suite is None and not fields:
+        raise BadInput(
+            "nothing to change: pass --suite, --min-accuracy, --max-regression, --approver, --add-approver, "
+            "--remove-approver, --admin, --add-admin, --remove-admin or --system-prompt"
+        )
+    suite_path = None
+    if suite is not None:
+        suite_path, fields["suite_digest"], _ = _load_suite(suite)
+
+    with staged(env.store) as staging:
+        if suite_path is not None:
+            fields["suite_ref"] = staging.put_file(suite_path)
+        with env.session() as session:
+            services.update_assistant(session, name, actor=actor(), **fields)
+    changed = ", ".join(sorted(k for k in fields if k != "suite_ref"))
+    stdout().print(f"Assistant {name} updated: {changed}")
+
+
+def _find(session, name: str):
+    from registry import services
+    from registry.errors import UnknownAssistant
+
+    try:
+        return services.get_assistant(session, name)
+    except UnknownAssistant:
+        return None
+
+
+def _registered_family(session, family: str) -> str:
+    """The family as it was registered (families match case-insensitively)."""
+    from registry import services
+
+    bases = services.list_bases(session, family=family)
+    if not bases:
+        known = sorted({b.family for b in services.list_bases(session, family=None)})
+        raise BadInput(
+            f"unknown family {family!r}: register a base first with `portllm base add {family} VERSION REF`"
+            + (f" (known families: {', '.join(known)})" if known else "")
+        )
+    return bases[0].family
+
+
+def _load_suite(suite: Path) -> tuple[Path, str, int]:
+    """Validate every line of the suite before anything is stored; errors name the line."""
+    from portllm_engine.errors import SuiteError
+    from portllm_engine.kpi import load_suite, suite_digest
+
+    path = existing_file("suite", suite)
+    try:
+        items = load_suite(path)
+    except SuiteError as exc:
+        message = str(exc)
+        raise BadInput(message if str(path) in message else f"suite {path}: {message}") from None
+    return path, suite_digest(path), len(items)
+
+
+def _edit_people(
+    what: str, current: list[str], replace: list[str], add: list[str], remove: list[str]
+) -> list[str] | None:
+    if not (replace or add or remove):
+        return None
+    if replace and (add or remove):
+        raise BadInput(f"--{what} replaces the list; do not combine it with --add-{what} or --remove-{what}")
+    people = list(replace) if replace else list(current)
+    for user in remove:
+        if user not in people:
+            raise BadInput(f"{user} is not an {what} of this assistant (current: {', '.join(current) or 'none'})")
+        people.remove(user)
+    people.extend(u for u in add if u not in people)
+    return people

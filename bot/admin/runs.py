@@ -1,0 +1,109 @@
+"""`portllm run show/list/wait`: transplant, eval and re-tune runs as the registry records them."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import typer
+
+from bot.admin import records, render
+from bot.admin.output import JSON_OPTION_HELP, print_json, progress_bar, stdout, table
+from bot.admin.runtime import BadInput, Env, admin_command
+
+app = typer.Typer(help="Runs: transplant-and-evaluate, eval-only and re-tune jobs.", no_args_is_help=True)
+
+EXIT_FAILED = 1
+EXIT_TIMEOUT = 124  # what coreutils' `timeout` returns, so scripts treat both alike
+FINISHED = {"succeeded": 0, "failed": EXIT_FAILED, "cancelled": EXIT_FAILED}
+
+
+@app.command("show")
+@admin_command
+def show(
+    run_id: int = typer.Argument(..., metavar="N", help="Run number."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Status, progress, compatibility and drift reports, evaluations, verdict and rollout state."""
+    from bot.views import run_card
+    from registry import services
+
+    with Env.from_settings().session() as session:
+        run = services.get_run(session, run_id)
+        data = records.run(run)
+        card = None if as_json else run_card(session, run_id)
+    if as_json:
+        print_json(data)
+        return
+    stdout().print(render.run(card, data))
+
+
+@app.command("list")
+@admin_command
+def list_(
+    assistant: Optional[str] = typer.Option(None, "--assistant", help="Only this assistant's runs."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only runs in this status (queued, running, …)."),
+    limit: int = typer.Option(50, "--limit", min=1, help="At most this many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """List runs, newest first."""
+    from sqlalchemy import select
+
+    from registry import services
+    from registry.models import Run, RunStatus
+
+    if status is not None and status not in RunStatus.__members__.values():
+        raise BadInput(f"unknown status {status!r}; use one of: {', '.join(RunStatus)}")
+    with Env.from_settings().session() as session:
+        query = select(Run).order_by(Run.id.desc()).limit(limit)
+        if assistant is not None:
+            query = query.where(Run.assistant_id == services.get_assistant(session, assistant).id)
+        if status is not None:
+            query = query.where(Run.status == status)
+        rows = [records.run_summary(r) for r in session.scalars(query)]
+    if as_json:
+        print_json(rows)
+        return
+    stdout().print(
+        table(
+            ["run", "kind", "assistant", "onto", "status", "progress", "verdict", "rollout", "by", "channel"],
+            [
+                [f"#{r['id']}", r["kind"], r["assistant"], r["target_base"]["version"], r["status"],
+                 f"{r['progress']:.0%}", r["verdict"], r["rollout_state"], r["requested_by"], r["channel"]]
+                for r in rows
+            ],
+            "No runs yet.",
+        )
+    )
+
+
+@app.command("wait")
+@admin_command
+def wait(
+    run_id: int = typer.Argument(..., metavar="N", help="Run number."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.0, help="Give up after this many seconds (exit 124)."),
+    interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between looks at the registry."),
+) -> None:
+    """Wait until the run finishes: exit 0 if it succeeded, 1 if it failed or was cancelled, 124 on timeout."""
+    from registry import services
+
+    env = Env.from_settings()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with progress_bar(f"Run #{run_id}") as progress:
+        while True:
+            with env.session() as session:
+                run = services.get_run(session, run_id)
+                status, fraction, step, error = run.status, run.progress, run.step, run.error
+                rollout = (run.rollout.verdict, run.rollout.state) if run.rollout else None
+            progress(fraction, f"{status}: {step}" if step and step != status else status)
+            if status in FINISHED:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                typer.echo(f"Run #{run_id} is still {status} after {timeout:g}s ({step})", err=True)
+                raise typer.Exit(EXIT_TIMEOUT)
+            time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
+    if status == "succeeded":
+        outcome = f": gate {rollout[0]}, rollout {rollout[1].replace('_', ' ')}" if rollout else ""
+        stdout().print(f"Run #{run_id} succeeded{outcome}")
+    else:
+        typer.echo(f"Run #{run_id} {status}" + (f": {' '.join(error.split())}" if error else ""), err=True)
+    raise typer.Exit(FINISHED[status])

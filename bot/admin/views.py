@@ -1,0 +1,51 @@
+"""`portllm lineage` and `portllm status`: the chat's views, as tables or as JSON."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from bot.admin.output import JSON_OPTION_HELP, print_json, stdout
+from bot.admin.runtime import Env, admin_command
+
+
+@admin_command
+def lineage(
+    assistant: str = typer.Argument(..., help="The assistant whose history to show."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Patches, the bases they came from, every run that carried them on, evaluations and rollouts."""
+    from bot.views import lineage_view
+    from registry import services
+
+    with Env.from_settings().session() as session:
+        owner = services.get_assistant(session, assistant)
+        data = services.lineage(session, owner) if as_json else None
+        view = None if as_json else lineage_view(session, owner)
+    if as_json:
+        print_json(data)
+        return
+    from bot import terminal
+
+    stdout().print(terminal.lineage(view))
+
+
+@admin_command
+def status(
+    assistant: Optional[str] = typer.Argument(None, help="Only this assistant."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """What is live where, which runs are in flight, which rollouts await a decision."""
+    from bot.views import status_view
+    from registry import services
+
+    with Env.from_settings().session() as session:
+        name = None if assistant is None else services.get_assistant(session, assistant).name
+        data = services.status(session, name) if as_json else None
+        view = None if as_json else status_view(session, name)
+    if as_json:
+        print_json(data)
+        return
+    from bot import terminal
+
+    stdout().print(terminal.status(view))
