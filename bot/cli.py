@@ -67,8 +67,13 @@ def slack(
 ) -> None:
     """Serve the Slack app: signed HTTP requests on /slack/events, or Socket Mode."""
     from bot.server import serve_http, serve_socket
+    from bot.settings import SettingsError
 
-    serve_socket() if socket else serve_http(port)
+    try:
+        serve_socket() if socket else serve_http(port)
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @demo_app.callback()
@@ -77,31 +82,30 @@ def demo(
     redis: Optional[str] = typer.Option(None, "--redis", envvar="PORTLLM_BROKER_URL", help="Run the queue on Redis (redis://…)."),
     database_url: Optional[str] = typer.Option(None, "--database-url", envvar="PORTLLM_DATABASE_URL", help="Run the registry on this database (postgresql+psycopg://…)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where the KPI chart goes (default: the data dir)."),
+    world: Optional[Path] = typer.Option(None, "--world", help="Build or reuse the demo world here (default: <data dir>/demo)."),
 ) -> None:
     """Build (or reuse) the demo world and play the whole story in the console channel."""
     if ctx.invoked_subcommand is not None:
         return
     from bot.demo_story import run_demo
 
-    raise typer.Exit(run_demo(broker_url=redis, database_url=database_url, out=out))
+    raise typer.Exit(run_demo(broker_url=redis, database_url=database_url, out=out, world_root=world))
 
 
-def _mount_engine() -> None:
+def _mount() -> None:
+    # Both import torch only inside their commands, so mounting them here stays cheap.
+    from bot.admin import register
     from portllm_engine.cli import demo_build, engine_app
 
+    register(app)
     app.add_typer(engine_app, name="engine", help="The ML engine on folders: compat, drift, transplant, eval, generate.")
     demo_app.command("build")(demo_build)
 
 
-def _mount_admin() -> None:
-    from bot.admin import register
-
-    register(app)
+_mount()
 
 
 def main() -> None:
-    _mount_engine()
-    _mount_admin()
     app()
 
 

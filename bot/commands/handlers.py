@@ -1,0 +1,214 @@
+"""Run one command for one person in one channel: registry services in, a Reply out.
+
+`handle` never raises for anything a person can type: bad input and refusals (unknown names,
+not an approver, nothing to roll back) come back as a Reply with ok=False whose text says
+what was wrong and what would be right.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import queue, views
+from bot.commands import grammar
+from bot.commands.grammar import ParseError
+from bot.commands.replies import Reply
+from bot.queue import Enqueue
+from registry import services
+from registry.db import session_scope
+from registry.errors import RegistryError
+from registry.models import Run, RunKind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who asks, where, and how to reach the registry and the queue."""
+
+    user: str  # Slack user id, or a console user name
+    channel: str  # Slack channel id, or a console channel name like "#support"
+    session_factory: sessionmaker[Session]
+    enqueue: Enqueue
+    request_id: str  # unique per incoming request: the idempotency key of what it creates
+    reply_to: dict = field(default_factory=dict)  # where answers go, beyond channel and user
+
+
+def handle(text: str, ctx: Context) -> Reply:
+    command = grammar.parse(text)
+    if isinstance(command, ParseError):
+        return Reply(str(command), ok=False)
+    return run_command(command, ctx)
+
+
+def replies(fn: Callable[..., Reply]) -> Callable[..., Reply]:
+    """Turn what a command raises into a Reply: refusals say why, our own faults are logged."""
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs) -> Reply:
+        try:
+            return fn(*args, **kwargs)
+        except RegistryError as exc:  # a refusal meant for the person: its message says why
+            return Reply(str(exc), ok=False)
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            return Reply("Something went wrong on our side (it is logged). Try again in a minute.", ok=False)
+
+    return guarded
+
+
+@replies
+def run_command(command: grammar.Command, ctx: Context) -> Reply:
+    return _HANDLERS[type(command)](command, ctx)
+
+
+# Assistant and base names resolve through the registry (case-insensitive; unknown ones raise
+# with the closest names). Families are only listed, so the bot finds their closest itself.
+def _closest(name: str, known: list[str]) -> list[str]:
+    by_case = {k.casefold(): k for k in known}
+    return [by_case[m] for m in difflib.get_close_matches(name.casefold(), list(by_case), n=3, cutoff=0.5)]
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+def _request(kind: str, task: str, assistant_name: str, version: str, ctx: Context,
+             *, idempotency_key: str | None = None, patch_id: int | None = None,
+             channel: str | None = None) -> Reply:
+    with session_scope(ctx.session_factory) as s:
+        assistant = services.get_assistant(s, assistant_name)
+        base = services.get_base(s, assistant.family, version)
+        run, created = services.request_run(
+            s, assistant=assistant.name, version=base.version, kind=kind,
+            idempotency_key=idempotency_key or ctx.request_id, requested_by=ctx.user,
+            channel=channel or ctx.channel, patch_id=patch_id)
+        run_id, name, target = run.id, assistant.name, base.version
+    what = {RunKind.TRANSPLANT: "transplant", RunKind.EVAL: "evaluation", RunKind.RETUNE: "re-tune"}[kind]
+    if not created:  # the same request arrived again: it was enqueued the first time
+        return Reply(f"Run #{run_id} is already queued ({what} of {name} onto {target}).", run_id=run_id)
+    # After the commit, so the worker finds the row; a lost enqueue is re-sent by the sweeper.
+    ctx.enqueue(task, run_id)
+    return Reply(f"Run #{run_id} queued: {what} of {name} onto {target}.", run_id=run_id)
+
+
+def _patch(cmd: grammar.Patch, ctx: Context) -> Reply:
+    return _request(RunKind.TRANSPLANT, queue.TRANSPLANT_AND_EVALUATE, cmd.assistant, cmd.version, ctx)
+
+
+def _eval(cmd: grammar.Eval, ctx: Context) -> Reply:
+    return _request(RunKind.EVAL, queue.EVAL_ONLY, cmd.assistant, cmd.version, ctx)
+
+
+@replies
+def decide(run_id: int, approve: bool, ctx: Context, reason: str | None = None) -> Reply:
+    """Approve or reject a run's rollout (typed command or button); the registry checks who may."""
+    with session_scope(ctx.session_factory) as s:
+        services.decide_rollout(s, run_id, approve=approve, user=ctx.user, reason=reason)
+    with ctx.session_factory() as s:
+        card = views.run_card(s, run_id)
+    if approve:
+        text = f"Run #{run_id} approved: {card.assistant} on {card.target_version} is live in {card.channel}."
+    else:
+        text = f"Run #{run_id} rejected: {card.assistant} on {card.target_version} will not go live."
+    return Reply(text, view=card, run_id=run_id, in_channel=True)
+
+
+@replies
+def retune(run_id: int, ctx: Context) -> Reply:
+    """Re-tune the patch of a run whose gate failed, on that run's target base (card button)."""
+    with ctx.session_factory() as s:
+        card = views.run_card(s, run_id)
+        patch_id = s.get(Run, run_id).patch_id
+    if not card.can_retune:
+        return Reply(f"Run #{run_id} cannot be re-tuned: that needs a failed gate and the patch's "
+                     "training data registered.", ok=False)
+    return _request(RunKind.RETUNE, queue.RETUNE, card.assistant, card.target_version, ctx,
+                    idempotency_key=f"retune-of-run-{run_id}", patch_id=patch_id, channel=card.channel)
+
+
+def _approve(cmd: grammar.Approve, ctx: Context) -> Reply:
+    return decide(cmd.run_id, True, ctx, cmd.reason)
+
+
+def _reject(cmd: grammar.Reject, ctx: Context) -> Reply:
+    return decide(cmd.run_id, False, ctx, cmd.reason)
+
+
+def _rollback(cmd: grammar.Rollback, ctx: Context) -> Reply:
+    with session_scope(ctx.session_factory) as s:
+        assistant = services.get_assistant(s, cmd.assistant)
+        restored = services.rollback(s, assistant.name, ctx.channel, ctx.user)
+        text = (f"Rolled back {assistant.name} in {ctx.channel}: {restored.run.target_base.version} "
+                f"(run #{restored.run_id}) is live again.")
+    return Reply(text, in_channel=True)
+
+
+def _status(cmd: grammar.Status, ctx: Context) -> Reply:
+    with ctx.session_factory() as s:
+        name = services.get_assistant(s, cmd.assistant).name if cmd.assistant else None
+        view = views.status_view(s, name)
+    live = ", ".join(f"{r.assistant} {r.version} in {r.channel}" for r in view.live) or "nothing live"
+    waiting = sum(1 for r in view.pending if r.rollout_state in views.DECIDABLE_ROLLOUT_STATES)
+    running = sum(1 for r in view.pending if r.status in views.ACTIVE_RUN_STATES)
+    return Reply(f"Live: {live}. {running} run(s) in flight, {waiting} awaiting a decision.", view=view)
+
+
+def _lineage(cmd: grammar.Lineage, ctx: Context) -> Reply:
+    with ctx.session_factory() as s:
+        view = views.lineage_view(s, services.get_assistant(s, cmd.assistant))
+    return Reply(f"Lineage of {view.assistant}: {len(view.patches)} patch(es).", view=view)
+
+
+def _bases(cmd: grammar.Bases, ctx: Context) -> Reply:
+    with ctx.session_factory() as s:
+        bases = list(services.list_bases(s, cmd.family))
+        if cmd.family and not bases:
+            families = sorted({b.family for b in services.list_bases(s)})
+            close = _closest(cmd.family, families)
+            hint = f" Did you mean: {', '.join(close)}?" if close else (
+                f" Families: {', '.join(families)}." if families else " No base is registered yet.")
+            return Reply(f"Unknown family '{cmd.family}'.{hint}", ok=False)
+        table = views.bases_table(bases, cmd.family)
+    return Reply(f"{len(table.rows)} base(s) registered.", view=table)
+
+
+def _assistants(cmd: grammar.Assistants, ctx: Context) -> Reply:
+    with ctx.session_factory() as s:
+        table = views.assistants_table(s, list(services.list_assistants(s)))
+    return Reply(f"{len(table.rows)} assistant(s).", view=table)
+
+
+def _ask(cmd: grammar.Ask, ctx: Context) -> Reply:
+    with ctx.session_factory() as s:
+        assistant = services.get_assistant(s, cmd.assistant)
+        if services.live_rollout(s, assistant.name, ctx.channel) is None:
+            return Reply(f"{assistant.name} is not live in {ctx.channel} yet: approve a run there first "
+                         f"(`status {assistant.name}` shows what awaits approval).", ok=False)
+    reply_to = {"channel": ctx.channel, "user": ctx.user, "request_id": ctx.request_id, **ctx.reply_to}
+    ctx.enqueue(queue.ANSWER_QUESTION, assistant.name, ctx.channel, cmd.question, ctx.user, reply_to)
+    return Reply(f"Asking {assistant.name}…", reply_to=reply_to)
+
+
+def handle_help() -> Reply:
+    """The command list; pure, so the Slack app can answer it inside the ack."""
+    lines = "\n".join(f"• `{usage}`" for usage in grammar.USAGE.values())
+    return Reply(f"PortLLM commands (runs are numbers like `12` or `#12`):\n{lines}")
+
+
+_HANDLERS: dict[type, Callable[[object, Context], Reply]] = {
+    grammar.Patch: _patch,
+    grammar.Eval: _eval,
+    grammar.Approve: _approve,
+    grammar.Reject: _reject,
+    grammar.Rollback: _rollback,
+    grammar.Status: _status,
+    grammar.Lineage: _lineage,
+    grammar.Bases: _bases,
+    grammar.Assistants: _assistants,
+    grammar.Ask: _ask,
+    grammar.Help: lambda cmd, ctx: handle_help(),
+}

@@ -1,0 +1,18 @@
+"""What a handler returns: text for people, an optional card, and what to follow up on."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.views import LineageView, RunCard, StatusView, Table
+
+View = RunCard | StatusView | LineageView | Table
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str  # one or a few lines for people; Slack's notification fallback; the console prints it
+    ok: bool = True  # False when the command was refused (bad input, unknown name, not allowed)
+    view: View | None = None
+    run_id: int | None = None  # the run this command queued, for the console to follow
+    reply_to: dict | None = None  # where a queued answer will be delivered
+    in_channel: bool = False  # Slack: a state change everyone should see, not an ephemeral reply

@@ -1,0 +1,161 @@
+"""The console channel: the Slack commands in a terminal, on the embedded defaults.
+
+One command a line (typed, or piped on stdin), replies in order. After `patch`/`eval` it
+follows the run in the registry until it ends and prints its card; after `ask` it prints the
+answer the workers stream into <data_dir>/console/outbox.jsonl for this request.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import terminal, views
+from bot.commands.handlers import Context, handle
+from bot.commands.replies import Reply
+from bot.queue import Enqueue, TaskQueue
+from bot.settings import BotSettings
+
+PROMPT = "portllm> "
+QUEUED_HINT_AFTER_S = 10.0  # say that a worker is needed when a run sits queued this long
+
+
+class ConsoleSession:
+    """One console session: who types, in which channel, and where replies go."""
+
+    def __init__(self, *, channel: str, user: str, settings: BotSettings, session_factory: sessionmaker[Session],
+                 enqueue: Enqueue, out: Console, poll_s: float, wait_s: float) -> None:
+        self.channel, self.user, self.settings = channel, user, settings
+        self.session_factory, self.enqueue, self.out = session_factory, enqueue, out
+        self.poll_s, self.wait_s = poll_s, wait_s
+
+    def run_line(self, line: str) -> Reply:
+        outbox = self.settings.console_outbox()
+        offset = outbox.stat().st_size if outbox.exists() else 0
+        ctx = Context(user=self.user, channel=self.channel, session_factory=self.session_factory,
+                      enqueue=self.enqueue, request_id=f"console:{uuid.uuid4().hex}",
+                      reply_to={"via": "console"})
+        reply = handle(line, ctx)
+        self.out.print(terminal.render(reply))
+        if reply.ok and reply.run_id is not None and reply.view is None:  # patch / eval queued
+            self.follow_run(reply.run_id)
+        if reply.ok and reply.reply_to is not None:
+            self.print_answer(outbox, offset, reply.reply_to["request_id"])
+        return reply
+
+    def follow_run(self, run_id: int) -> None:
+        """Show the run's progress from the registry until it ends, then its card."""
+        started = time.monotonic()
+        hinted = False
+        with Progress(TextColumn("run #{task.fields[run_id]}"), BarColumn(), TaskProgressColumn(),
+                      TextColumn("{task.description}"), console=self.out, transient=True) as bar:
+            task = bar.add_task("queued", total=1.0, run_id=run_id)
+            while True:
+                with self.session_factory() as s:
+                    card = views.run_card(s, run_id)
+                bar.update(task, completed=card.progress, description=card.step or card.status)
+                if not card.active:
+                    break
+                waited = time.monotonic() - started
+                if card.status == "queued" and waited > QUEUED_HINT_AFTER_S and not hinted:
+                    bar.console.print(f"run #{run_id} is still queued: is a worker running (`portllm worker`)?")
+                    hinted = True
+                if waited > self.wait_s:
+                    self.out.print(f"Stopped waiting for run #{run_id} after {self.wait_s:.0f} s; "
+                                   f"`status` shows it later.")
+                    return
+                time.sleep(self.poll_s)
+        self.out.print(terminal.run_card(card))
+
+    def print_answer(self, outbox: Path, offset: int, request_id: str) -> None:
+        """Print the streamed answer addressed to this request, chunk by chunk."""
+        printed = False
+        started, hinted = time.monotonic(), False
+        for record in _tail_jsonl(outbox, offset, self.poll_s, self.wait_s):
+            if not printed and not hinted and time.monotonic() - started > QUEUED_HINT_AFTER_S:
+                self.out.print("(no answer yet: is a worker serving, `portllm worker`?)")
+                hinted = True
+            if record is None or (record.get("reply_to") or {}).get("request_id") != request_id:
+                continue
+            if record.get("type") == "answer_chunk":
+                self.out.print(record.get("text", ""), end="", markup=False, highlight=False, soft_wrap=True)
+                printed = True
+            elif record.get("type") == "answer_done":
+                if record.get("text") and not printed:  # a notifier that sends the whole answer at the end
+                    self.out.print(record["text"], end="", markup=False, highlight=False, soft_wrap=True)
+                self.out.print()
+                return
+        self.out.print(f"\nNo answer after {self.wait_s:.0f} s: is a worker serving (`portllm worker`)?")
+
+
+def _tail_jsonl(path: Path, offset: int, poll_s: float, wait_s: float) -> Iterator[dict | None]:
+    """JSON objects appended to `path` after `offset`, as they arrive, for up to `wait_s` seconds;
+    None after each poll that found nothing new, so the caller can tell time passing."""
+    deadline = time.monotonic() + wait_s
+    pending = b""
+    while time.monotonic() < deadline:
+        if path.exists():
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+            offset += len(data)
+            pending += data
+            *lines, pending = pending.split(b"\n")  # a half-written last line waits for its end
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    yield record
+        yield None
+        time.sleep(poll_s)
+
+
+def run_console(channel: str = "#support", user: str = "alice", stdin: TextIO | None = None,
+                out: TextIO | None = None, *, settings: BotSettings | None = None,
+                session_factory: sessionmaker[Session] | None = None, enqueue: Enqueue | None = None,
+                poll_s: float = 0.5, wait_s: float = 3600.0) -> int:
+    """Run commands from stdin (a REPL on a terminal); 1 if any command was refused, else 0."""
+    settings = settings or BotSettings()
+    if session_factory is None:
+        from registry.db import make_session_factory
+        from registry.settings import RegistrySettings
+
+        session_factory = make_session_factory(RegistrySettings().resolved_database_url())
+    stdin = stdin or sys.stdin
+    console = Console(file=out or sys.stdout, highlight=False)
+    session = ConsoleSession(channel=channel, user=user, settings=settings, session_factory=session_factory,
+                       enqueue=enqueue or TaskQueue(settings.resolved_broker_url()), out=console,
+                       poll_s=poll_s, wait_s=wait_s)
+    interactive = stdin.isatty()
+    if interactive:
+        console.print(f"PortLLM console · {user} in {channel} · `help` lists the commands, Ctrl-D leaves.")
+    refused = False
+    for line in _lines(stdin, console if interactive else None):
+        if interactive and line.strip().lower() in ("quit", "exit"):
+            break
+        try:
+            refused |= not session.run_line(line).ok
+        except KeyboardInterrupt:  # stop waiting for this command, keep the session
+            console.print("\n(interrupted)")
+    return 1 if refused else 0
+
+
+def _lines(stdin: TextIO, prompt_to: Console | None) -> Iterator[str]:
+    while True:
+        if prompt_to is not None:
+            prompt_to.print(PROMPT, end="")
+        line = stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.strip()

@@ -1,0 +1,53 @@
+"""Card buttons: Approve, Reject, Re-tune. Ack first; the registry checks who may decide."""
+from __future__ import annotations
+
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+
+from bot import blocks
+from bot.commands.handlers import decide, retune
+from bot.commands.replies import Reply
+from bot.ids import Action
+from bot.listeners.deps import Deps
+from bot.views import RunCard
+
+
+def register(app: App, deps: Deps) -> None:
+    def context_of(body: dict):
+        action = body["actions"][0]
+        container = body.get("container", {})
+        channel = container.get("channel_id") or body.get("channel", {}).get("id", "")
+        ctx = deps.context(user=body["user"]["id"], channel=channel,
+                           request_id=f"slack-action:{action.get('action_ts', '')}:{body['user']['id']}")
+        return ctx, int(action["value"]), container
+
+    def show(reply: Reply, client: WebClient, respond: Respond, ctx, container: dict) -> None:
+        """Replace the card in place (buttons become the outcome), or tell only the clicker why not."""
+        if not reply.ok or not isinstance(reply.view, RunCard):
+            client.chat_postEphemeral(channel=ctx.channel, user=ctx.user, text=reply.text)
+            return
+        card_blocks = blocks.run_card_blocks(reply.view)
+        text = blocks.run_summary(reply.view)
+        if container.get("is_ephemeral") or not container.get("message_ts"):
+            respond(replace_original=True, text=text, blocks=card_blocks)
+        else:
+            client.chat_update(channel=ctx.channel, ts=container["message_ts"], text=text, blocks=card_blocks)
+
+    @app.action(Action.APPROVE.value)
+    def approve_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
+        ack()
+        ctx, run_id, container = context_of(body)
+        show(decide(run_id, True, ctx), client, respond, ctx, container)
+
+    @app.action(Action.REJECT.value)
+    def reject_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
+        ack()
+        ctx, run_id, container = context_of(body)
+        show(decide(run_id, False, ctx), client, respond, ctx, container)
+
+    @app.action(Action.RETUNE.value)
+    def retune_clicked(ack: Ack, body: dict, client: WebClient) -> None:
+        ack()
+        ctx, run_id, _ = context_of(body)
+        reply = retune(run_id, ctx)
+        client.chat_postEphemeral(channel=ctx.channel, user=ctx.user, text=reply.text)

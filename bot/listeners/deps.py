@@ -1,0 +1,44 @@
+"""What every listener needs: the registry, the queue, dedupe memory, a way to build a Context."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from slack_sdk import WebClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import blocks, views
+from bot.commands.handlers import Context
+from bot.dedupe import Seen
+from bot.queue import Enqueue
+from registry.models import Run
+
+
+AFTER_ACK_THREADS = 2
+
+
+@dataclass
+class Deps:
+    session_factory: sessionmaker[Session]
+    enqueue: Enqueue
+    seen: Seen = field(default_factory=Seen)  # event ids and (channel, ts) already handled
+    threads: Seen = field(default_factory=Seen)  # threads this process answered in
+    # Work that follows an ack (database, queue, respond). Few threads on purpose: see commands.py.
+    after_ack: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=AFTER_ACK_THREADS, thread_name_prefix="portllm-work"))
+
+    def context(self, *, user: str, channel: str, request_id: str, reply_to: dict | None = None) -> Context:
+        return Context(user=user, channel=channel, session_factory=self.session_factory,
+                       enqueue=self.enqueue, request_id=request_id,
+                       reply_to={"via": "slack", **(reply_to or {})})
+
+    def refresh_run_message(self, client: WebClient, run_id: int) -> None:
+        """Re-render a run's posted card (where the worker recorded it) after a decision made elsewhere."""
+        with self.session_factory() as s:
+            run = s.get(Run, run_id)
+            ref = run.notify_ref if run is not None else None
+            if not ref or "ts" not in ref or "channel" not in ref:
+                return
+            card = views.run_card(s, run_id)
+        client.chat_update(channel=ref["channel"], ts=ref["ts"], text=blocks.run_summary(card),
+                           blocks=blocks.run_card_blocks(card))

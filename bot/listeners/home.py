@@ -1,0 +1,18 @@
+"""The App Home tab: what is live where, and what awaits approval."""
+from __future__ import annotations
+
+from slack_bolt import App
+from slack_sdk import WebClient
+
+from bot import blocks, views
+from bot.listeners.deps import Deps
+
+
+def register(app: App, deps: Deps) -> None:
+    @app.event("app_home_opened")
+    def home_opened(event: dict, client: WebClient) -> None:
+        if event.get("tab", "home") != "home":
+            return
+        with deps.session_factory() as s:
+            view = views.status_view(s)
+        client.views_publish(user_id=event["user"], view=blocks.home_view(view))

@@ -1,0 +1,51 @@
+"""Build the Slack app: a Bolt App with PortLLM's listeners. Serving lives in bot.server."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import listeners
+from bot.listeners.deps import Deps
+from bot.queue import Enqueue, TaskQueue
+from bot.settings import BotSettings, require
+
+# Listener threads per process: Bolt's default of 5 turns a burst of slow listeners into timeouts.
+LISTENER_THREADS = 32
+
+
+def make_client(settings: BotSettings) -> WebClient:
+    """The Web API client: SLACK_API_URL when set (a proxy, or a fake in tests), retrying on 429."""
+    return WebClient(
+        token=require(settings.slack_bot_token, "SLACK_BOT_TOKEN", "the bot token (xoxb-…) from the Slack app"),
+        base_url=settings.slack_api_url or WebClient.BASE_URL,
+        retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=3)],
+    )
+
+
+def build_app(settings: BotSettings, session_factory: sessionmaker[Session] | None = None,
+              enqueue: Enqueue | None = None, *, socket_mode: bool = False) -> App:
+    """The Bolt app. Over HTTP every request's signature is verified; Socket Mode needs no secret."""
+    if session_factory is None:
+        from registry.db import make_session_factory
+        from registry.settings import RegistrySettings
+
+        session_factory = make_session_factory(RegistrySettings().resolved_database_url())
+    if enqueue is None:
+        enqueue = TaskQueue(settings.resolved_broker_url())
+    signing_secret = None
+    if not socket_mode:
+        signing_secret = require(settings.slack_signing_secret, "SLACK_SIGNING_SECRET",
+                                 "Slack's signing secret, to verify that requests come from Slack")
+    app = App(
+        client=make_client(settings),
+        signing_secret=signing_secret or "",
+        request_verification_enabled=not socket_mode,
+        listener_executor=ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="portllm-listener"),
+        name="portllm",
+    )
+    listeners.register(app, Deps(session_factory=session_factory, enqueue=enqueue))
+    return app

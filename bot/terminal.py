@@ -1,0 +1,122 @@
+"""The console's cards: the same read models as Slack's blocks, rendered with rich."""
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table as RichTable
+from rich.text import Text
+from rich.tree import Tree
+
+from bot.blocks import (
+    LIVE_COLUMNS,
+    PENDING_COLUMNS,
+    ROLLOUT_TEXT,
+    kpi_rows,
+    pct,
+    progress_bar,
+    run_title,
+    status_rows,
+)
+from bot.commands.replies import Reply
+from bot.views import LineageView, RunCard, StatusView, Table
+
+VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "inconclusive": "bold yellow"}
+
+
+def render(reply: Reply) -> RenderableType:
+    view = reply.view
+    style = None if reply.ok else "red"
+    text = Text(reply.text, style=style)
+    if isinstance(view, RunCard):
+        return Group(text, run_card(view))
+    if isinstance(view, StatusView):
+        return status(view)
+    if isinstance(view, LineageView):
+        return lineage(view)
+    if isinstance(view, Table):
+        return table(view)
+    return text
+
+
+def _table(title: str | None, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> RichTable:
+    out = RichTable(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for column in columns:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*row)
+    return out
+
+
+def run_card(card: RunCard) -> Panel:
+    parts: list[RenderableType] = []
+    origin = f" (trained on {card.origin_version})" if card.origin_version else ""
+    parts.append(Text(f"{card.kind} of the {card.assistant} patch{origin} onto {card.target_version} · "
+                      f"{card.status} · requested by {card.requested_by} in {card.channel}"))
+    if card.active:
+        parts.append(Text(f"{progress_bar(card.progress)} {round(card.progress * 100)}% {card.step}"))
+    for error in card.compat_errors:
+        parts.append(Text(f"not compatible: {error}", style="red"))
+    if card.error and not card.compat_errors:
+        parts.append(Text(f"failed: {card.error}", style="red"))
+    if card.kpi:
+        parts.append(_table("KPI", ("subject", "accuracy", "95% CI", "n"), kpi_rows(card)))
+    if card.drift_overall is not None:
+        worst = ", ".join(f"{m} {d:.3f}" for m, d in card.drift_modules[:5])
+        parts.append(Text(f"drift {card.drift_overall:.3f} overall" + (f" · most changed: {worst}" if worst else "")))
+    if card.verdict:
+        line = Text("gate ")
+        line.append(card.verdict, style=VERDICT_STYLE.get(card.verdict))
+        if card.gate:
+            line.append(f" ({card.gate})")
+        parts.append(line)
+    if card.rollout_state == "awaiting_approval":
+        parts.append(Text(f"awaiting approval: `approve {card.run_id}` or `reject {card.run_id} [reason]`",
+                          style="bold"))
+    elif card.rollout_state == "blocked":
+        hint = f"blocked by the gate: an admin may `approve {card.run_id} <reason>`; or `reject {card.run_id}`"
+        parts.append(Text(hint, style="bold red"))
+    elif card.rollout_state:
+        by = f" by {card.decided_by}" if card.decided_by else ""
+        reason = f": {card.decision_reason}" if card.decision_reason else ""
+        parts.append(Text(f"{ROLLOUT_TEXT.get(card.rollout_state, card.rollout_state)}{by}{reason}", style="bold"))
+    return Panel(Group(*parts), title=run_title(card), title_align="left")
+
+
+def status(view: StatusView) -> Group:
+    live, pending = status_rows(view)
+    title = f"status · {view.assistant}" if view.assistant else "status"
+    return Group(
+        Text(title, style="bold"),
+        _table("live", LIVE_COLUMNS, live) if live else Text("nothing is live yet"),
+        _table("in flight and awaiting a decision", PENDING_COLUMNS, pending) if pending
+        else Text("nothing in flight or awaiting a decision"),
+    )
+
+
+def lineage(view: LineageView) -> Tree:
+    tree = Tree(f"[bold]{view.assistant}[/bold] ({view.family})")
+    if not view.patches:
+        tree.add("no patch registered yet")
+    for patch in view.patches:
+        parent = f", re-tuned from patch {patch.parent_patch_id}" if patch.parent_patch_id else ""
+        node = tree.add(f"patch {patch.patch_id} · trained on {patch.origin_version}, rank {patch.rank}{parent}")
+        if patch.provenance:
+            node.add(Text(patch.provenance, style="dim"))
+        for run in patch.runs:
+            bits = [f"run #{run.run_id} {run.kind} onto {run.target_version}: {run.status}"]
+            if run.accuracy is not None:
+                bits.append(pct(run.accuracy))
+            if run.verdict:
+                bits.append(f"gate {run.verdict}")
+            if run.rollout_state:
+                where = f" in {run.channel}" if run.channel else ""
+                by = f" ({run.decided_by})" if run.decided_by else ""
+                bits.append(f"{ROLLOUT_TEXT.get(run.rollout_state, run.rollout_state)}{where}{by}")
+            node.add(Text(", ".join(bits)))
+    return tree
+
+
+def table(view: Table) -> RenderableType:
+    if not view.rows:
+        return Text(f"{view.title}: {view.empty}")
+    return _table(view.title, view.columns, list(view.rows))

@@ -1,0 +1,301 @@
+"""Read models for the cards: plain frozen dataclasses built from the registry.
+
+Slack blocks (bot.blocks), the console (bot.terminal) and the workers' notifier render these;
+nothing here talks to Slack or the terminal, and nothing here writes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from registry.errors import UnknownRun
+from registry.models import (
+    Assistant,
+    BaseModel,
+    EvalSubject,
+    Evaluation,
+    Rollout,
+    RolloutState,
+    Run,
+    RunStatus,
+    Verdict,
+)
+
+# Run and rollout states, as the registry stores them.
+ACTIVE_RUN_STATES = frozenset({"queued", "running"})
+DECIDABLE_ROLLOUT_STATES = frozenset({"awaiting_approval", "blocked"})
+
+
+@dataclass(frozen=True)
+class KpiRow:
+    subject: str  # "candidate", "target base alone", "live (v1)"
+    accuracy: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+
+
+@dataclass(frozen=True)
+class RunCard:
+    run_id: int
+    kind: str  # transplant | eval | retune
+    assistant: str
+    family: str
+    origin_version: str | None
+    target_version: str
+    status: str  # queued | running | succeeded | failed | cancelled
+    progress: float  # 0..1
+    step: str
+    requested_by: str
+    channel: str
+    kpi: tuple[KpiRow, ...] = ()
+    drift_overall: float | None = None
+    drift_modules: tuple[tuple[str, float], ...] = ()  # the most drifted modules, worst first
+    verdict: str | None = None  # pass | fail | inconclusive
+    gate: str = ""  # the thresholds the verdict used, for people
+    rollout_state: str | None = None
+    decided_by: str | None = None
+    decision_reason: str | None = None
+    compat_errors: tuple[str, ...] = ()
+    error: str | None = None
+    can_retune: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_RUN_STATES
+
+    @property
+    def awaiting_decision(self) -> bool:
+        return self.rollout_state in DECIDABLE_ROLLOUT_STATES
+
+
+@dataclass(frozen=True)
+class LiveRow:
+    assistant: str
+    channel: str
+    version: str
+    run_id: int | None
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    run_id: int
+    assistant: str
+    version: str
+    status: str
+    progress: float
+    rollout_state: str | None
+    verdict: str | None
+
+
+@dataclass(frozen=True)
+class StatusView:
+    assistant: str | None  # None: every assistant
+    live: tuple[LiveRow, ...]
+    pending: tuple[PendingRow, ...]  # runs in flight and rollouts awaiting a decision
+
+
+@dataclass(frozen=True)
+class LineageRun:
+    run_id: int
+    kind: str
+    target_version: str
+    status: str
+    verdict: str | None
+    accuracy: float | None
+    rollout_state: str | None
+    channel: str | None
+    decided_by: str | None
+
+
+@dataclass(frozen=True)
+class LineagePatch:
+    patch_id: int
+    origin_version: str
+    rank: int | None
+    parent_patch_id: int | None
+    provenance: str  # one line: dataset digest, hyper-parameters, seed
+    runs: tuple[LineageRun, ...]
+
+
+@dataclass(frozen=True)
+class LineageView:
+    assistant: str
+    family: str
+    patches: tuple[LineagePatch, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A small list answer (bases, assistants): a title, column names and rows of text."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    empty: str = "Nothing yet."
+
+
+# -- builders from the registry (read only) --------------------------------------------------
+
+LIVE_LABEL = "live"
+
+
+def run_card(session: Session, run_id: int) -> RunCard:
+    """The card of one run; raises registry.errors.UnknownRun when there is none."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise UnknownRun(run_id)
+    assistant = run.assistant
+    rollout = run.rollout
+    rows = [_kpi_row("candidate", run.evaluation(EvalSubject.CANDIDATE)),
+            _kpi_row("target base alone", run.evaluation(EvalSubject.TARGET_BASE))]
+    kpi = [row for row in rows if row is not None]
+    live_accuracy = rollout.live_accuracy if rollout is not None else None
+    if live_accuracy is None and run.status == RunStatus.SUCCEEDED:
+        current = _live_rollout(session, run.assistant_id, run.channel)
+        if current is not None and current.run_id != run.id:
+            live_accuracy = current.accuracy
+    if kpi and live_accuracy is not None:
+        kpi.append(KpiRow(_live_label(session, run, rollout), live_accuracy))
+    drift = run.drift_report or {}
+    modules = sorted((drift.get("modules") or {}).items(), key=lambda kv: kv[1], reverse=True)
+    compat = run.compat_report or {}
+    verdict = rollout.verdict if rollout is not None else None
+    return RunCard(
+        run_id=run.id,
+        kind=run.kind,
+        assistant=assistant.name,
+        family=assistant.family,
+        origin_version=run.patch.origin_base.version if run.patch is not None else None,
+        target_version=run.target_base.version,
+        status=run.status,
+        progress=run.progress or 0.0,
+        step=run.step or "",
+        requested_by=run.requested_by,
+        channel=run.channel,
+        kpi=tuple(kpi),
+        drift_overall=drift.get("overall"),
+        drift_modules=tuple((str(m), float(d)) for m, d in modules[:5]),
+        verdict=verdict,
+        gate=_gate_text(assistant, live_accuracy) if verdict else "",
+        rollout_state=rollout.state if rollout is not None else None,
+        decided_by=rollout.decided_by if rollout is not None else None,
+        decision_reason=rollout.reason if rollout is not None else None,
+        compat_errors=tuple(str(e.get("message", e)) for e in compat.get("errors") or ()),
+        error=run.error,
+        can_retune=verdict == Verdict.FAIL and run.patch is not None and run.patch.train_data_ref is not None,
+    )
+
+
+def _kpi_row(subject: str, evaluation: Evaluation | None) -> KpiRow | None:
+    if evaluation is None:
+        return None
+    return KpiRow(subject, evaluation.accuracy, evaluation.ci_low, evaluation.ci_high, evaluation.n)
+
+
+def _live_rollout(session: Session, assistant_id: int, channel: str) -> Rollout | None:
+    return session.scalars(select(Rollout).where(
+        Rollout.assistant_id == assistant_id, Rollout.channel == channel,
+        Rollout.state == RolloutState.LIVE)).first()
+
+
+def _live_label(session: Session, run: Run, rollout: Rollout | None) -> str:
+    """'live (v1)': the version the candidate was compared against, when it can be told."""
+    compared = rollout.replaced if rollout is not None and rollout.replaced is not None else None
+    if compared is None:
+        current = _live_rollout(session, run.assistant_id, run.channel)
+        compared = current if current is not None and current.run_id != run.id else None
+    return f"{LIVE_LABEL} ({compared.run.target_base.version})" if compared is not None else LIVE_LABEL
+
+
+def _gate_text(assistant: Assistant, live_accuracy: float | None) -> str:
+    threshold = assistant.min_accuracy
+    text = f"needs ≥ {assistant.min_accuracy * 100:.0f}%"
+    if live_accuracy is not None:
+        threshold = max(threshold, live_accuracy - assistant.max_regression)
+        text += f" and ≥ live − {assistant.max_regression * 100:.0f} pts, so ≥ {threshold * 100:.1f}%"
+    return text
+
+
+def status_view(session: Session, assistant: str | None = None, *, limit: int = 25) -> StatusView:
+    """What is live where, runs in flight and rollouts awaiting a decision (newest first)."""
+    live_q = select(Rollout).join(Rollout.assistant).where(Rollout.state == RolloutState.LIVE)
+    runs_q = (select(Run).join(Run.assistant).outerjoin(Run.rollout)
+              .where(or_(Run.status.in_(ACTIVE_RUN_STATES), Rollout.state.in_(DECIDABLE_ROLLOUT_STATES))))
+    if assistant is not None:
+        live_q = live_q.where(Assistant.name == assistant)
+        runs_q = runs_q.where(Assistant.name == assistant)
+    live = tuple(
+        LiveRow(r.assistant.name, r.channel, r.run.target_base.version, r.run_id, r.accuracy)
+        for r in session.scalars(live_q.order_by(Assistant.name, Rollout.channel))
+    )
+    pending = tuple(
+        PendingRow(run.id, run.assistant.name, run.target_base.version, run.status, run.progress or 0.0,
+                   run.rollout.state if run.rollout else None, run.rollout.verdict if run.rollout else None)
+        for run in session.scalars(runs_q.order_by(Run.id.desc()).limit(limit))
+    )
+    return StatusView(assistant, live, pending)
+
+
+def lineage_view(session: Session, assistant: Assistant) -> LineageView:
+    runs_by_patch: dict[int, list[Run]] = {}
+    for run in session.scalars(select(Run).where(Run.assistant_id == assistant.id).order_by(Run.id)):
+        runs_by_patch.setdefault(run.patch_id, []).append(run)
+    patches = []
+    for patch in assistant.patches:
+        runs = tuple(
+            LineageRun(run.id, run.kind, run.target_base.version, run.status,
+                       run.rollout.verdict if run.rollout else None,
+                       _accuracy(run), run.rollout.state if run.rollout else None,
+                       run.rollout.channel if run.rollout else None,
+                       run.rollout.decided_by if run.rollout else None)
+            for run in runs_by_patch.get(patch.id, ())
+        )
+        patches.append(LineagePatch(patch.id, patch.origin_base.version, patch.rank, patch.parent_patch_id,
+                                    _provenance_line(patch.provenance or {}), runs))
+    return LineageView(assistant.name, assistant.family, tuple(patches))
+
+
+def _accuracy(run: Run) -> float | None:
+    evaluation = run.evaluation(EvalSubject.CANDIDATE)
+    return evaluation.accuracy if evaluation is not None else None
+
+
+def _provenance_line(provenance: dict) -> str:
+    """The training provenance in one line; nested values are summarised, never dumped."""
+    parts = []
+    for key, value in provenance.items():
+        if isinstance(value, (dict, list)):
+            continue
+        text = str(value)
+        parts.append(f"{key} {text[:12] if key.endswith('digest') or key.endswith('sha256') else text}")
+    return ", ".join(parts)[:300]
+
+
+def bases_table(bases: list[BaseModel], family: str | None) -> Table:
+    rows = tuple((b.family, b.version, b.fingerprint[:12], b.created_at.strftime("%Y-%m-%d")) for b in bases)
+    title = f"Bases of {family}" if family else "Bases"
+    return Table(title, ("family", "version", "fingerprint", "registered"), rows, "No base registered yet.")
+
+
+def assistants_table(session: Session, assistants: list[Assistant]) -> Table:
+    live: dict[int, list[str]] = {}
+    for rollout in session.scalars(select(Rollout).where(Rollout.state == RolloutState.LIVE)):
+        live.setdefault(rollout.assistant_id, []).append(f"{rollout.run.target_base.version} in {rollout.channel}")
+    rows = tuple(
+        (a.name, a.family, f"≥{a.min_accuracy * 100:.0f}%, −{a.max_regression * 100:.0f} pts",
+         ", ".join(a.approvers) or "–", "; ".join(live.get(a.id, [])) or "–")
+        for a in assistants
+    )
+    return Table("Assistants", ("name", "family", "gate", "approvers", "live"), rows,
+                 "No assistant registered yet.")
+
+
+def live_assistants(session: Session, channel: str) -> list[str]:
+    """Names of the assistants live in a channel (who answers an @mention there)."""
+    query = (select(Assistant.name).join(Rollout, Rollout.assistant_id == Assistant.id)
+             .where(Rollout.channel == channel, Rollout.state == RolloutState.LIVE).order_by(Assistant.name))
+    return list(session.scalars(query))

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot import blocks
+from bot.commands.replies import Reply
+from bot.ids import Action, Block
+from bot.views import (
+    KpiRow,
+    LineagePatch,
+    LineageRun,
+    LineageView,
+    LiveRow,
+    PendingRow,
+    RunCard,
+    StatusView,
+    Table,
+)
+
+BLOCK_IDS = {b.value for b in Block}
+ACTION_IDS = {a.value for a in Action}
+TYPES = {"header", "section", "context", "actions", "divider"}
+
+
+def assert_valid(message_blocks: list[dict]) -> None:
+    """Structure and limits Slack enforces (it rejects the whole message otherwise)."""
+    json.dumps(message_blocks)
+    assert 0 < len(message_blocks) <= blocks.MAX_BLOCKS
+    seen = set()
+    for block in message_blocks:
+        assert block["type"] in TYPES
+        block_id = block["block_id"]
+        assert block_id not in seen, f"duplicate block_id {block_id}"
+        seen.add(block_id)
+        assert any(block_id == b or block_id.startswith(b + "_") for b in BLOCK_IDS), block_id
+        assert len(block_id) <= 255
+        if block["type"] == "header":
+            assert block["text"]["type"] == "plain_text"
+            assert 0 < len(block["text"]["text"]) <= blocks.MAX_HEADER_TEXT
+        if block["type"] == "section":
+            assert block["text"]["type"] == "mrkdwn"
+            assert 0 < len(block["text"]["text"]) <= blocks.MAX_SECTION_TEXT
+        if block["type"] == "context":
+            assert 0 < len(block["elements"]) <= 10
+            assert all(0 < len(e["text"]) <= blocks.MAX_CONTEXT_TEXT for e in block["elements"])
+        if block["type"] == "actions":
+            assert 0 < len(block["elements"]) <= 25
+            for element in block["elements"]:
+                assert element["action_id"] in ACTION_IDS
+                assert 0 < len(element["text"]["text"]) <= blocks.MAX_BUTTON_TEXT
+                assert len(element["value"]) <= 2000
+                if "confirm" in element:
+                    confirm = element["confirm"]
+                    assert len(confirm["title"]["text"]) <= 100
+                    assert len(confirm["text"]["text"]) <= blocks.MAX_CONFIRM_TEXT
+                    assert len(confirm["confirm"]["text"]) <= 30 and len(confirm["deny"]["text"]) <= 30
+
+
+def card(**overrides) -> RunCard:
+    values = dict(
+        run_id=12, kind="transplant", assistant="support-assistant", family="demo", origin_version="v1",
+        target_version="v2", status="succeeded", progress=1.0, step="done", requested_by="U0ALICE",
+        channel="C0SUPPORT",
+        kpi=(KpiRow("candidate", 0.76, 0.66, 0.84, 50), KpiRow("target base alone", 0.17, 0.1, 0.3, 50),
+             KpiRow("live (v1)", 0.92)),
+        drift_overall=0.28, drift_modules=(("layers.0.q_proj", 0.31),), verdict="pass",
+        gate="needs ≥ 50%", rollout_state="awaiting_approval",
+    )
+    values.update(overrides)
+    return RunCard(**values)
+
+
+def ids(message_blocks):
+    return [b["block_id"] for b in message_blocks]
+
+
+def actions(message_blocks):
+    return [e["action_id"] for b in message_blocks if b["type"] == "actions" for e in b["elements"]]
+
+
+def test_running_card_shows_a_progress_bar_and_no_buttons():
+    out = blocks.run_card_blocks(card(status="running", progress=0.4, step="evaluating candidate", kpi=(),
+                                      drift_overall=None, verdict=None, rollout_state=None))
+    assert_valid(out)
+    progress = next(b for b in out if b["block_id"] == Block.RUN_PROGRESS)
+    assert "▓" * 8 + "░" * 12 in progress["text"]["text"] and "40%" in progress["text"]["text"]
+    assert actions(out) == []
+
+
+def test_awaiting_card_has_kpi_drift_verdict_and_confirmed_buttons():
+    out = blocks.run_card_blocks(card())
+    assert_valid(out)
+    assert ids(out) == [Block.RUN_HEADER, Block.RUN_SUMMARY, Block.RUN_KPI, Block.RUN_DRIFT, Block.RUN_VERDICT,
+                        Block.RUN_ACTIONS]
+    kpi = next(b for b in out if b["block_id"] == Block.RUN_KPI)["text"]["text"]
+    for subject in ("candidate", "target base alone", "live (v1)"):
+        assert subject in kpi
+    buttons = next(b for b in out if b["type"] == "actions")["elements"]
+    assert [b["action_id"] for b in buttons] == [Action.APPROVE, Action.REJECT]
+    assert all(b["value"] == "12" and "confirm" in b for b in buttons)
+    assert "<@U0ALICE>" in out[1]["text"]["text"] and "<#C0SUPPORT>" in out[1]["text"]["text"]
+
+
+def test_a_decision_replaces_the_buttons_with_the_outcome():
+    out = blocks.run_card_blocks(card(rollout_state="live", decided_by="U0BOB"))
+    assert_valid(out)
+    assert actions(out) == []
+    assert "Approved by <@U0BOB>" in out[-1]["elements"][0]["text"]
+    rejected = blocks.run_card_blocks(card(rollout_state="rejected", decided_by="bob", decision_reason="drift"))
+    assert "Rejected by bob: drift" in rejected[-1]["elements"][0]["text"]
+
+
+def test_a_failed_gate_offers_reject_and_retune_but_not_approve():
+    out = blocks.run_card_blocks(card(verdict="fail", rollout_state="blocked", can_retune=True))
+    assert_valid(out)
+    assert actions(out) == [Action.REJECT, Action.RETUNE]
+
+
+def test_incompatible_run_lists_the_errors():
+    out = blocks.run_card_blocks(card(status="failed", kpi=(), drift_overall=None, verdict=None, rollout_state=None,
+                                      compat_errors=("hidden size 128 vs 256",), error="not compatible"))
+    assert_valid(out)
+    assert "hidden size 128 vs 256" in next(b for b in out if b["block_id"] == Block.RUN_COMPAT)["text"]["text"]
+
+
+def test_user_text_is_escaped():
+    out = blocks.reply_blocks(Reply("<!channel> & <https://evil|x>"))
+    assert out[0]["text"]["text"] == "&lt;!channel&gt; &amp; &lt;https://evil|x&gt;"
+
+
+def test_long_content_stays_within_limits():
+    long = "x" * 10_000
+    assert_valid(blocks.run_card_blocks(card(assistant=long, target_version=long, step=long, error=long,
+                                             compat_errors=(long,) * 50, drift_modules=((long, 1.0),) * 50,
+                                             kpi=(KpiRow(long, 0.5),) * 500, gate=long, status="running",
+                                             decision_reason=long)))
+    status = StatusView(None, tuple(LiveRow(f"a{i}", "#c", "v1", i, 0.5) for i in range(500)),
+                        tuple(PendingRow(i, long, "v2", "running", 0.3, None, None) for i in range(500)))
+    assert_valid(blocks.status_blocks(status))
+    assert_valid(blocks.home_view(status)["blocks"])
+    runs = tuple(LineageRun(i, "transplant", "v2", "succeeded", "pass", 0.5, "live", "#c", "bob") for i in range(300))
+    lineage = LineageView("a", "demo", tuple(LineagePatch(i, "v1", 8, None, long, runs) for i in range(200)))
+    assert_valid(blocks.lineage_blocks(lineage))
+    assert_valid(blocks.table_blocks(Table("t", ("a", "b"), tuple((long, long) for _ in range(100)))))
+
+
+def test_home_and_status_show_live_and_waiting():
+    view = StatusView(None, (LiveRow("support-assistant", "#support", "v1", 3, 0.92),),
+                      (PendingRow(12, "support-assistant", "v2", "succeeded", 1.0, "awaiting_approval", "pass"),))
+    home = blocks.home_view(view)
+    assert home["type"] == "home"
+    assert_valid(home["blocks"])
+    text = json.dumps(home)
+    assert "#12" in text and "awaiting approval" in text and "92.0%" in text
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(), st.text(), st.floats(min_value=-1, max_value=2), st.sampled_from(
+    [None, "awaiting_approval", "blocked", "live", "superseded", "rolled_back", "rejected"]),
+    st.sampled_from(["queued", "running", "succeeded", "failed"]))
+def test_any_card_is_valid(text, other, progress, rollout_state, status):
+    out = blocks.run_card_blocks(card(assistant=text or "a", target_version=other or "v", step=text, status=status,
+                                      progress=progress, rollout_state=rollout_state, requested_by=other,
+                                      decided_by=text, decision_reason=other, error=text or None))
+    assert_valid(out)
+    assert blocks.reply_blocks(Reply(text or "x"))[0]["text"]["text"]

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.commands.grammar import (
+    USAGE,
+    Approve,
+    Ask,
+    Assistants,
+    Bases,
+    Eval,
+    Help,
+    Lineage,
+    ParseError,
+    Patch,
+    Reject,
+    Rollback,
+    Status,
+    parse,
+)
+
+VALID = [
+    ("patch support-assistant onto v2", Patch("support-assistant", "v2")),
+    ("  PATCH   support-assistant   ONTO   v2  ", Patch("support-assistant", "v2")),
+    ("Patch Support-Assistant Onto V2", Patch("Support-Assistant", "V2")),
+    ("eval support-assistant on v3", Eval("support-assistant", "v3")),
+    ("EVAL x ON y", Eval("x", "y")),
+    ("approve 12", Approve(12)),
+    ("approve #12", Approve(12)),
+    ("approve run #12", Approve(12)),
+    ("approve 12 gate is too strict for this release", Approve(12, "gate is too strict for this release")),
+    ("reject 7", Reject(7)),
+    ("reject #7   answers  are off", Reject(7, "answers  are off")),
+    ("rollback support-assistant", Rollback("support-assistant")),
+    ("status", Status()),
+    ("status support-assistant", Status("support-assistant")),
+    ("lineage support-assistant", Lineage("support-assistant")),
+    ("bases", Bases()),
+    ("bases demo", Bases("demo")),
+    ("assistants", Assistants()),
+    ("ask support-assistant how do I reset\tthe  X200?", Ask("support-assistant", "how do I reset the X200?")),
+    ("help", Help()),
+    ("HELP me", Help()),
+    ("/portllm status", Status()),
+    ("<@U0BOT> status", Status()),
+    ("\tstatus\n", Status()),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), VALID)
+def test_parses(text, expected):
+    assert parse(text) == expected
+
+
+INVALID = [
+    ("", "No command", "help"),
+    ("   ", "No command", "help"),
+    ("pach support-assistant onto v2", "Unknown command `pach`", USAGE["patch"]),
+    ("stauts", "Unknown command", USAGE["status"]),
+    ("aprove 12", "Unknown command", USAGE["approve"]),
+    ("rollbak x", "Unknown command", USAGE["rollback"]),
+    ("xyzzy", "Commands: patch", "help"),
+    ("patch support-assistant v2", "needs `onto`", USAGE["patch"]),
+    ("patch support-assistant", "takes an assistant and a version", USAGE["patch"]),
+    ("patch a onto", "takes an assistant and a version", USAGE["patch"]),
+    ("eval a onto v2", "takes an assistant and a version", USAGE["eval"]),
+    ("eval a v2", "needs `on`", USAGE["eval"]),
+    ("approve", "needs a run number", USAGE["approve"]),
+    ("approve twelve", "not a run number", USAGE["approve"]),
+    ("approve run", "needs a run number", USAGE["approve"]),
+    ("reject #x", "not a run number", USAGE["reject"]),
+    ("rollback", "one assistant name", USAGE["rollback"]),
+    ("rollback a b", "one assistant name", USAGE["rollback"]),
+    ("status a b", "at most one name", USAGE["status"]),
+    ("lineage", "one assistant name", USAGE["lineage"]),
+    ("assistants all", "takes no arguments", USAGE["assistants"]),
+    ("ask support-assistant", "needs an assistant and a question", USAGE["ask"]),
+    ("ask", "needs an assistant and a question", USAGE["ask"]),
+]
+
+
+@pytest.mark.parametrize(("text", "message", "suggestion"), INVALID)
+def test_errors_say_what_was_wrong_and_what_is_right(text, message, suggestion):
+    error = parse(text)
+    assert isinstance(error, ParseError)
+    assert message in error.message
+    assert error.suggestion == suggestion
+    assert suggestion in str(error)
+
+
+def test_unknown_command_echo_is_clipped_and_cannot_break_formatting():
+    error = parse("`" * 500)
+    assert isinstance(error, ParseError)
+    assert "`" * 3 not in error.message.replace("``", "")
+    assert len(error.message) < 200
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text())
+def test_arbitrary_text_never_raises(text):
+    result = parse(text)
+    assert isinstance(result, (ParseError, Patch, Eval, Approve, Reject, Rollback, Status, Lineage, Bases,
+                               Assistants, Ask, Help))
+    if isinstance(result, ParseError):
+        assert str(result)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(list(USAGE)), st.lists(st.text(min_size=1), max_size=5))
+def test_known_verbs_with_arbitrary_arguments_never_raise(verb, words):
+    result = parse(" ".join([verb, *words]))
+    assert result is not None

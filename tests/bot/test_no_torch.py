@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.bot.slack_http import REPO
+
+
+def test_the_bot_never_imports_the_ml_stack():
+    code = ("import sys, bot.slack_app, bot.server, bot.console; "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'portllm_engine', 'workers') "
+            "if m in sys.modules); print(','.join(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
