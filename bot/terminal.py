@@ -21,6 +21,7 @@ from bot.commands.replies import Reply
 from bot.views import LineageView, RunCard, StatusView, Table
 
 VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "inconclusive": "bold yellow"}
+MAX_COMPAT_LINES = 5  # a wrong-shape base fails every module; the first few say why
 
 
 def render(reply: Reply) -> RenderableType:
@@ -54,8 +55,11 @@ def run_card(card: RunCard) -> Panel:
                       f"{card.status} · requested by {card.requested_by} in {card.channel}"))
     if card.active:
         parts.append(Text(f"{progress_bar(card.progress)} {round(card.progress * 100)}% {card.step}"))
-    for error in card.compat_errors:
+    for error in card.compat_errors[:MAX_COMPAT_LINES]:
         parts.append(Text(f"not compatible: {error}", style="red"))
+    if len(card.compat_errors) > MAX_COMPAT_LINES:
+        more = len(card.compat_errors) - MAX_COMPAT_LINES
+        parts.append(Text(f"… and {more} more (`portllm run show {card.run_id}` lists them all)", style="red"))
     if card.error and not card.compat_errors:
         parts.append(Text(f"failed: {card.error}", style="red"))
     if card.kpi:
@@ -75,6 +79,9 @@ def run_card(card: RunCard) -> Panel:
     elif card.rollout_state == "blocked":
         hint = f"blocked by the gate: an admin may `approve {card.run_id} <reason>`; or `reject {card.run_id}`"
         parts.append(Text(hint, style="bold red"))
+        if card.can_retune:
+            parts.append(Text(f"fallback: `retune {card.run_id}` re-tunes the patch on {card.target_version}, "
+                              "warm-started from the transplanted weights", style="bold"))
     elif card.rollout_state:
         by = f" by {card.decided_by}" if card.decided_by else ""
         reason = f": {card.decision_reason}" if card.decision_reason else ""

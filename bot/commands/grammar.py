@@ -35,6 +35,11 @@ class Reject:
 
 
 @dataclass(frozen=True)
+class Retune:
+    run_id: int
+
+
+@dataclass(frozen=True)
 class Rollback:
     assistant: str
 
@@ -70,13 +75,14 @@ class Help:
     pass
 
 
-Command = Patch | Eval | Approve | Reject | Rollback | Status | Lineage | Bases | Assistants | Ask | Help
+Command = Patch | Eval | Approve | Reject | Retune | Rollback | Status | Lineage | Bases | Assistants | Ask | Help
 
 USAGE: dict[str, str] = {
     "patch": "patch <assistant> onto <version>",
     "eval": "eval <assistant> on <version>",
     "approve": "approve <run>",
     "reject": "reject <run> [reason]",
+    "retune": "retune <run>",
     "rollback": "rollback <assistant>",
     "status": "status [<assistant>]",
     "lineage": "lineage <assistant>",
@@ -172,6 +178,14 @@ def _parse_reject(rest: str) -> Command | ParseError:
     return got if isinstance(got, ParseError) else Reject(*got)
 
 
+def _parse_retune(rest: str) -> Command | ParseError:
+    got = _run_and_reason("retune", rest)
+    if isinstance(got, ParseError):
+        return got
+    run_id, extra = got
+    return Retune(run_id) if extra is None else _usage_error("retune", "`retune` takes only a run number.")
+
+
 def _one_name(verb: str, rest: str, *, optional: bool) -> str | None | ParseError:
     words = rest.split()
     if len(words) == 1:
@@ -222,6 +236,7 @@ _PARSERS = {
     "eval": _parse_eval,
     "approve": _parse_approve,
     "reject": _parse_reject,
+    "retune": _parse_retune,
     "rollback": _parse_rollback,
     "status": _parse_status,
     "lineage": _parse_lineage,

@@ -204,6 +204,7 @@ _HANDLERS: dict[type, Callable[[object, Context], Reply]] = {
     grammar.Eval: _eval,
     grammar.Approve: _approve,
     grammar.Reject: _reject,
+    grammar.Retune: lambda cmd, ctx: retune(cmd.run_id, ctx),
     grammar.Rollback: _rollback,
     grammar.Status: _status,
     grammar.Lineage: _lineage,

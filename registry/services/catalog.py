@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry.errors import DuplicateError, NotApprover, RegistryError, UnknownAssistant, UnknownBase, UnknownPatch
-from registry.models import Assistant, BaseModel, Patch
+from registry.models import Assistant, BaseModel, Patch, Rollout, Run
 from registry.services.common import audit, flush_or_duplicate
 
 
@@ -275,10 +275,16 @@ def get_patch(s: Session, patch_id: int) -> Patch:
 
 
 def current_patch(s: Session, assistant: str | Assistant) -> Patch:
-    """The assistant's newest patch (a re-tune's result counts as newest)."""
+    """The patch new runs carry: the assistant's newest, except re-tune results that never went
+    live. A re-tune is a candidate until someone approves it; until then it must not replace the
+    patch the team approved (a later `patch … onto v4` would otherwise carry an unapproved one)."""
     owner = resolve_assistant(s, assistant)
+    ever_live = select(Run.result_patch_id).join(Rollout, Rollout.run_id == Run.id).where(
+        Run.result_patch_id.is_not(None), Rollout.live_since.is_not(None)
+    )
     patch = s.scalar(
-        select(Patch).where(Patch.assistant_id == owner.id)
+        select(Patch).where(Patch.assistant_id == owner.id,
+                            Patch.parent_patch_id.is_(None) | Patch.id.in_(ever_live))
         .order_by(Patch.created_at.desc(), Patch.id.desc()).limit(1)
     )
     if patch is None:

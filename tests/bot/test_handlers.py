@@ -95,6 +95,8 @@ def test_failed_gate_offers_a_retune_and_needs_an_admin_with_a_reason(world):
     with world.session_factory() as s:
         assert s.get(Run, first.run_id).kind == "retune"
     assert world.messages("gpu") == [("portllm.retune", [first.run_id])]
+    typed = handle(f"retune #{run_id}", ctx(world, request_id="typed"))  # the console's twin of the button
+    assert typed.ok and typed.run_id == first.run_id
     assert "only an admin" in handle(f"approve {run_id}", ctx(world, user=APPROVER)).text
     reply = handle(f"approve {run_id} known flaky items", ctx(world, user=ADMIN))
     assert reply.ok and reply.view.rollout_state == "live"

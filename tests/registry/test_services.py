@@ -98,6 +98,21 @@ def test_request_run_is_idempotent_on_its_key(factory):
         assert _audit_count(s, "run.requested") == 1
 
 
+def test_a_retune_result_is_the_current_patch_only_once_it_went_live(factory):
+    with session_scope(factory) as s:
+        original = sv.current_patch(s, ASSISTANT)
+        blocked = sv.open_rollout(s, finished_run(s, "v3").id, verdict="fail")
+        retuned = register_patch(s, origin_base="v3", parent_patch=original.id)
+        retune_run = finished_run(s, "v3", kind="retune", result_patch_id=retuned.id)
+        assert blocked.state == "blocked"
+        assert sv.current_patch(s, ASSISTANT).id == original.id  # a candidate, not approved yet
+        sv.open_rollout(s, retune_run.id, verdict="pass")
+        sv.decide_rollout(s, retune_run.id, approve=True, user="alice")
+        assert sv.current_patch(s, ASSISTANT).id == retuned.id
+        newer = register_patch(s, origin_base="v2")  # an operator's own patch is current at once
+        assert sv.current_patch(s, ASSISTANT).id == newer.id
+
+
 def test_request_run_validates(factory):
     with session_scope(factory) as s:
         with pytest.raises(UnknownBase):
