@@ -1,0 +1,220 @@
+"""How results reach people: the console channel's outbox file, or Slack.
+
+Tasks call `run_changed(run_id)` whenever a run moves and `answer_stream(reply_to, chunks)` for
+an answer. Both notifiers read what they show from the registry, so a task passes only ids.
+A notifier never fails a run: delivery problems are logged and the run goes on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from slack_sdk.errors import SlackClientError
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+# Slack said no, or Slack could not be reached: logged, never raised into a run.
+DELIVERY_ERRORS = (SlackClientError, OSError)
+
+
+class Notifier(Protocol):
+    def run_changed(self, run_id: int, *, final: bool = False) -> None:
+        """The run moved (progress, step or status). `final` updates are never throttled."""
+
+    def answer_stream(self, reply_to: dict, chunks: Iterable[str]) -> str:
+        """Deliver an answer as it is generated; returns the whole text."""
+
+
+class Throttle:
+    """At most one update per key per `interval` seconds; final updates always pass."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[object, float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: object, *, final: bool = False) -> bool:
+        with self._lock:
+            now = self._clock()
+            last = self._last.get(key)
+            if final or last is None or now - last >= self.interval:
+                self._last[key] = now
+                return True
+            return False
+
+
+def _card(session: Session, run_id: int):
+    """The bot's read model of a run (the same card Slack and the console show), or None."""
+    from bot.views import run_card
+    from registry.errors import UnknownRun
+
+    try:
+        return run_card(session, run_id)
+    except UnknownRun:
+        return None
+
+
+class ConsoleNotifier:
+    """Appends JSON lines to <data_dir>/console/outbox.jsonl; `portllm console` tails the file."""
+
+    def __init__(self, outbox: Path, session_factory: sessionmaker, *, interval: float = 0.5) -> None:
+        self.outbox = outbox
+        self.session_factory = session_factory
+        self._throttle = Throttle(interval)
+        self._lock = threading.Lock()
+
+    def _write(self, event: dict) -> None:
+        self.outbox.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(event, ensure_ascii=False) + "\n"
+        # One write call per line in append mode keeps lines whole across processes.
+        with self._lock, open(self.outbox, "a", encoding="utf-8") as out:
+            out.write(line)
+
+    def run_changed(self, run_id: int, *, final: bool = False) -> None:
+        if not self._throttle.allow(run_id, final=final):
+            return
+        from bot.blocks import run_summary
+
+        with self.session_factory() as session:
+            card = _card(session, run_id)
+        if card is None:
+            return
+        self._write({
+            "type": "run",
+            "run_id": run_id,
+            "channel": card.channel,
+            "status": card.status,
+            "progress": card.progress,
+            "step": card.step,
+            "final": final or card.status in FINAL_STATUSES,
+            "text": run_summary(card),
+        })
+
+    def answer_stream(self, reply_to: dict, chunks: Iterable[str]) -> str:
+        parts: list[str] = []
+        for chunk in chunks:
+            parts.append(chunk)
+            self._write({"type": "answer_chunk", "reply_to": reply_to, "text": chunk})
+        text = "".join(parts)
+        self._write({"type": "answer_done", "reply_to": reply_to, "text": text})
+        return text
+
+
+def _reason(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    return response.get("error", str(exc)) if response is not None else str(exc)
+
+
+def _coalesce(chunks: Iterable[str], interval: float) -> Iterator[str]:
+    """Group generated pieces so Slack sees at most one write per `interval` seconds."""
+    pending: list[str] = []
+    last = float("-inf")  # the first piece goes out at once: time to first token matters
+    for chunk in chunks:
+        pending.append(chunk)
+        if time.monotonic() - last >= interval:
+            yield "".join(pending)
+            pending.clear()
+            last = time.monotonic()
+    if pending:
+        yield "".join(pending)
+
+
+class SlackNotifier:
+    """One Slack message per run, posted once and updated in place (throttled); streamed answers.
+
+    The message's {"channel", "ts"} is kept in `run.notify_ref` so every worker updates the same one.
+    """
+
+    def __init__(self, client, session_factory: sessionmaker, *, interval: float = 1.0) -> None:
+        self.client = client
+        self.session_factory = session_factory
+        self.interval = interval
+        self._throttle = Throttle(interval)
+
+    @classmethod
+    def from_settings(cls, settings, session_factory: sessionmaker) -> SlackNotifier:
+        from slack_sdk import WebClient
+        from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+        if settings.slack_bot_token is None:
+            raise ValueError("PORTLLM_NOTIFIER=slack needs SLACK_BOT_TOKEN: set it, or use PORTLLM_NOTIFIER=console")
+        kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
+        client = WebClient(token=settings.slack_bot_token.get_secret_value(), **kwargs)
+        client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=3))
+        return cls(client, session_factory, interval=settings.slack_update_interval_s)
+
+    def run_changed(self, run_id: int, *, final: bool = False) -> None:
+        if not self._throttle.allow(run_id, final=final):
+            return
+        from bot.blocks import run_card_blocks, run_summary
+        from registry import services
+        from registry.models import Run
+
+        with self.session_factory() as session:
+            card = _card(session, run_id)
+            if card is None:
+                return
+            run = session.get(Run, run_id)
+            blocks, text = run_card_blocks(card), run_summary(card)
+            try:
+                if run.notify_ref:
+                    ref = run.notify_ref
+                    self.client.chat_update(channel=ref["channel"], ts=ref["ts"], text=text, blocks=blocks)
+                    return
+                posted = self.client.chat_postMessage(channel=run.channel, text=text, blocks=blocks)
+            except DELIVERY_ERRORS as exc:
+                log.warning("Slack update for run %s failed: %s", run_id, _reason(exc))
+                return
+            services.set_notify_ref(session, run_id, {"channel": posted["channel"], "ts": posted["ts"]})
+            session.commit()
+
+    def answer_stream(self, reply_to: dict, chunks: Iterable[str]) -> str:
+        """chat_stream into the thread; where streaming is refused, a message updated in place."""
+        sent: list[str] = []
+        pieces = _coalesce(chunks, self.interval)
+        channel, thread_ts = reply_to["channel"], reply_to.get("thread_ts")
+        if thread_ts:
+            stream = self.client.chat_stream(
+                channel=channel, thread_ts=thread_ts, buffer_size=1,
+                recipient_team_id=reply_to.get("team"), recipient_user_id=reply_to.get("user"),
+            )
+            try:
+                for piece in pieces:
+                    sent.append(piece)  # before sending: a refused start falls back with it
+                    stream.append(markdown_text=piece)
+                stream.stop()
+                return "".join(sent)
+            except DELIVERY_ERRORS as exc:
+                log.info("chat_stream unavailable (%s); falling back to chat.update", _reason(exc))
+        return self._answer_by_update(channel, thread_ts, sent, pieces)
+
+    def _answer_by_update(self, channel: str, thread_ts: str | None, sent: list[str], pieces: Iterator[str]) -> str:
+        text = "".join(sent)
+        ts = None
+        try:
+            for piece in pieces:
+                text += piece
+                if ts is None:
+                    ts = self.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)["ts"]
+                else:
+                    self.client.chat_update(channel=channel, ts=ts, text=text)
+            if ts is None:
+                self.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text or "(no answer)")
+        except DELIVERY_ERRORS as exc:
+            log.warning("Slack answer in %s failed: %s", channel, _reason(exc))
+        return text
+
+
+def make_notifier(settings, session_factory: sessionmaker) -> Notifier:
+    """The notifier for run updates (and answers to Slack questions): PORTLLM_NOTIFIER."""
+    if settings.notifier == "slack":
+        return SlackNotifier.from_settings(settings, session_factory)
+    return ConsoleNotifier(settings.outbox_path, session_factory)
