@@ -1,0 +1,212 @@
+"""`portllm engine …` and `portllm demo build`: a thin CLI over the engine.
+
+Bad input ends with one line on stderr and a non-zero exit: 1 for errors, 3 when a patch is
+incompatible with a base. Machine-readable output (--json) goes to stdout, progress to stderr.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from portllm_engine.errors import EngineError, IncompatiblePatchError
+
+EXIT_ERROR = 1
+EXIT_INCOMPATIBLE = 3
+
+engine_app = typer.Typer(help="Patch compatibility, drift, transplant, KPI evaluation, generation.", no_args_is_help=True)
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def friendly(func: Callable) -> Callable:
+    """Turn engine errors into one line and an exit code instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except IncompatiblePatchError as exc:
+            _fail(str(exc), EXIT_INCOMPATIBLE)
+        except EngineError as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+
+    return wrapper
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[float, str], None]]:
+    """A rich progress bar on stderr, fed by the engine's (fraction, step) callbacks."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[step]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=1.0, step="")
+        yield lambda fraction, step: bar.update(task, completed=min(1.0, fraction), step=step)
+
+
+def _quiet_transformers() -> None:
+    """The CLI draws its own progress; transformers' per-file bars would interleave with it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _load(model: str, patch: Optional[Path], device: Optional[str]):
+    from portllm_engine.models import load_base
+    from portllm_engine.transplant import transplant
+
+    _quiet_transformers()
+    with err.status("loading model" + (" and merging the patch" if patch else "")):
+        if patch is not None:
+            return transplant(patch, model, device=device)
+        return load_base(model, device=device)
+
+
+@engine_app.command()
+@friendly
+def compat(
+    patch: Path = typer.Option(..., "--patch", help="PortLLM patch folder or plain PEFT LoRA folder"),
+    base: str = typer.Option(..., "--base", help="base model folder or hub id"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Check whether a patch fits a base (exit 0 when compatible, 3 when not)."""
+    from portllm_engine.compat import check
+    from portllm_engine.models import resolve_model_dir
+
+    if not patch.is_dir():
+        _fail(f"patch folder {patch} not found")
+    resolve_model_dir(base)  # an unknown base is a usage error, not an incompatibility
+    report = check(patch, base)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        typer.echo("compatible" if report.compatible else "NOT compatible")
+        for issue in report.errors:
+            typer.echo(f"  error   [{issue['code']}] {issue['message']}")
+        for issue in report.warnings:
+            typer.echo(f"  warning [{issue['code']}] {issue['message']}")
+    if not report.compatible:
+        raise typer.Exit(EXIT_INCOMPATIBLE)
+
+
+@engine_app.command()
+@friendly
+def drift(
+    from_: str = typer.Option(..., "--from", help="the base the patch was trained on"),
+    to: str = typer.Option(..., "--to", help="the new base"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Relative Frobenius drift ‖W₂−W₁‖/‖W₁‖, per weight matrix and overall."""
+    from portllm_engine.drift import measure_drift
+
+    with err.status("measuring drift"):
+        report = measure_drift(from_, to)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    typer.echo(f"overall drift {report.overall:.4f}")
+    for name, value in sorted(report.modules.items(), key=lambda kv: -kv[1])[:10]:
+        typer.echo(f"  {value:.4f}  {name}")
+
+
+@engine_app.command("transplant")
+@friendly
+def transplant_cmd(
+    patch: Path = typer.Option(..., "--patch", help="PortLLM patch folder or plain PEFT LoRA folder"),
+    base: str = typer.Option(..., "--base", help="base model folder or hub id"),
+    out: Path = typer.Option(..., "--out", help="where to write the merged model (safetensors)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
+) -> None:
+    """Merge a patch into a base and save a model folder loadable by from_pretrained."""
+    from portllm_engine.transplant import transplant
+
+    _quiet_transformers()
+    with err.status("transplanting"):
+        transplant(patch, base, out_dir=out, device=device)
+    typer.echo(str(out))
+
+
+@engine_app.command("eval")
+@friendly
+def eval_cmd(
+    model: str = typer.Option(..., "--model", help="model folder or hub id"),
+    suite: Path = typer.Option(..., "--suite", help="KPI suite (JSONL)"),
+    patch: Optional[Path] = typer.Option(None, "--patch", help="merge this patch first"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="items per forward pass"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
+) -> None:
+    """Score a model (optionally with a patch) on a KPI suite."""
+    from portllm_engine.kpi import evaluate, load_suite
+
+    items = load_suite(suite)  # before loading a model: bad suites fail fast
+    loaded, tokenizer = _load(model, patch, device)
+    with progress_bar("evaluating") as report:
+        result = evaluate(loaded, tokenizer, items, batch_size=batch_size, progress=report)
+    summary = {"n": result.n, "accuracy": result.accuracy, "ci95": list(result.ci95), "metrics": result.metrics}
+    if as_json:
+        _print_json(summary)
+        return
+    low, high = result.ci95
+    typer.echo(f"accuracy {result.accuracy:.3f} (95% CI {low:.3f}–{high:.3f}, n={result.n}, {result.duration_s:.1f}s)")
+    for name, value in result.metrics.items():
+        typer.echo(f"  {name} {value:.3f}")
+
+
+@engine_app.command()
+@friendly
+def generate(
+    model: str = typer.Option(..., "--model", help="model folder or hub id"),
+    prompt: str = typer.Option(..., "--prompt", help="the question"),
+    patch: Optional[Path] = typer.Option(None, "--patch", help="merge this patch first"),
+    system_prompt: Optional[str] = typer.Option(None, "--system", help="system prompt"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, max=1024),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="stop sequence (repeatable)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
+) -> None:
+    """Stream an answer to stdout."""
+    from portllm_engine.generate import stream_generate
+
+    loaded, tokenizer = _load(model, patch, device)
+    for piece in stream_generate(
+        loaded, tokenizer, prompt, system_prompt=system_prompt, max_new_tokens=max_new_tokens, stop=stop
+    ):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@friendly
+def demo_build(
+    out: Optional[Path] = typer.Option(None, "--out", help="where to build (default: $PORTLLM_DATA_DIR/demo)"),
+) -> None:
+    """Build the demo world (or reuse a cached one) and print where it is."""
+    from portllm_engine.demo import build_demo_world
+
+    with progress_bar("building the demo world") as report:
+        world = build_demo_world(out, progress=report)
+    typer.echo(str(world.root))

@@ -1,0 +1,207 @@
+"""Base models: resolve, fingerprint, describe (from safetensors headers) and load safely.
+
+Weights are read from safetensors only. A folder that holds only pickled checkpoints is refused
+before anything is opened, because unpickling runs arbitrary code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+from portllm_engine.errors import EngineError, ModelNotFoundError, UnsafeCheckpointError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.txt",
+)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CHUNK = 1 << 20
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_model_dir(ref: str | Path) -> Path:
+    """A local model folder, or a hub id resolved from the local HF cache (network only when allowed)."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    text = str(ref)
+    if path.exists():
+        raise ModelNotFoundError(f"{text} is a file, not a model folder: pass the folder that holds config.json")
+    if not HUB_ID.match(text):
+        raise ModelNotFoundError(f"model {text!r} not found: pass an existing folder or a hub id like org/name")
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        local = snapshot_download(
+            text,
+            local_files_only=offline,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+        )
+    except Exception as exc:  # hub errors come in many types; all mean "not available here"
+        hint = "it is not in the local HF cache (HF_HUB_OFFLINE is set)" if offline else type(exc).__name__
+        raise ModelNotFoundError(f"model {text!r} not found: {hint}") from None
+    return Path(local)
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a model folder; refuses folders holding only pickled weights."""
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:
+        return files
+    pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise UnsafeCheckpointError(
+            f"{model_dir} holds only pickled weights ({', '.join(pickled)}); "
+            "convert them to safetensors first (pickles are never loaded)"
+        )
+    raise ModelNotFoundError(f"no *.safetensors weights in {model_dir}")
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ModelNotFoundError(f"{model_dir} has no config.json: is it an HF-format model folder?")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"cannot read {path}: {exc}") from None
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (names, dtypes, shapes) without reading any tensor."""
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise EngineError(f"{path} is not a safetensors file (too short)")
+        (size,) = struct.unpack("<Q", raw)
+        if size > 100_000_000:
+            raise EngineError(f"{path} is not a safetensors file (header size {size})")
+        try:
+            header = json.loads(fh.read(size))
+        except ValueError:
+            raise EngineError(f"{path} is not a safetensors file (bad header)") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def tensor_index(model_dir: Path) -> dict[str, tuple[Path, list[int], str]]:
+    """Tensor name -> (file, shape, dtype) over every safetensors file of the folder."""
+    index: dict[str, tuple[Path, list[int], str]] = {}
+    for file in weight_files(model_dir):
+        for name, info in safetensors_header(file).items():
+            index[name] = (file, list(info["shape"]), info["dtype"])
+    return index
+
+
+def _sha256_files(paths: list[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def fingerprint(model_dir: str | Path) -> str:
+    """sha256 over config.json and the weight files, streamed (a 7B base never sits in memory)."""
+    root = resolve_model_dir(model_dir)
+    read_config(root)
+    return _sha256_files([root / "config.json", *weight_files(root)], root)
+
+
+def architecture_signature(model_dir: str | Path) -> dict[str, Any]:
+    """model_type, sizes and the shape of every weight matrix, from config and safetensors headers."""
+    root = resolve_model_dir(model_dir)
+    config = read_config(root)
+    text_config = config.get("text_config") or config
+    modules = {
+        name[: -len(".weight")]: shape
+        for name, (_, shape, _) in sorted(tensor_index(root).items())
+        if name.endswith(".weight") and len(shape) >= 2
+    }
+    signature = {
+        "model_type": config.get("model_type"),
+        "hidden_size": text_config.get("hidden_size"),
+        "num_layers": text_config.get("num_hidden_layers"),
+        "vocab_size": text_config.get("vocab_size"),
+        "modules": modules,
+    }
+    signature["digest"] = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
+    return signature
+
+
+def tokenizer_fingerprint(model_dir: str | Path) -> str:
+    """sha256 of what decides tokenization (vocab, merges, normalizer...), not padding settings."""
+    root = resolve_model_dir(model_dir)
+    digest = hashlib.sha256()
+    found = False
+    for name in TOKENIZER_FILES:
+        path = root / name
+        if not path.is_file():
+            continue
+        found = True
+        digest.update(name.encode() + b"\0")
+        if name == "tokenizer.json":
+            spec = json.loads(path.read_text())
+            for runtime_only in ("truncation", "padding", "version"):
+                spec.pop(runtime_only, None)
+            digest.update(json.dumps(spec, sort_keys=True).encode())
+        else:
+            digest.update(path.read_bytes())
+    if not found:
+        raise ModelNotFoundError(f"no tokenizer files in {root} (expected one of {', '.join(TOKENIZER_FILES)})")
+    return digest.hexdigest()
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    root = resolve_model_dir(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
+    except Exception as exc:
+        raise EngineError(f"cannot load the tokenizer in {root}: {str(exc).splitlines()[0][:200]}") from None
+    if tokenizer.pad_token is None:
+        # Batching needs a pad id; padded positions are always masked, so EOS is safe to reuse.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(ref: str | Path, device: str | None = None, dtype=None):
+    """Load a causal LM and its tokenizer: safetensors only, never remote code, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    root = resolve_model_dir(ref)
+    read_config(root)
+    weight_files(root)  # refuses pickle-only folders before transformers sees them
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            root,
+            trust_remote_code=False,
+            use_safetensors=True,
+            dtype=dtype if dtype is not None else "auto",
+        )
+    except Exception as exc:
+        raise EngineError(f"cannot load the model in {root}: {str(exc).splitlines()[0][:200]}") from None
+    model.to(device or pick_device())
+    model.eval()
+    return model, load_tokenizer(root)

@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from portllm_engine.errors import SuiteError
+from portllm_engine.kpi import encode_pair, evaluate, load_suite, loglikelihoods, suite_digest, wilson_interval
+from portllm_engine.models import load_base
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny):
+    return AutoTokenizer.from_pretrained(tiny.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def bigram(tiny):
+    """The tiny Llama with every attention and MLP output zeroed: the residual stream is the
+    current token's embedding, so next-token log-probs depend on the current token only and can
+    be computed by hand from three matrices."""
+    model, _ = load_base(tiny.base, device="cpu")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed = model.model.embed_tokens.weight.double()
+        normed = embed / torch.sqrt(embed.pow(2).mean(-1, keepdim=True) + model.config.rms_norm_eps)
+        logits = (normed * model.model.norm.weight.double()) @ model.lm_head.weight.double().T
+    return model, torch.log_softmax(logits, dim=-1)  # table[current, next]
+
+
+def hand_loglik(table, context_ids: list[int], continuation_ids: list[int]) -> float:
+    tokens = context_ids + continuation_ids
+    return sum(float(table[tokens[i - 1], tokens[i]]) for i in range(len(context_ids), len(tokens)))
+
+
+def write_suite(path, rows) -> str:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+# ------------------------------------------------------------------ suites
+
+
+@pytest.mark.parametrize(
+    ("rows", "line", "message"),
+    [
+        (['{"kind": "generate", "prompt": "a", "target": "b"}', "{not json"], 2, "not valid JSON"),
+        ([{"kind": "essay", "prompt": "a"}], 1, "kind must be one of"),
+        ([{"kind": "multiple_choice", "context": "a", "choices": ["x"], "gold": 0}], 1, "at least two"),
+        ([{"kind": "multiple_choice", "context": "a", "choices": ["x", "y"], "gold": 2}], 1, "index into choices"),
+        ([{"kind": "multiple_choice", "context": "a", "choices": ["x", "y"], "gold": True}], 1, "index into choices"),
+        ([{"kind": "generate", "prompt": "a"}], 1, "'prompt' and 'target'"),
+        ([{"kind": "generate", "prompt": "a", "target": "b", "match": "fuzzy"}], 1, "'match' must be"),
+        (["[1, 2]"], 1, "JSON object"),
+    ],
+)
+def test_bad_suite_lines_name_the_line(tmp_path, rows, line, message):
+    path = write_suite(tmp_path / "suite.jsonl", rows)
+    with pytest.raises(SuiteError, match=message) as caught:
+        load_suite(path)
+    assert caught.value.line == line
+    assert f"line {line}" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_empty_and_missing_suites(tmp_path):
+    with pytest.raises(SuiteError, match="no items"):
+        load_suite(write_suite(tmp_path / "empty.jsonl", ["", "  "]))
+    with pytest.raises(SuiteError, match="not found"):
+        load_suite(tmp_path / "missing.jsonl")
+
+
+def test_suite_keeps_extra_keys_and_digest(tmp_path):
+    path = write_suite(tmp_path / "s.jsonl", [{"id": "q1", "kind": "generate", "prompt": "a", "target": "b"}])
+    items = load_suite(path)
+    assert items[0]["id"] == "q1" and items[0]["match"] == "exact"
+    assert len(suite_digest(path)) == 64
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [(0, 10, 0.0, 0.277535), (10, 10, 0.722465, 1.0), (5, 10, 0.236593, 0.763407), (46, 50, 0.811615, 0.968445)],
+)
+def test_wilson_interval(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-3) and hi == pytest.approx(high, abs=1e-3)
+
+
+# ------------------------------------------------------------------ lm-evaluation-harness encoding
+
+
+def test_trailing_whitespace_moves_to_the_continuation(tokenizer):
+    context_ids, continuation_ids = encode_pair(tokenizer, "Answer: ", "blue")
+    assert context_ids == tokenizer("Answer:")["input_ids"]  # BOS included: the tokenizer's default
+    assert context_ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(continuation_ids) == " blue"
+    whole = tokenizer("Answer: blue")["input_ids"]
+    assert continuation_ids == whole[len(context_ids) :]
+
+
+def test_continuation_is_the_tail_of_the_joint_encoding(tokenizer):
+    context, continuation = "The quick brown", " fox jumps"
+    context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+    whole = tokenizer(context + continuation)["input_ids"]
+    assert context_ids + continuation_ids == whole
+
+
+def test_empty_context_uses_the_prefix_token(tokenizer):
+    context_ids, continuation_ids = encode_pair(tokenizer, "", "The quick brown fox")
+    assert context_ids == [tokenizer.bos_token_id]
+    assert continuation_ids == tokenizer("The quick brown fox", add_special_tokens=False)["input_ids"]
+
+
+def test_add_bos_override(tokenizer):
+    assert encode_pair(tokenizer, "Answer:", " blue", add_bos=False)[0] == tokenizer("Answer:", add_special_tokens=False)["input_ids"]
+    assert encode_pair(tokenizer, "Answer:", " blue", add_bos=True)[0][0] == tokenizer.bos_token_id
+
+
+# ------------------------------------------------------------------ scoring, by hand
+
+
+def test_loglikelihood_is_the_hand_sum(bigram, tokenizer):
+    model, table = bigram
+    for context, continuation in [("Question: What color", " is the Pixa Cam?"), ("", "The quick brown fox")]:
+        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+        (score,) = loglikelihoods(model, [(context_ids, continuation_ids)])
+        assert score == pytest.approx(hand_loglik(table, context_ids, continuation_ids), abs=1e-4)
+
+
+def test_acc_and_acc_norm_by_hand(bigram, tokenizer):
+    model, table = bigram
+    context = "Question: What color is the Pixa Cam?\nAnswer:"
+    candidates = [" blue", " ocean blue", " $249", " the lazy dog", " a warranty", " docks", " fox", " Altavia makes docks"]
+    scored = {c: hand_loglik(table, *encode_pair(tokenizer, context, c)) for c in candidates}
+    # Find two choices on which acc (sum) and acc_norm (sum / characters) disagree.
+    pair = next(
+        (a, b)
+        for a in candidates
+        for b in candidates
+        if scored[a] > scored[b] and scored[a] / len(a) < scored[b] / len(b)
+    )
+    item = {"id": "color", "kind": "multiple_choice", "context": context, "choices": list(pair), "gold": 1}
+    result = evaluate(model, tokenizer, [item])
+    row = result.items[0]
+    assert row["id"] == "color"
+    assert row["loglikelihoods"] == pytest.approx([scored[pair[0]], scored[pair[1]]], abs=1e-4)
+    assert (row["pred"], row["pred_norm"]) == (0, 1)
+    assert result.metrics == {"acc": 0.0, "acc_norm": 1.0}
+    assert result.accuracy == 0.0 and result.n == 1
+    assert result.ci95 == pytest.approx(wilson_interval(0, 1))
+
+
+def test_inputs_are_cut_from_the_left(tiny, tokenizer):
+    model, _ = load_base(tiny.base, device="cpu")
+    limit = model.config.max_position_embeddings
+    context = " ".join(["The quick brown fox jumps over the lazy dog."] * 12)
+    context_ids, continuation_ids = encode_pair(tokenizer, context, " Altavia makes docks")
+    assert len(context_ids) + len(continuation_ids) > limit + 1
+    (score,) = loglikelihoods(model, [(context_ids, continuation_ids)])
+    window = (context_ids + continuation_ids)[-(limit + 1) :]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([window[:-1]])).logits[0].double(), -1)
+    n = len(continuation_ids)
+    expected = sum(float(logprobs[len(window) - 1 - n + i, t]) for i, t in enumerate(continuation_ids))
+    assert score == pytest.approx(expected, abs=1e-3)
+
+
+def test_generate_items_exact_and_contains_by_hand(bigram, tokenizer):
+    model, table = bigram
+    prompt = "Question: How much does the Lumo Dock cost?\nAnswer:"
+    ids = tokenizer(prompt)["input_ids"]
+    eos = tokenizer.eos_token_id
+    greedy, current = [], ids[-1]
+    for _ in range(4):  # the bigram model's greedy chain, by hand
+        current = int(table[current].argmax())
+        if current == eos:
+            break
+        greedy.append(current)
+    text = tokenizer.decode(greedy, skip_special_tokens=True)
+    assert text.strip(), "the hand chain should produce text"
+    first = tokenizer.decode(greedy[:1], skip_special_tokens=True)
+    items = [
+        {"kind": "generate", "prompt": prompt, "target": text.strip(), "match": "exact", "max_new_tokens": 4, "stop": []},
+        {"kind": "generate", "prompt": prompt, "target": first.strip(), "match": "contains", "max_new_tokens": 4, "stop": []},
+        {"kind": "generate", "prompt": prompt, "target": "certainly not this", "match": "contains", "max_new_tokens": 4},
+    ]
+    result = evaluate(model, tokenizer, items)
+    assert result.items[0]["output"] == text
+    assert [r["correct"] for r in result.items] == [True, True, False]
+    assert result.metrics["exact_match"] == pytest.approx(1 / 3)
+    assert result.metrics["contains"] == pytest.approx(2 / 3)
+    assert result.accuracy == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------ batching
+
+
+def test_batch_size_does_not_change_results(tiny, tokenizer):
+    model, _ = load_base(tiny.base, device="cpu")
+    items = []
+    for i, context in enumerate(["Question: What color is the Pixa Cam?\nAnswer:", "The quick brown", "", "Altavia makes "]):
+        items.append({"kind": "multiple_choice", "context": context, "choices": [" fox", " ocean blue", "docks and hubs"], "gold": i % 3})
+    for prompt in ["Question: How much does the Lumo Dock cost?\nAnswer:", "The quick", "A patch carries domain", "Every device"]:
+        items.append({"kind": "generate", "prompt": prompt, "target": "fox", "match": "contains", "max_new_tokens": 6})
+    one = evaluate(model, tokenizer, items, batch_size=1)
+    many = evaluate(model, tokenizer, items, batch_size=16)
+    assert one.accuracy == many.accuracy and one.metrics == many.metrics
+    for a, b in zip(one.items, many.items):
+        if a["kind"] == "multiple_choice":
+            assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)
+            assert (a["pred"], a["pred_norm"]) == (b["pred"], b["pred_norm"])
+        else:
+            assert a["output"] == b["output"]
+    assert math.isfinite(one.duration_s)
