@@ -1,0 +1,254 @@
+"""`portllm demo`: the whole story in the console channel, on the embedded defaults.
+
+Builds (or reuses) the demo world, registers it with the same admin commands an operator
+types, starts a real worker process, then plays the chat commands a team would type in
+#support and checks in the registry that each step ended as it should.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.rule import Rule
+from rich.table import Table
+
+ASSISTANT = "support-assistant"
+FAMILY = "demo"
+CHANNEL = "#support"
+APPROVER = "alice"
+ADMIN = "carol"
+# The demo's gate: v2 + patch should pass it, heavy drift (v3) should not.
+MIN_ACCURACY = 0.6
+MAX_REGRESSION = 0.2
+STOP_WORKER_S = 30
+
+
+class StoryStopped(Exception):
+    """A command of the story was refused: playing on would only pile up confusing errors."""
+
+
+@dataclass
+class Outcome:
+    step: str
+    expected: str
+    ok: bool
+
+
+def run_demo(*, broker_url: str | None = None, database_url: str | None = None, out: Path | None = None,
+             world_root: Path | None = None, console: Console | None = None) -> int:
+    """Play the story; 0 when every step ended as expected, 1 otherwise."""
+    console = console or Console()
+    # Environment, not arguments: the worker subprocess must see the same registry and queue.
+    if broker_url:
+        os.environ["PORTLLM_BROKER_URL"] = broker_url
+    if database_url:
+        os.environ["PORTLLM_DATABASE_URL"] = database_url
+    os.environ["PORTLLM_NOTIFIER"] = "console"
+
+    from bot.settings import BotSettings
+    from registry.cli import upgrade
+
+    settings = BotSettings()
+    world = _build_world(world_root, console)
+    upgrade()
+    with _worker(settings.data_dir, console):
+        _register(world, console)
+        try:
+            outcomes = _play(world, settings, console)
+        except StoryStopped as stop:
+            console.print(f"[red]The demo stopped at `{stop}`. The worker log and `portllm status` say more.[/]")
+            return 1
+    chart = _write_chart(out or settings.data_dir, console)
+    return _summarise(outcomes, chart, console)
+
+
+def _build_world(root: Path | None, console: Console):
+    from portllm_engine.demo import build_demo_world
+
+    console.print(Rule("1. The demo world"))
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("building the demo world", total=1.0)
+        world = build_demo_world(root, progress=lambda done, step: bar.update(task, completed=done, description=step))
+    console.print(f"Demo world ready in {world.root}: bases {', '.join(world.bases)}, a support patch trained on v1.")
+    return world
+
+
+def _register(world, console: Console) -> None:
+    """Register what is not registered yet, with the operator's own commands."""
+    from bot.cli import app
+    from registry import models
+    from registry.db import make_session_factory
+    from registry.settings import RegistrySettings
+    from sqlalchemy import select
+
+    console.print(Rule("2. Register bases, the assistant and its patch (portllm base/assistant/patch add)"))
+    factory = make_session_factory(RegistrySettings().resolved_database_url())
+    with factory() as s:
+        versions = set(s.scalars(select(models.BaseModel.version).where(models.BaseModel.family == FAMILY)))
+        assistant = s.scalar(select(models.Assistant).where(models.Assistant.name == ASSISTANT))
+        has_patch = assistant is not None and bool(assistant.patches)
+    commands = [["base", "add", FAMILY, version, str(path)] for version, path in world.bases.items()
+                if version not in versions]
+    if assistant is None:
+        commands.append(["assistant", "add", ASSISTANT, "--family", FAMILY, "--suite", str(world.suite),
+                         "--min-accuracy", str(MIN_ACCURACY), "--max-regression", str(MAX_REGRESSION),
+                         "--approver", APPROVER, "--admin", ADMIN])
+    if not has_patch:
+        commands.append(["patch", "add", ASSISTANT, str(world.patch), "--base", "v1",
+                         "--train-data", str(world.train_data)])
+    if not commands:
+        console.print("Already registered from an earlier run: reusing it.")
+    for args in commands:
+        console.print(f"[dim]$ portllm {' '.join(args)}[/]")
+        code = app(args, standalone_mode=False)
+        if code:  # the command already said why on stderr
+            raise SystemExit(code)
+
+
+@contextmanager
+def _worker(data_dir: Path, console: Console) -> Iterator[None]:
+    """A real Celery worker process on both queues, for the length of the story."""
+    log = data_dir / "logs" / "demo-worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker", "--queues", "gpu,serve"],
+                                stdout=sink, stderr=subprocess.STDOUT)
+    console.print(f"Worker started (pid {proc.pid}, log {log}).")
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_WORKER_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        console.print("Worker stopped.")
+
+
+def _play(world, settings, console: Console) -> list[Outcome]:
+    from bot import views
+    from bot.console import ConsoleSession
+    from bot.queue import TaskQueue
+    from registry.db import make_session_factory
+    from registry.settings import RegistrySettings
+
+    factory = make_session_factory(RegistrySettings().resolved_database_url())
+    chat = ConsoleSession(channel=CHANNEL, user=APPROVER, settings=settings, session_factory=factory,
+                          enqueue=TaskQueue(settings.resolved_broker_url()), out=console,
+                          poll_s=0.3, wait_s=900)
+
+    def say(heading: str | None, command: str):
+        if heading:
+            console.print(Rule(heading))
+        console.print(f"[bold cyan]{APPROVER} in {CHANNEL}>[/] {command}")
+        reply = chat.run_line(command)
+        if not reply.ok:
+            raise StoryStopped(command)
+        return reply
+
+    setup = say("3. Make v1 + patch live in #support", f"patch {ASSISTANT} onto v1")
+    say(None, f"approve {setup.run_id}")
+    v2 = say("4. The base moved to v2: transplant the patch", f"patch {ASSISTANT} onto v2")
+    say(None, f"approve {v2.run_id}")
+    say("5. Ask the live assistant (now v2 + patch)", f"ask {ASSISTANT} {world.questions[0]}")
+    v3 = say("6. v3 had heavy continued pretraining: what does the gate say?", f"patch {ASSISTANT} onto v3")
+    with factory() as s:
+        can_retune = views.run_card(s, v3.run_id).can_retune
+    retune = say(None, f"retune {v3.run_id}") if can_retune else None  # the gate failed: take the fallback
+    other = say("7. An unrelated model: the compatibility check refuses it", f"patch {ASSISTANT} onto other")
+    say("8. Roll back the v2 rollout", f"rollback {ASSISTANT}")
+    say("9. The lineage", f"lineage {ASSISTANT}")
+    return _check(factory, setup.run_id, v2.run_id, v3.run_id, other.run_id,
+                  retune.run_id if retune is not None else None)
+
+
+def _check(factory, setup_run: int, v2_run: int, v3_run: int, other_run: int,
+           retune_run: int | None) -> list[Outcome]:
+    """What the story must have left in the registry."""
+    from registry import models, services
+
+    with factory() as s:
+        run = lambda run_id: s.get(models.Run, run_id)  # noqa: E731
+        setup, v2, v3, other = run(setup_run), run(v2_run), run(v3_run), run(other_run)
+        live = services.live_rollout(s, ASSISTANT, CHANNEL)
+        lineage_runs = {r["id"] for p in services.lineage(s, ASSISTANT)["patches"] for r in p["runs"]}
+        outcomes = [
+            Outcome("v2 transplant", "succeeded with two evaluations",
+                    v2.status == "succeeded" and len(v2.evaluations) == 2),
+            Outcome("approve v2", "went live, then rolled back",
+                    v2.rollout is not None and v2.rollout.state == "rolled_back"),
+            Outcome("v3 transplant", "evaluated and gated",
+                    v3.status == "succeeded" and v3.rollout is not None),
+            Outcome("patch onto other", "failed with compatibility errors",
+                    other.status == "failed" and bool((other.compat_report or {}).get("errors"))),
+            Outcome("rollback", "v1 rollout live again",
+                    live is not None and live.run_id == setup.id),
+            Outcome("lineage", "lists every run of the story",
+                    {setup_run, v2_run, v3_run, other_run} <= lineage_runs),
+        ]
+        if retune_run is not None:
+            retuned = run(retune_run)
+            outcomes.append(Outcome("retune on v3", "a new patch, child of the v1 patch, evaluated",
+                                    retuned.status == "succeeded" and retuned.result_patch is not None
+                                    and retuned.result_patch.parent_patch_id == v3.patch_id
+                                    and len(retuned.evaluations) == 2))
+        return outcomes
+
+
+def _write_chart(out_dir: Path, console: Console) -> Path:
+    """Candidate vs base-alone accuracy of the newest run onto each base version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from registry import models
+    from registry.db import make_session_factory
+    from registry.settings import RegistrySettings
+    from sqlalchemy import select
+
+    factory = make_session_factory(RegistrySettings().resolved_database_url())
+    newest: dict[str, dict[str, float]] = {}
+    with factory() as s:
+        runs = s.scalars(select(models.Run).join(models.Assistant)
+                         .where(models.Assistant.name == ASSISTANT).order_by(models.Run.id))
+        for run in runs:
+            if run.evaluations:
+                newest[run.target_base.version] = {e.subject: e.accuracy for e in run.evaluations}
+    versions = sorted(newest)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.38
+    for offset, subject, label in ((-width / 2, "target_base", "base alone"), (width / 2, "candidate", "base + patch")):
+        ax.bar([i + offset for i in range(len(versions))],
+               [100 * newest[v].get(subject, 0.0) for v in versions], width, label=label)
+    ax.axhline(100 * MIN_ACCURACY, color="grey", linestyle="--", linewidth=1, label="gate minimum")
+    ax.set_xticks(range(len(versions)), versions)
+    ax.set_ylabel("KPI accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{ASSISTANT}: the v1 patch on each base")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "demo-kpi.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _summarise(outcomes: list[Outcome], chart: Path, console: Console) -> int:
+    table = Table(title="What the story left in the registry")
+    for column in ("step", "expected", "ok"):
+        table.add_column(column)
+    for o in outcomes:
+        table.add_row(o.step, o.expected, "[green]yes[/]" if o.ok else "[red]NO[/]")
+    console.print(table)
+    console.print(f"KPI chart: {chart}")
+    return 0 if all(o.ok for o in outcomes) else 1

@@ -1,0 +1,79 @@
+"""`portllm demo` end to end, as a newcomer runs it, on the cached demo world."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import select
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def demo_env(data_dir, database_url):
+    env = dict(os.environ, PORTLLM_DATA_DIR=str(data_dir), PORTLLM_DATABASE_URL=database_url)
+    env.pop("PORTLLM_BROKER_URL", None)  # the embedded SQLite queue in the data dir
+    return env
+
+
+def run_demo(env, demo_world, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "demo", "--world", str(demo_world.root), *extra],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+
+
+def test_demo_plays_the_whole_story(demo_env, demo_world, data_dir, database_url):
+    from registry import models, services
+    from registry.db import make_session_factory
+
+    result = run_demo(demo_env, demo_world)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert (data_dir / "demo-kpi.png").stat().st_size > 1000
+    assert "KPI chart:" in result.stdout
+
+    factory = make_session_factory(database_url)
+    with factory() as s:
+        runs = {r.target_base.version: r for r in s.scalars(select(models.Run).order_by(models.Run.id))}
+        v1, v2, v3, other = runs["v1"], runs["v2"], runs["v3"], runs["other"]
+        # v2 went live on an approval, then the rollback put the v1 rollout back.
+        assert v2.rollout.decided_by == "alice" and v2.rollout.live_since is not None
+        assert v2.rollout.state == models.RolloutState.ROLLED_BACK
+        assert services.live_rollout(s, "support-assistant", "#support").run_id == v1.id
+        # v3 was evaluated and gated but nobody approved it.
+        assert v3.status == "succeeded" and len(v3.evaluations) == 2
+        assert v3.rollout.state in ("awaiting_approval", "blocked")
+        # the unrelated model was refused before anything was loaded onto it.
+        assert other.status == "failed" and other.compat_report["errors"] and not other.evaluations
+        # the lineage lists every run of the story.
+        lineage = services.lineage(s, "support-assistant")
+        listed = {r["id"] for p in lineage["patches"] for r in p["runs"]}
+        assert {v1.id, v2.id, v3.id, other.id} <= listed
+        # the v2 candidate beat v2 alone by a wide margin (the PortLLM result, at demo scale).
+        acc = {e.subject: e.accuracy for e in v2.evaluations}
+        assert acc["candidate"] - acc["target_base"] >= 0.4
+
+
+def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkeypatch):
+    """A second `portllm demo` on the same data dir reuses what the first one registered."""
+    monkeypatch.delenv("PORTLLM_DATABASE_URL", raising=False)  # the embedded default in the data dir
+    from rich.console import Console
+
+    from bot.demo_story import _register
+    from registry import models
+    from registry.cli import upgrade
+    from registry.db import make_session_factory
+
+    url = f"sqlite:///{data_dir / 'portllm.db'}"
+    upgrade(url)
+    first, second = Console(record=True, width=200), Console(record=True, width=200)
+    _register(demo_world, first)
+    _register(demo_world, second)
+    assert "portllm base add demo v2" in first.export_text()
+    assert "Already registered" in second.export_text() and "base add" not in second.export_text()
+    with make_session_factory(url)() as s:
+        assert len(s.scalars(select(models.BaseModel)).all()) == 4
+        assert len(s.scalars(select(models.Assistant)).all()) == 1
+        assert len(s.scalars(select(models.Patch)).all()) == 1
