@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 
-from tests.fixtures.services import skip_or_fail
+from tests.fixtures.services import drop_postgres_db, fresh_postgres_url, skip_or_fail
 
 # Nothing in the test suite may reach a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -16,6 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest_plugins = [
     "tests.fixtures.registry_db",
     "tests.fixtures.demo_world",
+    "tests.fixtures.fake_slack",
 ]
 
 
@@ -25,32 +25,6 @@ def data_dir(tmp_path, monkeypatch):
     root.mkdir()
     monkeypatch.setenv("PORTLLM_DATA_DIR", str(root))
     return root
-
-
-def _fresh_postgres_url(admin_url: str) -> str:
-    """Create an empty database on the server of `admin_url` and return its URL."""
-    import sqlalchemy as sa
-
-    name = f"portllm_test_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_postgres_db(admin_url: str, url: str) -> None:
-    import sqlalchemy as sa
-
-    name = sa.engine.make_url(url).database
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -65,12 +39,12 @@ def database_url(request, tmp_path, monkeypatch):
     if not admin_url:
         skip_or_fail("PostgreSQL not configured: set PORTLLM_TEST_DATABASE_URL")
     try:
-        url = _fresh_postgres_url(admin_url)
+        url = fresh_postgres_url(admin_url)
     except Exception as exc:  # server down or unreachable
         skip_or_fail(f"PostgreSQL at PORTLLM_TEST_DATABASE_URL unreachable: {exc}")
     monkeypatch.setenv("PORTLLM_DATABASE_URL", url)
     yield url
-    _drop_postgres_db(admin_url, url)
+    drop_postgres_db(admin_url, url)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from kombu import Connection
 from bot.queue import TaskQueue
 from registry import services
 from registry.db import session_scope
-from tests.fixtures.fake_slack import fake_slack  # noqa: F401  (fixture)
 
 ASSISTANT = "support-assistant"
 FAMILY = "demo"

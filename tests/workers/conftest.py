@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from tests.conftest import _drop_postgres_db, _fresh_postgres_url
+from tests.fixtures.services import drop_postgres_db, fresh_postgres_url
 from tests.workers.harness import Stack
 from tests.workers.seed import seed_demo
 
@@ -32,11 +32,11 @@ def stack_for(request, tmp_path_factory, world, redis_db: int):
     broker_url = broker_for(request, data_dir, redis_db)
     admin_url = os.environ.get("PORTLLM_TEST_DATABASE_URL")
     on_postgres = request.param == "redis" and bool(admin_url)
-    database_url = _fresh_postgres_url(admin_url) if on_postgres else f"sqlite:///{data_dir / 'portllm.db'}"
+    database_url = fresh_postgres_url(admin_url) if on_postgres else f"sqlite:///{data_dir / 'portllm.db'}"
     upgrade(database_url)
     stack = Stack(data_dir, database_url, broker_url, make_session_factory(database_url))
     stack.ids = seed_demo(stack.session_factory, data_dir / "artifacts", world)
     yield stack
     stack.session_factory.kw["bind"].dispose()
     if on_postgres:
-        _drop_postgres_db(admin_url, database_url)
+        drop_postgres_db(admin_url, database_url)

@@ -11,7 +11,6 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from registry import services
 from registry.db import session_scope
 from registry.models import Run
-from tests.fixtures.fake_slack import fake_slack  # noqa: F401
 from tests.workers.seed import request, seed_fake
 from workers.notify import ConsoleNotifier, SlackNotifier, Throttle, make_notifier
 from workers.settings import WorkerSettings
