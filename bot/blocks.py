@@ -141,14 +141,22 @@ def kpi_rows(card: RunCard) -> list[tuple[str, ...]]:
     return rows
 
 
+def produced(card: RunCard) -> str:
+    """' · produced patch #N' once a re-tune or train run has registered its patch."""
+    return f" · produced patch #{card.result_patch_id}" if card.result_patch_id else ""
+
+
 def run_card_blocks(card: RunCard) -> list[dict]:
-    kind = {"transplant": "Transplant", "eval": "Evaluation", "retune": "Re-tune"}.get(card.kind, card.kind)
-    origin = f" (trained on {escape(card.origin_version)})" if card.origin_version else ""
+    if card.kind == "train":  # no source patch: it trains a new one on the target base
+        what = f"*Training* of a new *{escape(card.assistant)}* patch on *{escape(card.target_version)}*"
+    else:
+        kind = {"transplant": "Transplant", "eval": "Evaluation", "retune": "Re-tune"}.get(card.kind, card.kind)
+        origin = f" (trained on {escape(card.origin_version)})" if card.origin_version else ""
+        what = f"*{kind}* of the *{escape(card.assistant)}* patch{origin} onto *{escape(card.target_version)}*"
     blocks = [
         header(run_title(card), Block.RUN_HEADER),
-        section(f"{STATUS_ICON.get(card.status, '')} *{kind}* of the *{escape(card.assistant)}* patch{origin} "
-                f"onto *{escape(card.target_version)}* · {card.status} · requested by {who(card.requested_by)} "
-                f"in {where(card.channel)}", Block.RUN_SUMMARY),
+        section(f"{STATUS_ICON.get(card.status, '')} {what} · {card.status}{produced(card)} · "
+                f"requested by {who(card.requested_by)} in {where(card.channel)}", Block.RUN_SUMMARY),
     ]
     if card.active:
         step = f" · {escape(card.step)}" if card.step else ""

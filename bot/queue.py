@@ -12,12 +12,14 @@ from sqlalchemy.exc import SQLAlchemyError
 TRANSPLANT_AND_EVALUATE = "portllm.transplant_and_evaluate"
 EVAL_ONLY = "portllm.eval_only"
 RETUNE = "portllm.retune"
+TRAIN_PATCH = "portllm.train_patch"
 ANSWER_QUESTION = "portllm.answer_question"
 
 TASK_QUEUES: dict[str, str] = {
     TRANSPLANT_AND_EVALUATE: "gpu",
     EVAL_ONLY: "gpu",
     RETUNE: "gpu",
+    TRAIN_PATCH: "gpu",
     ANSWER_QUESTION: "serve",
 }
 

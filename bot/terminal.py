@@ -13,6 +13,7 @@ from bot.blocks import (
     ROLLOUT_TEXT,
     kpi_rows,
     pct,
+    produced,
     progress_bar,
     run_title,
     status_rows,
@@ -50,9 +51,12 @@ def _table(title: str | None, columns: tuple[str, ...], rows: list[tuple[str, ..
 
 def run_card(card: RunCard) -> Panel:
     parts: list[RenderableType] = []
-    origin = f" (trained on {card.origin_version})" if card.origin_version else ""
-    parts.append(Text(f"{card.kind} of the {card.assistant} patch{origin} onto {card.target_version} · "
-                      f"{card.status} · requested by {card.requested_by} in {card.channel}"))
+    if card.kind == "train":  # no source patch: it trains a new one on the target base
+        what = f"training of a new {card.assistant} patch on {card.target_version}"
+    else:
+        origin = f" (trained on {card.origin_version})" if card.origin_version else ""
+        what = f"{card.kind} of the {card.assistant} patch{origin} onto {card.target_version}"
+    parts.append(Text(f"{what} · {card.status}{produced(card)} · requested by {card.requested_by} in {card.channel}"))
     if card.active:
         parts.append(Text(f"{progress_bar(card.progress)} {round(card.progress * 100)}% {card.step}"))
     for error in card.compat_errors[:MAX_COMPAT_LINES]:

@@ -40,7 +40,7 @@ class KpiRow:
 @dataclass(frozen=True)
 class RunCard:
     run_id: int
-    kind: str  # transplant | eval | retune
+    kind: str  # transplant | eval | retune | train
     assistant: str
     family: str
     origin_version: str | None
@@ -61,6 +61,7 @@ class RunCard:
     compat_errors: tuple[str, ...] = ()
     error: str | None = None
     can_retune: bool = False
+    result_patch_id: int | None = None  # the patch a re-tune or train run produced
 
     @property
     def active(self) -> bool:
@@ -187,6 +188,7 @@ def run_card(session: Session, run_id: int) -> RunCard:
         compat_errors=tuple(str(e.get("message", e)) for e in compat.get("errors") or ()),
         error=run.error,
         can_retune=verdict == Verdict.FAIL and run.patch is not None and run.patch.train_data_ref is not None,
+        result_patch_id=run.result_patch_id,
     )
 
 
@@ -243,7 +245,8 @@ def status_view(session: Session, assistant: str | None = None, *, limit: int = 
 def lineage_view(session: Session, assistant: Assistant) -> LineageView:
     runs_by_patch: dict[int, list[Run]] = {}
     for run in session.scalars(select(Run).where(Run.assistant_id == assistant.id).order_by(Run.id)):
-        runs_by_patch.setdefault(run.patch_id, []).append(run)
+        # A train run has no source patch: it belongs under the patch it produced.
+        runs_by_patch.setdefault(run.patch_id or run.result_patch_id, []).append(run)
     patches = []
     for patch in assistant.patches:
         runs = tuple(

@@ -17,7 +17,7 @@ class ArtifactError(RegistryError):
     pass
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
@@ -46,7 +46,7 @@ class ArtifactStore:
         src = Path(src)
         if not src.is_file():
             raise ArtifactError(f"{src} is not a file.")
-        digest = _file_sha256(src)
+        digest = file_sha256(src)
         return self._store(digest, lambda tmp: shutil.copyfile(src, tmp / "x"))
 
     def path(self, ref: str) -> Path:
@@ -67,7 +67,7 @@ class ArtifactStore:
             if file.is_symlink() or not file.is_file():
                 raise ArtifactError(f"{file} is a link or special file; artifacts hold plain files only.")
             rel = file.relative_to(root).as_posix()
-            digest.update(rel.encode() + b"\0" + _file_sha256(file).encode() + b"\n")
+            digest.update(rel.encode() + b"\0" + file_sha256(file).encode() + b"\n")
         return digest.hexdigest()
 
     def _store(self, digest: str, write) -> str:

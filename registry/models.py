@@ -62,6 +62,7 @@ class RunKind(StrEnum):
     TRANSPLANT = "transplant"
     EVAL = "eval"
     RETUNE = "retune"
+    TRAIN = "train"
 
 
 class RunStatus(StrEnum):
@@ -184,7 +185,7 @@ class Patch(Base):
 
 
 class Run(Base):
-    """One transplant-and-evaluate, eval-only or re-tune job, requested from chat or the CLI."""
+    """One transplant-and-evaluate, eval-only, re-tune or train job, requested from chat or the CLI."""
 
     __tablename__ = "runs"
     __table_args__ = (
@@ -198,7 +199,8 @@ class Run(Base):
     kind: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED)
     assistant_id: Mapped[int] = mapped_column(ForeignKey("assistants.id"), index=True)
-    patch_id: Mapped[int] = mapped_column(ForeignKey("patches.id"))
+    # A train run starts from data, not from a patch.
+    patch_id: Mapped[int | None] = mapped_column(ForeignKey("patches.id"))
     target_base_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     step: Mapped[str] = mapped_column(Text, default="")
@@ -213,14 +215,16 @@ class Run(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Where the run's chat message lives (e.g. Slack {"channel", "ts"}) so workers update it.
     notify_ref: Mapped[dict[str, Any] | None]
-    # The patch a re-tune produced.
+    # What a train run needs: the stored training data ref, hyper-parameters, seed.
+    spec: Mapped[dict[str, Any] | None]
+    # The patch a re-tune or train run produced.
     result_patch_id: Mapped[int | None] = mapped_column(ForeignKey("patches.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
     assistant: Mapped[Assistant] = relationship()
-    patch: Mapped[Patch] = relationship(foreign_keys=[patch_id])
+    patch: Mapped[Patch | None] = relationship(foreign_keys=[patch_id])
     target_base: Mapped[BaseModel] = relationship()
     result_patch: Mapped[Patch | None] = relationship(foreign_keys=[result_patch_id])
     evaluations: Mapped[list[Evaluation]] = relationship(
@@ -229,8 +233,8 @@ class Run(Base):
     rollout: Mapped[Rollout | None] = relationship(back_populates="run", viewonly=True)
 
     @property
-    def candidate_patch(self) -> Patch:
-        """The patch the candidate carries: a re-tune's result, else the transplanted patch."""
+    def candidate_patch(self) -> Patch | None:
+        """The patch the candidate carries: a re-tune's or train run's result, else the transplanted patch."""
         return self.result_patch or self.patch
 
     def evaluation(self, subject: str) -> Evaluation | None:

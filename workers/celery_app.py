@@ -16,6 +16,7 @@ TASK_ROUTES = {
     "portllm.transplant_and_evaluate": {"queue": GPU_QUEUE},
     "portllm.eval_only": {"queue": GPU_QUEUE},
     "portllm.retune": {"queue": GPU_QUEUE},
+    "portllm.train_patch": {"queue": GPU_QUEUE},
     "portllm.answer_question": {"queue": SERVE_QUEUE},
     # Every worker also sweeps on a timer (workers.main); this route serves manual triggers.
     "portllm.sweep": {"queue": GPU_QUEUE},

@@ -28,6 +28,7 @@ TASK_FOR_KIND = {
     "transplant": "portllm.transplant_and_evaluate",
     "eval": "portllm.eval_only",
     "retune": "portllm.retune",
+    "train": "portllm.train_patch",
 }
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import update
 from registry import services
 from registry.db import session_scope
 from registry.errors import RegistryError
-from registry.models import Run, RunStatus, utcnow
+from registry.models import Run, RunKind, RunStatus, utcnow
 from workers import context
 from workers.caches import BaseCache, ServerCache
 from workers.celery_app import app
@@ -104,11 +104,26 @@ class RunInputs:
 
 
 @dataclass
+class TrainInputs:
+    """What a train run needs: no source patch, only the target base and the run's spec."""
+
+    run_id: int
+    assistant: str
+    requested_by: str
+    target_dir: Path
+    target_label: str
+    target_base_id: int
+    train_data_ref: str
+    data_path: Path
+    hyper: dict  # rank, alpha, epochs, lr, seed
+
+
+@dataclass
 class Outcome:
     evaluations: list[tuple[str, object, str | None]] = field(default_factory=list)  # subject, EvalResult, items_ref
     verdict: str | None = None
     live_accuracy: float | None = None
-    new_patch: dict | None = None  # a re-tune's patch, registered with the results
+    new_patch: dict | None = None  # a re-tune's or train run's patch, registered with the results
 
 
 class RunJob:
@@ -215,7 +230,7 @@ class RunJob:
             return s.execute(stmt).rowcount == 1
 
     # -- endings -------------------------------------------------------------------------
-    def succeed(self, inputs: RunInputs, outcome: Outcome) -> None:
+    def succeed(self, inputs: RunInputs | TrainInputs, outcome: Outcome) -> None:
         with session_scope(self.ctx.session_factory) as s:
             if not self._touch(s):  # also takes the row's write lock until the commit
                 raise RunTakenOver()
@@ -246,8 +261,10 @@ def worker_name(task: Task) -> str:
     return f"{task.request.hostname or 'worker'}/{os.getpid()}"
 
 
-def run_task(task: Task, run_id: int, body: Callable[[RunJob, RunInputs], Outcome]) -> str:
-    """Claim the run, do `body`, and end the run succeeded or failed (never left running)."""
+def run_task(task: Task, run_id: int, body: Callable[[RunJob, RunInputs | TrainInputs], Outcome],
+             load: Callable[[RunJob], RunInputs | TrainInputs] | None = None) -> str:
+    """Claim the run, load its inputs (`load_inputs` unless given), do `body`, and end the run
+    succeeded or failed (never left running)."""
     job = RunJob(run_id, worker_name(task))
     if not job.claim():
         return "skipped"
@@ -255,7 +272,7 @@ def run_task(task: Task, run_id: int, body: Callable[[RunJob, RunInputs], Outcom
     try:
         try:
             with job.heartbeating():
-                inputs = load_inputs(job)
+                inputs = (load or load_inputs)(job)
                 job.succeed(inputs, body(job, inputs))
             result = "succeeded"
         except JobFailed as exc:
@@ -294,6 +311,8 @@ def load_inputs(job: RunJob) -> RunInputs:
     with job.ctx.session_factory() as s:
         run = s.get(Run, job.run_id)
         patch, target, assistant = run.patch, run.target_base, run.assistant
+        if patch is None:
+            raise JobFailed(f"Run #{run.id} is a {run.kind} run with no patch to carry; request it again.")
         try:
             patch_dir = artifact_path(patch.artifact_ref)
         except RegistryError as exc:
@@ -458,6 +477,60 @@ def retune_body(job: RunJob, inputs: RunInputs) -> Outcome:
     return outcome
 
 
+def load_train_inputs(job: RunJob) -> TrainInputs:
+    from portllm_engine.models import resolve_model_dir
+
+    job.step(0.02, "loading the training data and the target base")
+    with job.ctx.session_factory() as s:
+        run = s.get(Run, job.run_id)
+        if run.kind != RunKind.TRAIN:
+            raise JobFailed(f"Run #{run.id} is a {run.kind} run, not a train run; request it again.")
+        spec, target = dict(run.spec or {}), run.target_base
+        train_ref = spec.get("train_data_ref")
+        if not train_ref:
+            raise JobFailed(f"Run #{run.id} has no training data in its spec; request the train run again.")
+        try:
+            data_path = artifact_path(train_ref)
+        except RegistryError as exc:
+            raise JobFailed(f"{exc} Request the train run again with its training data.") from None
+        return TrainInputs(
+            run_id=run.id, assistant=run.assistant.name, requested_by=run.requested_by,
+            target_dir=resolve_model_dir(target.source_ref), target_label=target.label,
+            target_base_id=target.id, train_data_ref=train_ref, data_path=data_path,
+            hyper={key: spec[key] for key in ("rank", "alpha", "epochs", "lr", "seed") if key in spec},
+        )
+
+
+def train_body(job: RunJob, inputs: TrainInputs) -> Outcome:
+    """Train a new patch on the target base from the run's data; registered as the run's result.
+    No evaluation and no rollout: `patch ... onto` proposes it for a channel."""
+    from portllm_engine import patches
+    from registry.artifacts import ArtifactStore
+
+    job.step(0.05, f"training the patch on {inputs.target_label}")
+    work = Path(tempfile.mkdtemp(prefix="train-", dir=_scratch_dir()))
+    try:
+        manifest = patches.train_patch(
+            inputs.target_dir, inputs.data_path, work / "patch", device=job.settings.device,
+            progress=job.progress_between(0.05, 0.9, "training the patch"), **inputs.hyper,
+        )
+        job.step(0.92, "storing the patch")
+        ref = job.ctx.artifacts.put_dir(work / "patch")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    new_dir = artifact_path(ref)
+    job.step(0.96, "registering the patch")
+    return Outcome(new_patch={
+        "assistant": inputs.assistant, "origin_base": inputs.target_base_id, "artifact_ref": ref,
+        "artifact_digest": ArtifactStore.digest_dir(new_dir), "rank": manifest.rank, "alpha": manifest.alpha,
+        "use_rslora": manifest.use_rslora, "target_modules": list(manifest.target_modules),
+        "size_bytes": sum(p.stat().st_size for p in new_dir.rglob("*") if p.is_file()),
+        "provenance": {**manifest.provenance, "dataset_sha256": inputs.train_data_ref.removeprefix("sha256:"),
+                       "run_id": inputs.run_id},
+        "train_data_ref": inputs.train_data_ref, "actor": inputs.requested_by,
+    })
+
+
 def _scratch_dir() -> Path:
     path = context.current().settings.data_dir / "tmp"
     path.mkdir(parents=True, exist_ok=True)
@@ -478,6 +551,11 @@ def eval_only(self: Task, run_id: int) -> str:
 @app.task(name="portllm.retune", bind=True)
 def retune(self: Task, run_id: int) -> str:
     return run_task(self, run_id, retune_body)
+
+
+@app.task(name="portllm.train_patch", bind=True)
+def train_patch(self: Task, run_id: int) -> str:
+    return run_task(self, run_id, train_body, load=load_train_inputs)
 
 
 @app.task(name="portllm.answer_question")

@@ -10,9 +10,12 @@ import typer
 
 from bot.admin import records
 from bot.admin.output import JSON_OPTION_HELP, human_size, print_json, progress_bar, short, stderr, stdout, table
-from bot.admin.runtime import BadInput, Env, actor, admin_command, fail, warn
+from bot.admin.runtime import BadInput, Env, actor, admin_command, warn
 from bot.admin.staging import staged
 from bot.admin.validate import existing_dir, existing_file
+
+# Runs requested from the admin CLI are not tied to a chat channel.
+CLI_CHANNEL = "cli"
 
 app = typer.Typer(help="LoRA patches: add one trained elsewhere, train one, list, export.", no_args_is_help=True)
 
@@ -79,6 +82,7 @@ def train(
     lr: float = typer.Option(2e-4, "--lr", min=0.0, help="Learning rate."),
     seed: int = typer.Option(0, "--seed", help="Random seed (training is deterministic per seed)."),
     local: bool = typer.Option(False, "--local", help="Train in this process instead of on the gpu queue."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return once the run is queued (see `portllm run wait`)."),
 ) -> None:
     """Train a LoRA patch on a registered base: on the gpu queue, or here with `--local`."""
     env = Env.from_settings()
@@ -86,7 +90,11 @@ def train(
     data_path = _training_data(data)
     hyper = {"rank": rank, "alpha": alpha, "epochs": epochs, "lr": lr, "seed": seed}
     if not local:
-        _enqueue_training(env, target, data_path, hyper)
+        run_id = _enqueue_training(env, target, data_path, hyper)
+        if no_wait:
+            stdout().print(f"Run #{run_id} queued: training {assistant} on {target.family} {target.version}")
+            return
+        _await_training(env, target, run_id)
         return
     from portllm_engine import patches
 
@@ -230,6 +238,33 @@ def _added_line(patch_id: int, target: Target, manifest) -> str:
     )
 
 
-def _enqueue_training(env: Env, target: Target, data: Path, hyper: dict) -> None:
-    # The registry has no "train" run kind and the workers no training task yet (see the report).
-    raise fail("training on the gpu queue is not available in this version yet; pass --local to train here", 1)
+def _enqueue_training(env: Env, target: Target, data: Path, hyper: dict) -> int:
+    """Store the training data, request a train run and put it on the gpu queue; its run id."""
+    import uuid
+
+    from bot.queue import TRAIN_PATCH, TaskQueue
+    from bot.settings import BotSettings
+    from registry import services
+
+    with staged(env.store) as staging:
+        data_ref = staging.put_file(data)
+        with env.session() as session:
+            run, _ = services.request_run(
+                session, assistant=target.assistant, version=target.version, kind="train",
+                idempotency_key=f"cli-train-{uuid.uuid4()}", requested_by=actor(), channel=CLI_CHANNEL,
+                spec={"train_data_ref": data_ref, **hyper},
+            )
+            run_id = run.id
+    # After the commit, so the worker finds the run; a run left queued is re-sent by the sweeper.
+    TaskQueue(BotSettings().resolved_broker_url()).enqueue(TRAIN_PATCH, run_id)
+    return run_id
+
+
+def _await_training(env: Env, target: Target, run_id: int) -> None:
+    from bot.admin.runs import FINISHED, follow
+
+    followed = follow(env, run_id, f"Run #{run_id}: training {target.assistant} on {target.family} {target.version}")
+    if followed.status != "succeeded":
+        typer.echo(f"Run #{run_id} {followed.status}" + (f": {followed.error}" if followed.error else ""), err=True)
+        raise typer.Exit(FINISHED[followed.status])
+    stdout().print(f"Patch #{followed.result_patch_id} trained on {target.family} {target.version} (run #{run_id})")

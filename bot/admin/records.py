@@ -99,7 +99,9 @@ def run_summary(row) -> dict[str, Any]:
         "status": row.status,
         "assistant": row.assistant.name,
         "patch_id": row.patch_id,
-        "origin_base": {"family": row.patch.origin_base.family, "version": row.patch.origin_base.version},
+        # A train run has no source patch, hence no origin base.
+        "origin_base": None if row.patch is None else {
+            "family": row.patch.origin_base.family, "version": row.patch.origin_base.version},
         "target_base": {"family": row.target_base.family, "version": row.target_base.version},
         "progress": row.progress,
         "step": row.step,
@@ -120,6 +122,7 @@ def run(row) -> dict[str, Any]:
         "worker": row.worker,
         "attempts": row.attempts,
         "result_patch_id": row.result_patch_id,
+        "spec": row.spec,
         "compat_report": row.compat_report,
         "drift_report": row.drift_report,
         "evaluations": [evaluation(e) for e in row.evaluations],

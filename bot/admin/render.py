@@ -8,7 +8,8 @@ from rich.text import Text
 def run(card, data: dict) -> Group:
     from bot import terminal
 
-    lines = [f"patch #{data['patch_id']} · {data['kind']} · created {data['created_at']:%Y-%m-%d %H:%M:%S}"]
+    source = f"patch #{data['patch_id']}" if data["patch_id"] is not None else "new patch"
+    lines = [f"{source} · {data['kind']} · created {data['created_at']:%Y-%m-%d %H:%M:%S}"]
     if data.get("worker"):
         lines.append(f"worker {data['worker']}, attempt {data['attempts']}")
     if data.get("finished_at") is not None and data.get("started_at") is not None:

@@ -1,7 +1,8 @@
-"""`portllm run show/list/wait`: transplant, eval and re-tune runs as the registry records them."""
+"""`portllm run show/list/wait`: transplant, eval, re-tune and train runs as the registry records them."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import typer
@@ -10,7 +11,7 @@ from bot.admin import records, render
 from bot.admin.output import JSON_OPTION_HELP, print_json, progress_bar, stdout, table
 from bot.admin.runtime import BadInput, Env, admin_command
 
-app = typer.Typer(help="Runs: transplant-and-evaluate, eval-only and re-tune jobs.", no_args_is_help=True)
+app = typer.Typer(help="Runs: transplant-and-evaluate, eval-only, re-tune and train jobs.", no_args_is_help=True)
 
 EXIT_FAILED = 1
 EXIT_TIMEOUT = 124  # what coreutils' `timeout` returns, so scripts treat both alike
@@ -84,26 +85,41 @@ def wait(
     interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between looks at the registry."),
 ) -> None:
     """Wait until the run finishes: exit 0 if it succeeded, 1 if it failed or was cancelled, 124 on timeout."""
+    followed = follow(Env.from_settings(), run_id, f"Run #{run_id}", timeout=timeout, interval=interval)
+    if followed.status == "succeeded":
+        rollout = followed.rollout
+        outcome = f": gate {rollout[0]}, rollout {rollout[1].replace('_', ' ')}" if rollout else ""
+        stdout().print(f"Run #{run_id} succeeded{outcome}")
+    else:
+        typer.echo(f"Run #{run_id} {followed.status}" + (f": {followed.error}" if followed.error else ""), err=True)
+    raise typer.Exit(FINISHED[followed.status])
+
+
+@dataclass(frozen=True)
+class Finished:
+    status: str  # succeeded | failed | cancelled
+    error: str | None  # on one line
+    rollout: tuple[str, str] | None  # (verdict, state)
+    result_patch_id: int | None
+
+
+def follow(env: Env, run_id: int, description: str, *, timeout: float | None = None,
+           interval: float = 1.0) -> Finished:
+    """Poll the run with a progress bar until it finishes; exit 124 when `timeout` passes first."""
     from registry import services
 
-    env = Env.from_settings()
     deadline = None if timeout is None else time.monotonic() + timeout
-    with progress_bar(f"Run #{run_id}") as progress:
+    with progress_bar(description) as progress:
         while True:
             with env.session() as session:
                 run = services.get_run(session, run_id)
                 status, fraction, step, error = run.status, run.progress, run.step, run.error
                 rollout = (run.rollout.verdict, run.rollout.state) if run.rollout else None
+                result_patch_id = run.result_patch_id
             progress(fraction, f"{status}: {step}" if step and step != status else status)
             if status in FINISHED:
-                break
+                return Finished(status, " ".join(error.split()) if error else None, rollout, result_patch_id)
             if deadline is not None and time.monotonic() >= deadline:
                 typer.echo(f"Run #{run_id} is still {status} after {timeout:g}s ({step})", err=True)
                 raise typer.Exit(EXIT_TIMEOUT)
             time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
-    if status == "succeeded":
-        outcome = f": gate {rollout[0]}, rollout {rollout[1].replace('_', ' ')}" if rollout else ""
-        stdout().print(f"Run #{run_id} succeeded{outcome}")
-    else:
-        typer.echo(f"Run #{run_id} {status}" + (f": {' '.join(error.split())}" if error else ""), err=True)
-    raise typer.Exit(FINISHED[status])

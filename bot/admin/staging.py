@@ -5,13 +5,12 @@ removed, never one that was there before (something else may reference it).
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-REF_PREFIX = "sha256:"
+from registry.artifacts import REF_PREFIX, file_sha256
 
 
 class Staging:
@@ -23,7 +22,7 @@ class Staging:
         return self._put(REF_PREFIX + self.store.digest_dir(src), lambda: self.store.put_dir(src))
 
     def put_file(self, src: Path) -> str:
-        return self._put(REF_PREFIX + _sha256(src), lambda: self.store.put_file(src))
+        return self._put(REF_PREFIX + file_sha256(src), lambda: self.store.put_file(src))
 
     def _put(self, expected: str, put) -> str:
         existed = self.store.exists(expected)
@@ -48,11 +47,3 @@ def staged(store) -> Iterator[Staging]:
     except BaseException:
         staging.discard()
         raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -65,6 +65,10 @@ def open_rollout(
         return existing
     if run.kind == RunKind.EVAL:
         raise RegistryError(f"Run #{run_id} is an eval-only run; only transplant and re-tune runs can go live.")
+    if run.kind == RunKind.TRAIN:
+        raise RegistryError(
+            f"Run #{run_id} is a train run; transplant its patch onto a base to propose it for rollout."
+        )
     if run.status not in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
         raise InvalidTransition(f"Run #{run_id}", run.status, "a rollout")
     candidate = run.evaluation(EvalSubject.CANDIDATE)

@@ -58,8 +58,12 @@ def request_run(
     channel: str,
     patch_id: int | None = None,
     notify_ref: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> tuple[Run, bool]:
     """Queue a run of the assistant's patch onto `version`; returns (run, created).
+
+    A train run carries no patch: it trains a new one on `version` from `spec` (the stored
+    training data ref, hyper-parameters, seed) and records it as the run's result patch.
 
     The same idempotency key always returns the same run, also under concurrent requests: the
     insert is `ON CONFLICT DO NOTHING` and the loser re-reads the winner's row.
@@ -71,7 +75,13 @@ def request_run(
         raise RegistryError(f"Unknown run kind '{kind}'; use one of: {', '.join(RunKind)}.")
     owner = resolve_assistant(s, assistant)
     target = resolve_base(s, owner, version)
-    if patch_id is None:
+    if kind == RunKind.TRAIN:
+        if patch_id is not None:
+            raise RegistryError("A train run starts from training data, not from a patch; drop the patch.")
+        if not spec or not spec.get("train_data_ref"):
+            raise RegistryError("A train run needs a spec with the stored training data ref (train_data_ref).")
+        patch = None
+    elif patch_id is None:
         patch = current_patch(s, owner)
     else:
         patch = get_patch(s, patch_id)
@@ -82,7 +92,8 @@ def request_run(
             f"Patch #{patch.id} of {owner.name} has no registered training data, so it cannot be re-tuned."
         )
     values = dict(
-        kind=str(kind), status=RunStatus.QUEUED.value, assistant_id=owner.id, patch_id=patch.id,
+        kind=str(kind), status=RunStatus.QUEUED.value, assistant_id=owner.id,
+        patch_id=None if patch is None else patch.id, spec=spec,
         target_base_id=target.id, progress=0.0, step="queued", idempotency_key=idempotency_key,
         requested_by=requested_by, channel=channel, attempts=0, notify_ref=notify_ref,
         created_at=utcnow(),
@@ -92,7 +103,7 @@ def request_run(
         return s.scalar(select(Run).where(Run.idempotency_key == idempotency_key)), False
     run = _reload(s, run_id)
     audit(s, actor=requested_by, action="run.requested", entity_type="run", entity_id=run.id,
-          assistant_id=owner.id, kind=run.kind, patch_id=patch.id, target_base=target.label,
+          assistant_id=owner.id, kind=run.kind, patch_id=run.patch_id, target_base=target.label,
           channel=channel, idempotency_key=idempotency_key)
     return run, True
 

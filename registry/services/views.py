@@ -126,7 +126,7 @@ def lineage(s: Session, assistant: str | Assistant) -> dict[str, Any]:
         drift = run.drift_report or {}
         compat = run.compat_report
         return {
-            "id": run.id, "kind": run.kind, "status": run.status,
+            "id": run.id, "kind": run.kind, "status": run.status, "spec": run.spec,
             "target_base": _base_dict(run.target_base), "requested_by": run.requested_by,
             "channel": run.channel, "created_at": _iso(run.created_at),
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
@@ -156,7 +156,8 @@ def lineage(s: Session, assistant: str | Assistant) -> dict[str, Any]:
                 "artifact_digest": p.artifact_digest, "rank": p.rank, "alpha": p.alpha,
                 "target_modules": p.target_modules, "size_bytes": p.size_bytes,
                 "provenance": p.provenance, "train_data_ref": p.train_data_ref,
-                "runs": [run_dict(r) for r in runs if r.patch_id == p.id],
+                # A train run has no source patch: it sits under the patch it produced.
+                "runs": [run_dict(r) for r in runs if (r.patch_id or r.result_patch_id) == p.id],
             }
             for p in patches
         ],

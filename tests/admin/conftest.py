@@ -80,3 +80,16 @@ def registered(cli: Cli, tiny_world: TinyWorld) -> Cli:
         "--min-accuracy", "0", "--max-regression", "1", "--approver", "alice", "--admin", "bob",
     )
     return cli
+
+
+@pytest.fixture
+def worker(registered: Cli, session_factory, monkeypatch):
+    """A real gpu-queue worker on the embedded SQLite queue, sharing the test's registry and store."""
+    from tests.workers.harness import Stack, WorkerProcess
+
+    broker_url = f"sqla+sqlite:///{registered.data_dir / 'queue.db'}"
+    monkeypatch.setenv("PORTLLM_BROKER_URL", broker_url)
+    stack = Stack(registered.data_dir, registered.database_url, broker_url, session_factory)
+    worker = WorkerProcess(stack, "admin-flow", queues="gpu").ready()
+    yield worker
+    worker.stop()

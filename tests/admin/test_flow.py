@@ -4,20 +4,6 @@ from __future__ import annotations
 
 import io
 
-import pytest
-
-from tests.workers.harness import Stack, WorkerProcess
-
-
-@pytest.fixture
-def worker(registered, session_factory, monkeypatch):
-    broker_url = f"sqla+sqlite:///{registered.data_dir / 'queue.db'}"
-    monkeypatch.setenv("PORTLLM_BROKER_URL", broker_url)
-    stack = Stack(registered.data_dir, registered.database_url, broker_url, session_factory)
-    worker = WorkerProcess(stack, "admin-flow", queues="gpu").ready()
-    yield worker
-    worker.stop()
-
 
 def console(*lines: str, user: str = "alice") -> tuple[int, str]:
     from bot.console import run_console

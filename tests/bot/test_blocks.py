@@ -167,3 +167,24 @@ def test_any_card_is_valid(text, other, progress, rollout_state, status):
                                       decided_by=text, decision_reason=other, error=text or None))
     assert_valid(out)
     assert blocks.reply_blocks(Reply(text or "x"))[0]["text"]["text"]
+
+
+def test_a_train_run_card_names_the_base_it_trains_on_and_the_patch_it_produced():
+    from rich.console import Console
+
+    from bot import terminal
+
+    train = dict(kind="train", origin_version=None, kpi=(), drift_overall=None, drift_modules=(), verdict=None,
+                 gate="", rollout_state=None)
+    running = card(**train, status="running", progress=0.4, step="training the patch 1/2", result_patch_id=None)
+    out = blocks.run_card_blocks(running)
+    assert_valid(out)
+    assert [b["block_id"] for b in out] == [Block.RUN_HEADER, Block.RUN_SUMMARY, Block.RUN_PROGRESS]
+    assert "*Training* of a new *support-assistant* patch on *v2* · running" in out[1]["text"]["text"]
+    done = card(**train, result_patch_id=7)
+    out = blocks.run_card_blocks(done)
+    assert_valid(out)
+    assert "succeeded · produced patch #7" in out[1]["text"]["text"]
+    console = Console(width=200, record=True)
+    console.print(terminal.run_card(done))
+    assert "training of a new support-assistant patch on v2 · succeeded · produced patch #7" in console.export_text()

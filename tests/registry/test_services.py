@@ -118,7 +118,7 @@ def test_request_run_validates(factory):
         with pytest.raises(UnknownBase):
             sv.request_run(s, assistant=ASSISTANT, version="v9", idempotency_key="k", requested_by="d", channel="c")
         with pytest.raises(RegistryError, match="Unknown run kind"):
-            sv.request_run(s, assistant=ASSISTANT, version="v2", kind="train", idempotency_key="k",
+            sv.request_run(s, assistant=ASSISTANT, version="v2", kind="distill", idempotency_key="k",
                            requested_by="d", channel="c")
         other = sv.create_assistant(s, name="billing", family="demo", suite_ref="s", suite_digest="d", actor="eng")
         with pytest.raises(UnknownPatch, match="billing has no patch yet"):

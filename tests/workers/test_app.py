@@ -43,6 +43,12 @@ def test_the_bot_and_the_workers_agree_on_task_names_and_queues(data_dir):
     for name, queue in TASK_QUEUES.items():
         assert name in registered.tasks
         assert app.conf.task_routes[name] == {"queue": queue}
+    # The sweeper re-sends a stuck run of every kind with the task the bot sent it with.
+    from registry.models import RunKind
+    from workers.sweeper import TASK_FOR_KIND
+
+    assert set(TASK_FOR_KIND) == set(RunKind)
+    assert all(name in TASK_QUEUES and name in registered.tasks for name in TASK_FOR_KIND.values())
 
 
 def test_importing_the_app_and_tasks_leaves_torch_out():
