@@ -205,7 +205,7 @@ def _check(factory, setup_run: int, v2_run: int, v3_run: int, other_run: int,
 
 
 def _write_chart(out_dir: Path, console: Console) -> Path:
-    """Candidate vs base-alone accuracy of the newest run onto each base version."""
+    """Per base version: the base alone, the transplanted v1 patch, and a re-tuned patch if any."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,25 +216,32 @@ def _write_chart(out_dir: Path, console: Console) -> Path:
     from sqlalchemy import select
 
     factory = make_session_factory(RegistrySettings().resolved_database_url())
-    newest: dict[str, dict[str, float]] = {}
+    bars: dict[str, dict[str, float]] = {}  # version -> series -> accuracy, newest run wins
     with factory() as s:
         runs = s.scalars(select(models.Run).join(models.Assistant)
                          .where(models.Assistant.name == ASSISTANT).order_by(models.Run.id))
         for run in runs:
-            if run.evaluations:
-                newest[run.target_base.version] = {e.subject: e.accuracy for e in run.evaluations}
-    versions = sorted(newest)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.38
-    for offset, subject, label in ((-width / 2, "target_base", "base alone"), (width / 2, "candidate", "base + patch")):
-        ax.bar([i + offset for i in range(len(versions))],
-               [100 * newest[v].get(subject, 0.0) for v in versions], width, label=label)
+            accuracy = {e.subject: e.accuracy for e in run.evaluations}
+            if "candidate" not in accuracy:
+                continue
+            series = bars.setdefault(run.target_base.version, {})
+            series["base alone"] = accuracy.get("target_base", 0.0)
+            series["re-tuned patch" if run.kind == "retune" else "transplanted patch"] = accuracy["candidate"]
+    versions = sorted(bars)
+    names = ("base alone", "transplanted patch", "re-tuned patch")
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, name in enumerate(names):
+        xs = [x + (i - 1) * width for x, v in enumerate(versions) if name in bars[v]]
+        ys = [100 * bars[v][name] for v in versions if name in bars[v]]
+        if xs:
+            ax.bar(xs, ys, width, label=name)
     ax.axhline(100 * MIN_ACCURACY, color="grey", linestyle="--", linewidth=1, label="gate minimum")
     ax.set_xticks(range(len(versions)), versions)
     ax.set_ylabel("KPI accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{ASSISTANT}: the v1 patch on each base")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"{ASSISTANT}: its v1 patch carried onto each base")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "demo-kpi.png"
