@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy import select
@@ -11,11 +12,27 @@ from sqlalchemy import select
 pytestmark = pytest.mark.slow
 
 
+DEMO_REDIS_DB = 15  # a database of its own: other tests leave unconsumed tasks in theirs
+
+
 @pytest.fixture
-def demo_env(data_dir, database_url):
-    env = dict(os.environ, PORTLLM_DATA_DIR=str(data_dir), PORTLLM_DATABASE_URL=database_url)
-    env.pop("PORTLLM_BROKER_URL", None)  # the embedded SQLite queue in the data dir
+def demo_env(data_dir):
+    env = dict(os.environ, PORTLLM_DATA_DIR=str(data_dir))
+    for name in ("PORTLLM_DATABASE_URL", "PORTLLM_BROKER_URL"):  # the flags choose them
+        env.pop(name, None)
     return env
+
+
+@pytest.fixture
+def production_flags(request, database_url):
+    """SQLite: the embedded defaults (SQLite queue too). PostgreSQL: `--database-url` and `--redis`."""
+    if database_url.startswith("sqlite"):
+        return ["--database-url", database_url]
+    import redis
+
+    broker = urlunsplit(urlsplit(request.getfixturevalue("redis_url"))._replace(path=f"/{DEMO_REDIS_DB}"))
+    redis.Redis.from_url(broker).flushdb()
+    return ["--database-url", database_url, "--redis", broker]
 
 
 def run_demo(env, demo_world, *extra):
@@ -25,11 +42,11 @@ def run_demo(env, demo_world, *extra):
     )
 
 
-def test_demo_plays_the_whole_story(demo_env, demo_world, data_dir, database_url):
+def test_demo_plays_the_whole_story(demo_env, production_flags, demo_world, data_dir, database_url):
     from registry import models, services
     from registry.db import make_session_factory
 
-    result = run_demo(demo_env, demo_world)
+    result = run_demo(demo_env, demo_world, *production_flags)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert (data_dir / "demo-kpi.png").stat().st_size > 1000
     assert "KPI chart:" in result.stdout
