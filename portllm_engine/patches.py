@@ -104,26 +104,25 @@ def read_manifest(patch_dir: str | Path) -> PatchManifest | None:
         if (root / ADAPTER_CONFIG).is_file():
             return None
         raise PatchError(f"{root} is neither a PortLLM patch ({MANIFEST}) nor a PEFT folder ({ADAPTER_CONFIG})")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PatchError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise PatchError(f"{path} is not a JSON object")
-    return PatchManifest.from_dict(data)
+    return PatchManifest.from_dict(_read_json_object(path))
 
 
 def read_adapter_config(patch_dir: str | Path) -> dict[str, Any]:
     path = Path(patch_dir) / ADAPTER_CONFIG
     if not path.is_file():
         raise PatchError(f"{patch_dir} has no {ADAPTER_CONFIG}: not a PEFT adapter folder")
+    return _read_json_object(path)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A patch's JSON file, or a PatchError that names the file."""
     try:
-        config = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise PatchError(f"cannot read {path}: {exc}") from None
-    if not isinstance(config, dict):
+    if not isinstance(data, dict):
         raise PatchError(f"{path} is not a JSON object")
-    return config
+    return data
 
 
 def unsupported_features(config: dict[str, Any]) -> list[str]:
