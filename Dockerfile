@@ -13,6 +13,8 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY bot ./bot
+COPY portllm_core ./portllm_core
+COPY portllm_cli ./portllm_cli
 COPY workers ./workers
 COPY registry ./registry
 COPY portllm_engine ./portllm_engine

@@ -11,7 +11,7 @@ import logging
 
 from gunicorn.app.base import BaseApplication
 
-from bot.settings import BotSettings, require
+from portllm_core.settings import BotSettings, require
 
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"  # for load balancers and the compose health check; says nothing else
@@ -30,7 +30,7 @@ class _Gunicorn(BaseApplication):
     def load(self):
         from slack_bolt.adapter.wsgi import SlackRequestHandler
 
-        from bot.queue import TaskQueue
+        from portllm_core.tasks import TaskQueue
         from bot.slack_app import build_app
 
         queue = TaskQueue(self.settings.resolved_broker_url())
@@ -84,7 +84,7 @@ def serve_socket(settings: BotSettings | None = None) -> None:
     """Connect to Slack over Socket Mode (SLACK_APP_TOKEN, xapp-…): no public URL needed."""
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-    from bot.queue import TaskQueue
+    from portllm_core.tasks import TaskQueue
     from bot.slack_app import build_app
 
     settings = settings or BotSettings()

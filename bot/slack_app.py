@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import listeners
 from bot.listeners.deps import Deps
-from bot.queue import Enqueue, TaskQueue
-from bot.settings import BotSettings, require
+from portllm_core.tasks import Enqueue, TaskQueue
+from portllm_core.settings import BotSettings, require
 
 # Listener threads per process: Bolt's default of 5 turns a burst of slow listeners into timeouts.
 LISTENER_THREADS = 32

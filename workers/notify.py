@@ -53,7 +53,7 @@ class Throttle:
 
 def _card(session: Session, run_id: int):
     """The bot's read model of a run (the same card Slack and the console show), or None."""
-    from bot.views import run_card
+    from portllm_core.views import run_card
     from registry.errors import UnknownRun
 
     try:
@@ -81,7 +81,7 @@ class ConsoleNotifier:
     def run_changed(self, run_id: int, *, final: bool = False) -> None:
         if not self._throttle.allow(run_id, final=final):
             return
-        from bot.blocks import run_summary
+        from portllm_core.blocks import run_summary
 
         with self.session_factory() as session:
             card = _card(session, run_id)
@@ -154,7 +154,7 @@ class SlackNotifier:
     def run_changed(self, run_id: int, *, final: bool = False) -> None:
         if not self._throttle.allow(run_id, final=final):
             return
-        from bot.blocks import run_card_blocks, run_summary
+        from portllm_core.blocks import run_card_blocks, run_summary
         from registry import services
         from registry.models import Run
 

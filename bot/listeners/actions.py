@@ -4,12 +4,12 @@ from __future__ import annotations
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-from bot import blocks
-from bot.commands.handlers import decide, retune
-from bot.commands.replies import Reply
-from bot.ids import Action
+from portllm_core import blocks
+from portllm_core.commands.handlers import decide, retune
+from portllm_core.commands.replies import Reply
+from portllm_core.ids import Action
 from bot.listeners.deps import Deps
-from bot.views import RunCard
+from portllm_core.views import RunCard
 
 
 def register(app: App, deps: Deps) -> None:

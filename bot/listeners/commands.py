@@ -12,12 +12,12 @@ import logging
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-from bot import blocks
-from bot.commands import grammar
-from bot.commands.handlers import handle_help, run_command
-from bot.commands.replies import Reply
+from portllm_core import blocks
+from portllm_core.commands import grammar
+from portllm_core.commands.handlers import handle_help, run_command
+from portllm_core.commands.replies import Reply
 from bot.listeners.deps import Deps
-from bot.views import RunCard
+from portllm_core.views import RunCard
 
 log = logging.getLogger(__name__)
 

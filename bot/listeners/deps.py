@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from slack_sdk import WebClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot import blocks, views
-from bot.commands.handlers import Context
+from portllm_core import blocks, views
+from portllm_core.commands.handlers import Context
 from bot.dedupe import Seen
-from bot.queue import Enqueue
+from portllm_core.tasks import Enqueue
 from registry.models import Run
 
 

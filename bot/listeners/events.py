@@ -10,10 +10,10 @@ import re
 from slack_bolt import App, BoltContext
 from slack_sdk import WebClient
 
-from bot import blocks, views
-from bot.commands import grammar
-from bot.commands.handlers import run_command
-from bot.commands.replies import Reply
+from portllm_core import blocks, views
+from portllm_core.commands import grammar
+from portllm_core.commands.handlers import run_command
+from portllm_core.commands.replies import Reply
 from bot.listeners.deps import Deps
 
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from slack_bolt import App
 from slack_sdk import WebClient
 
-from bot import blocks, views
+from portllm_core import blocks, views
 from bot.listeners.deps import Deps
 
 

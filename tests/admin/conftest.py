@@ -61,7 +61,7 @@ class Cli:
 
 @pytest.fixture
 def cli(data_dir, migrated_url, monkeypatch) -> Cli:
-    from bot.admin import register
+    from portllm_cli.admin import register
 
     monkeypatch.setenv("PORTLLM_USER", "ops")
     app = typer.Typer(pretty_exceptions_enable=False)

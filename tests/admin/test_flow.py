@@ -6,7 +6,7 @@ import io
 
 
 def console(*lines: str, user: str = "alice") -> tuple[int, str]:
-    from bot.console import run_console
+    from portllm_cli.console import run_console
 
     out = io.StringIO()
     code = run_console("#support", user, io.StringIO("".join(line + "\n" for line in lines)), out, wait_s=180)

@@ -130,7 +130,7 @@ def test_run_wait_exit_codes_follow_the_registry(registered, tiny_world, session
 
 def test_the_cli_starts_without_torch_or_the_engine():
     code = (
-        "import sys, typer; from bot.admin import register; app = typer.Typer(); register(app); "
+        "import sys, typer; from portllm_cli.admin import register; app = typer.Typer(); register(app); "
         "from typer.testing import CliRunner; assert CliRunner().invoke(app, ['--help']).exit_code == 0; "
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'portllm_engine') if m in sys.modules]; "
         "assert not heavy, heavy"
@@ -139,12 +139,12 @@ def test_the_cli_starts_without_torch_or_the_engine():
 
 
 def test_the_portllm_command_works_on_the_embedded_defaults(tmp_path, tiny_world):
-    """The installed entry point (bot.cli:main) with nothing configured but the data dir."""
+    """The installed entry point (portllm_cli.main:main) with nothing configured but the data dir."""
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PORTLLM_")}
     env.update(PORTLLM_DATA_DIR=str(tmp_path / "data"), PORTLLM_USER="ops")
 
     def portllm(*args: object) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "bot.cli", *map(str, args)], cwd=REPO, env=env,
+        return subprocess.run([sys.executable, "-m", "portllm_cli.main", *map(str, args)], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
 
     assert portllm("base", "list").stderr.startswith("error: the registry database has no tables yet")
@@ -171,7 +171,7 @@ def test_a_hub_id_is_registered_from_the_local_hub_cache(tmp_path, tiny_world):
     env.update(PORTLLM_DATA_DIR=str(tmp_path / "data"), HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
 
     def portllm(*args: object) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "bot.cli", *map(str, args)], cwd=REPO, env=env,
+        return subprocess.run([sys.executable, "-m", "portllm_cli.main", *map(str, args)], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
 
     assert portllm("db", "upgrade").returncode == 0

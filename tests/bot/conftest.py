@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from kombu import Connection
 
-from bot.queue import TaskQueue
+from portllm_core.tasks import TaskQueue
 from registry import services
 from registry.db import session_scope
 

@@ -5,10 +5,10 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot import blocks
-from bot.commands.replies import Reply
-from bot.ids import Action, Block
-from bot.views import (
+from portllm_core import blocks
+from portllm_core.commands.replies import Reply
+from portllm_core.ids import Action, Block
+from portllm_core.views import (
     KpiRow,
     LineagePatch,
     LineageRun,
@@ -172,7 +172,7 @@ def test_any_card_is_valid(text, other, progress, rollout_state, status):
 def test_a_train_run_card_names_the_base_it_trains_on_and_the_patch_it_produced():
     from rich.console import Console
 
-    from bot import terminal
+    from portllm_cli import terminal
 
     train = dict(kind="train", origin_version=None, kpi=(), drift_overall=None, drift_modules=(), verdict=None,
                  gate="", rollout_state=None)

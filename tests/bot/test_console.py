@@ -5,8 +5,8 @@ import json
 import threading
 import time
 
-from bot.console import run_console
-from bot.settings import BotSettings
+from portllm_cli.console import run_console
+from portllm_core.settings import BotSettings
 from registry.models import Run, RunStatus
 from tests.bot.conftest import ASSISTANT, broker_messages, finish_as_worker, live_run
 

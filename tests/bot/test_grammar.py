@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.commands.grammar import (
+from portllm_core.commands.grammar import (
     USAGE,
     Approve,
     Ask,

@@ -3,8 +3,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.commands.handlers import Context, handle, retune
-from bot.views import LineageView, RunCard, StatusView, Table
+from portllm_core.commands.handlers import Context, handle, retune
+from portllm_core.views import LineageView, RunCard, StatusView, Table
 from registry.models import Rollout, Run
 from tests.bot.conftest import (
     ADMIN,
@@ -143,7 +143,7 @@ def test_ask_enqueues_an_answer_with_where_to_reply(world):
 def test_run_card_read_model(world):
     live_run(world.session_factory, key="k1", version="v1")
     run_id = awaiting_run(world.session_factory, key="k2", version="v2")
-    from bot.views import run_card
+    from portllm_core.views import run_card
 
     with world.session_factory() as s:
         card = run_card(s, run_id)

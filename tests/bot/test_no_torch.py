@@ -7,7 +7,7 @@ from tests.bot.slack_http import REPO
 
 
 def test_the_bot_never_imports_the_ml_stack():
-    code = ("import sys, bot.slack_app, bot.server, bot.console; "
+    code = ("import sys, bot.slack_app, bot.server, portllm_cli.console; "
             "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'portllm_engine', 'workers') "
             "if m in sys.modules); print(','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

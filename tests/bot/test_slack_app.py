@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from bot.server import gunicorn_options, serve_socket
-from bot.settings import BotSettings, SettingsError
+from portllm_core.settings import BotSettings, SettingsError
 from bot.slack_app import build_app
 
 

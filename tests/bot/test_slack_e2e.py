@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bot.ids import Action, Block
+from portllm_core.ids import Action, Block
 from registry import services
 from registry.models import Rollout, Run
 from tests.bot import slack_http

@@ -78,7 +78,7 @@ def settings_variables(settings_class) -> set[str]:
 
 
 def test_env_example_lists_every_setting_the_code_reads():
-    from bot.settings import BotSettings
+    from portllm_core.settings import BotSettings
     from registry.settings import RegistrySettings
     from workers.settings import WorkerSettings
 

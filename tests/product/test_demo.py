@@ -37,7 +37,7 @@ def production_flags(request, database_url):
 
 def run_demo(env, demo_world, *extra):
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", "demo", "--world", str(demo_world.root), *extra],
+        [sys.executable, "-m", "portllm_cli.main", "demo", "--world", str(demo_world.root), *extra],
         env=env, capture_output=True, text=True, timeout=900,
     )
 
@@ -78,7 +78,7 @@ def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkey
     monkeypatch.delenv("PORTLLM_DATABASE_URL", raising=False)  # the embedded default in the data dir
     from rich.console import Console
 
-    from bot.demo_story import _register
+    from portllm_cli.demo import _register
     from registry import models
     from registry.cli import upgrade
     from registry.db import make_session_factory

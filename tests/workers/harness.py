@@ -43,7 +43,7 @@ class Stack:
         return env
 
     def producer(self):
-        from bot.queue import TaskQueue
+        from portllm_core.tasks import TaskQueue
 
         return TaskQueue(self.broker_url)
 

@@ -34,7 +34,7 @@ def test_transport_options_fit_each_broker():
 
 
 def test_the_bot_and_the_workers_agree_on_task_names_and_queues(data_dir):
-    from bot.queue import TASK_QUEUES
+    from portllm_core.tasks import TASK_QUEUES
 
     app = make_app(WorkerSettings())
     import workers.tasks  # noqa: F401  (registers the tasks on workers.celery_app.app)

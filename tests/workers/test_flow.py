@@ -44,7 +44,7 @@ def audit_actions(stack, run_id: int) -> list[str]:
 
 
 def ask(stack, assistant: str, channel: str, question: str, request_id: str) -> None:
-    """As the bot's console sends it (bot.commands.handlers)."""
+    """As the bot's console sends it (portllm_core.commands.handlers)."""
     reply_to = {"channel": channel, "user": "bob", "request_id": request_id, "via": "console"}
     stack.producer().enqueue("portllm.answer_question", assistant, channel, question, "bob", reply_to)
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import re
 
-from bot.commands.replies import Reply
-from bot.ids import Action, Block
-from bot.views import LineageView, RunCard, StatusView, Table
+from portllm_core.commands.replies import Reply
+from portllm_core.ids import Action, Block
+from portllm_core.views import LineageView, RunCard, StatusView, Table
 
 # Slack's published limits for the fields used here.
 MAX_BLOCKS = 50

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from bot.admin import records, render
-from bot.admin.output import JSON_OPTION_HELP, print_json, progress_bar, stdout, table
-from bot.admin.runtime import BadInput, Env, admin_command
+from portllm_cli.admin import records, render
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, progress_bar, stdout, table
+from portllm_cli.admin.runtime import BadInput, Env, admin_command
 
 app = typer.Typer(help="Runs: transplant-and-evaluate, eval-only, re-tune and train jobs.", no_args_is_help=True)
 
@@ -25,7 +25,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Status, progress, compatibility and drift reports, evaluations, verdict and rollout state."""
-    from bot.views import run_card
+    from portllm_core.views import run_card
     from registry import services
 
     with Env.from_settings().session() as session:

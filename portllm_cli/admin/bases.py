@@ -6,10 +6,10 @@ from typing import Optional
 
 import typer
 
-from bot.admin import records
-from bot.admin.output import JSON_OPTION_HELP, print_json, short, stderr, stdout, table
-from bot.admin.runtime import BadInput, Env, actor, admin_command, warn
-from bot.admin.validate import check_name
+from portllm_cli.admin import records
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, short, stderr, stdout, table
+from portllm_cli.admin.runtime import BadInput, Env, actor, admin_command, warn
+from portllm_cli.admin.validate import check_name
 
 app = typer.Typer(help="Base models (one version of a family, identified by its weights).", no_args_is_help=True)
 

@@ -1,4 +1,4 @@
-"""`run show` for operators: the chat's run card (bot.terminal) plus what only an operator needs."""
+"""`run show` for operators: the chat's run card (portllm_cli.terminal) plus what only an operator needs."""
 from __future__ import annotations
 
 from rich.console import Group
@@ -6,7 +6,7 @@ from rich.text import Text
 
 
 def run(card, data: dict) -> Group:
-    from bot import terminal
+    from portllm_cli import terminal
 
     source = f"patch #{data['patch_id']}" if data["patch_id"] is not None else "new patch"
     lines = [f"{source} · {data['kind']} · created {data['created_at']:%Y-%m-%d %H:%M:%S}"]

@@ -53,7 +53,7 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
         os.environ["PORTLLM_DATABASE_URL"] = database_url
     os.environ["PORTLLM_NOTIFIER"] = "console"
 
-    from bot.settings import BotSettings
+    from portllm_core.settings import BotSettings
     from registry.cli import upgrade
 
     settings = BotSettings()
@@ -83,7 +83,7 @@ def _build_world(root: Path | None, console: Console):
 
 def _register(world, console: Console) -> None:
     """Register what is not registered yet, with the operator's own commands."""
-    from bot.cli import app
+    from portllm_cli.main import app
     from registry import models
     from registry.db import make_session_factory
     from registry.settings import RegistrySettings
@@ -119,7 +119,7 @@ def _worker(data_dir: Path, console: Console) -> Iterator[None]:
     log = data_dir / "logs" / "demo-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker", "--queues", "gpu,serve"],
+        proc = subprocess.Popen([sys.executable, "-m", "portllm_cli.main", "worker", "--queues", "gpu,serve"],
                                 stdout=sink, stderr=subprocess.STDOUT)
     console.print(f"Worker started (pid {proc.pid}, log {log}).")
     try:
@@ -135,9 +135,9 @@ def _worker(data_dir: Path, console: Console) -> Iterator[None]:
 
 
 def _play(world, settings, console: Console) -> list[Outcome]:
-    from bot import views
-    from bot.console import ConsoleSession
-    from bot.queue import TaskQueue
+    from portllm_core import views
+    from portllm_cli.console import ConsoleSession
+    from portllm_core.tasks import TaskQueue
     from registry.db import make_session_factory
     from registry.settings import RegistrySettings
 

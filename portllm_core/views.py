@@ -1,6 +1,6 @@
 """Read models for the cards: plain frozen dataclasses built from the registry.
 
-Slack blocks (bot.blocks), the console (bot.terminal) and the workers' notifier render these;
+Slack blocks (portllm_core.blocks), the console (portllm_cli.terminal) and the workers' notifier render these;
 nothing here talks to Slack or the terminal, and nothing here writes.
 """
 from __future__ import annotations

@@ -18,11 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot import terminal, views
-from bot.commands.handlers import Context, handle
-from bot.commands.replies import Reply
-from bot.queue import Enqueue, TaskQueue
-from bot.settings import BotSettings
+from portllm_cli import terminal
+from portllm_core import views
+from portllm_core.commands.handlers import Context, handle
+from portllm_core.commands.replies import Reply
+from portllm_core.tasks import Enqueue, TaskQueue
+from portllm_core.settings import BotSettings
 
 PROMPT = "portllm> "
 QUEUED_HINT_AFTER_S = 10.0  # say that a worker is needed when a run sits queued this long

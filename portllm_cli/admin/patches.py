@@ -8,11 +8,11 @@ from typing import Optional
 
 import typer
 
-from bot.admin import records
-from bot.admin.output import JSON_OPTION_HELP, human_size, print_json, progress_bar, short, stderr, stdout, table
-from bot.admin.runtime import BadInput, Env, actor, admin_command, warn
-from bot.admin.staging import staged
-from bot.admin.validate import existing_dir, existing_file
+from portllm_cli.admin import records
+from portllm_cli.admin.output import JSON_OPTION_HELP, human_size, print_json, progress_bar, short, stderr, stdout, table
+from portllm_cli.admin.runtime import BadInput, Env, actor, admin_command, warn
+from portllm_core.staging import staged
+from portllm_cli.admin.validate import existing_dir, existing_file
 
 # Runs requested from the admin CLI are not tied to a chat channel.
 CLI_CHANNEL = "cli"
@@ -242,8 +242,8 @@ def _enqueue_training(env: Env, target: Target, data: Path, hyper: dict) -> int:
     """Store the training data, request a train run and put it on the gpu queue; its run id."""
     import uuid
 
-    from bot.queue import TRAIN_PATCH, TaskQueue
-    from bot.settings import BotSettings
+    from portllm_core.tasks import TRAIN_PATCH, TaskQueue
+    from portllm_core.settings import BotSettings
     from registry import services
 
     with staged(env.store) as staging:
@@ -261,7 +261,7 @@ def _enqueue_training(env: Env, target: Target, data: Path, hyper: dict) -> int:
 
 
 def _await_training(env: Env, target: Target, run_id: int) -> None:
-    from bot.admin.runs import FINISHED, follow
+    from portllm_cli.admin.runs import FINISHED, follow
 
     followed = follow(env, run_id, f"Run #{run_id}: training {target.assistant} on {target.family} {target.version}")
     if followed.status != "succeeded":

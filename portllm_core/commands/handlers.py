@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot import queue, views
-from bot.commands import grammar
-from bot.commands.grammar import ParseError
-from bot.commands.replies import Reply
-from bot.queue import Enqueue
+from portllm_core import tasks as queue, views
+from portllm_core.commands import grammar
+from portllm_core.commands.grammar import ParseError
+from portllm_core.commands.replies import Reply
+from portllm_core.tasks import Enqueue
 from registry import services
 from registry.db import session_scope
 from registry.errors import RegistryError

@@ -44,7 +44,7 @@ def console(
     user: str = typer.Option("alice", help="Who is typing (approver checks use it)."),
 ) -> None:
     """The console channel: chat commands in the terminal (reads stdin when piped)."""
-    from bot.console import run_console
+    from portllm_cli.console import run_console
 
     raise typer.Exit(run_console(channel=channel, user=user))
 
@@ -67,7 +67,7 @@ def slack(
 ) -> None:
     """Serve the Slack app: signed HTTP requests on /slack/events, or Socket Mode."""
     from bot.server import serve_http, serve_socket
-    from bot.settings import SettingsError
+    from portllm_core.settings import SettingsError
 
     try:
         serve_socket() if socket else serve_http(port)
@@ -87,14 +87,14 @@ def demo(
     """Build (or reuse) the demo world and play the whole story in the console channel."""
     if ctx.invoked_subcommand is not None:
         return
-    from bot.demo_story import run_demo
+    from portllm_cli.demo import run_demo
 
     raise typer.Exit(run_demo(broker_url=redis, database_url=database_url, out=out, world_root=world))
 
 
 def _mount() -> None:
     # Both import torch only inside their commands, so mounting them here stays cheap.
-    from bot.admin import register
+    from portllm_cli.admin import register
     from portllm_engine.cli import demo_build, engine_app
 
     register(app)

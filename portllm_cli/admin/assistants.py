@@ -6,11 +6,11 @@ from typing import Optional
 
 import typer
 
-from bot.admin import records
-from bot.admin.output import JSON_OPTION_HELP, print_json, short, stdout, table
-from bot.admin.runtime import BadInput, Env, actor, admin_command
-from bot.admin.staging import staged
-from bot.admin.validate import check_fraction, check_name, existing_file
+from portllm_cli.admin import records
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, short, stdout, table
+from portllm_cli.admin.runtime import BadInput, Env, actor, admin_command
+from portllm_core.staging import staged
+from portllm_cli.admin.validate import check_fraction, check_name, existing_file
 
 app = typer.Typer(help="Assistants: a family, a KPI suite, a gate and the people who approve.", no_args_is_help=True)
 

@@ -5,8 +5,8 @@ from typing import Optional
 
 import typer
 
-from bot.admin.output import JSON_OPTION_HELP, print_json, stdout
-from bot.admin.runtime import Env, admin_command
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, stdout
+from portllm_cli.admin.runtime import Env, admin_command
 
 
 @admin_command
@@ -15,7 +15,7 @@ def lineage(
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Patches, the bases they came from, every run that carried them on, evaluations and rollouts."""
-    from bot.views import lineage_view
+    from portllm_core.views import lineage_view
     from registry import services
 
     with Env.from_settings().session() as session:
@@ -25,7 +25,7 @@ def lineage(
     if as_json:
         print_json(data)
         return
-    from bot import terminal
+    from portllm_cli import terminal
 
     stdout().print(terminal.lineage(view))
 
@@ -36,7 +36,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """What is live where, which runs are in flight, which rollouts await a decision."""
-    from bot.views import status_view
+    from portllm_core.views import status_view
     from registry import services
 
     with Env.from_settings().session() as session:
@@ -46,6 +46,6 @@ def status(
     if as_json:
         print_json(data)
         return
-    from bot import terminal
+    from portllm_cli import terminal
 
     stdout().print(terminal.status(view))

@@ -7,7 +7,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 from rich.tree import Tree
 
-from bot.blocks import (
+from portllm_core.blocks import (
     LIVE_COLUMNS,
     PENDING_COLUMNS,
     ROLLOUT_TEXT,
@@ -18,8 +18,8 @@ from bot.blocks import (
     run_title,
     status_rows,
 )
-from bot.commands.replies import Reply
-from bot.views import LineageView, RunCard, StatusView, Table
+from portllm_core.commands.replies import Reply
+from portllm_core.views import LineageView, RunCard, StatusView, Table
 
 VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "inconclusive": "bold yellow"}
 MAX_COMPAT_LINES = 5  # a wrong-shape base fails every module; the first few say why

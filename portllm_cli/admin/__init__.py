@@ -9,7 +9,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from bot.admin import assistants, bases, patches, runs, views
+    from portllm_cli.admin import assistants, bases, patches, runs, views
 
     app.add_typer(bases.app, name="base")
     app.add_typer(assistants.app, name="assistant")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.views import LineageView, RunCard, StatusView, Table
+from portllm_core.views import LineageView, RunCard, StatusView, Table
 
 View = RunCard | StatusView | LineageView | Table
 
