@@ -11,14 +11,14 @@ import logging
 
 from gunicorn.app.base import BaseApplication
 
-from portllm_core.settings import BotSettings, require
+from portllm_core.settings import Settings, require
 
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"  # for load balancers and the compose health check; says nothing else
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, settings: BotSettings, options: dict) -> None:
+    def __init__(self, settings: Settings, options: dict) -> None:
         self.settings = settings
         self.options = options
         super().__init__()
@@ -33,7 +33,7 @@ class _Gunicorn(BaseApplication):
         from portllm_core.tasks import TaskQueue
         from bot.slack_app import build_app
 
-        queue = TaskQueue(self.settings.resolved_broker_url())
+        queue = TaskQueue(self.settings)
         queue.connect()  # before the first command, not during it
         return with_health_check(SlackRequestHandler(build_app(self.settings, enqueue=queue), path=EVENTS_PATH))
 
@@ -70,28 +70,28 @@ def gunicorn_options(port: int, host: str, workers: int, threads: int) -> dict:
     }
 
 
-def serve_http(port: int, host: str = "0.0.0.0", *, settings: BotSettings | None = None,
+def serve_http(port: int, host: str = "0.0.0.0", *, settings: Settings | None = None,
                workers: int = 2, threads: int = 32) -> None:
     """Serve commands, interactivity and events on http://host:port/slack/events until stopped."""
-    settings = settings or BotSettings()
+    settings = settings or Settings()
     require(settings.slack_signing_secret, "SLACK_SIGNING_SECRET",
             "Slack's signing secret, to verify that requests come from Slack")
     require(settings.slack_bot_token, "SLACK_BOT_TOKEN", "the bot token (xoxb-…) from the Slack app")
     _Gunicorn(settings, gunicorn_options(port, host, workers, threads)).run()
 
 
-def serve_socket(settings: BotSettings | None = None) -> None:
+def serve_socket(settings: Settings | None = None) -> None:
     """Connect to Slack over Socket Mode (SLACK_APP_TOKEN, xapp-…): no public URL needed."""
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
     from portllm_core.tasks import TaskQueue
     from bot.slack_app import build_app
 
-    settings = settings or BotSettings()
+    settings = settings or Settings()
     app_token = require(settings.slack_app_token, "SLACK_APP_TOKEN",
                         "an app-level token (xapp-…) with connections:write, for Socket Mode")
     logging.basicConfig(level=logging.INFO)
-    queue = TaskQueue(settings.resolved_broker_url())
+    queue = TaskQueue(settings)
     queue.connect()
     # The handler's Web API client is the app's, so SLACK_API_URL applies to it as well.
     SocketModeHandler(build_app(settings, enqueue=queue, socket_mode=True), app_token).start()

@@ -4,38 +4,27 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from slack_bolt import App
-from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import listeners
 from bot.listeners.deps import Deps
 from portllm_core.tasks import Enqueue, TaskQueue
-from portllm_core.settings import BotSettings, require
+from portllm_core.settings import Settings, require
+from portllm_core.slack import make_client
 
 # Listener threads per process: Bolt's default of 5 turns a burst of slow listeners into timeouts.
 LISTENER_THREADS = 32
 
 
-def make_client(settings: BotSettings) -> WebClient:
-    """The Web API client: SLACK_API_URL when set (a proxy, or a fake in tests), retrying on 429."""
-    return WebClient(
-        token=require(settings.slack_bot_token, "SLACK_BOT_TOKEN", "the bot token (xoxb-…) from the Slack app"),
-        base_url=settings.slack_api_url or WebClient.BASE_URL,
-        retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=3)],
-    )
-
-
-def build_app(settings: BotSettings, session_factory: sessionmaker[Session] | None = None,
+def build_app(settings: Settings, session_factory: sessionmaker[Session] | None = None,
               enqueue: Enqueue | None = None, *, socket_mode: bool = False) -> App:
     """The Bolt app. Over HTTP every request's signature is verified; Socket Mode needs no secret."""
     if session_factory is None:
         from registry.db import make_session_factory
-        from registry.settings import RegistrySettings
 
-        session_factory = make_session_factory(RegistrySettings().resolved_database_url())
+        session_factory = make_session_factory(settings.resolved_database_url())
     if enqueue is None:
-        enqueue = TaskQueue(settings.resolved_broker_url())
+        enqueue = TaskQueue(settings)
     signing_secret = None
     if not socket_mode:
         signing_secret = require(settings.slack_signing_secret, "SLACK_SIGNING_SECRET",

@@ -8,7 +8,7 @@ from sqlalchemy import pool
 
 from registry.db import make_engine
 from registry.models import Base
-from registry.settings import RegistrySettings
+from portllm_core.settings import Settings
 
 config = context.config
 if config.config_file_name is not None:
@@ -23,7 +23,7 @@ def database_url() -> str:
         config.attributes.get("url")
         or context.get_x_argument(as_dictionary=True).get("url")
         or config.get_main_option("sqlalchemy.url")
-        or RegistrySettings().resolved_database_url()
+        or Settings().resolved_database_url()
     )
 
 

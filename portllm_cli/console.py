@@ -22,8 +22,9 @@ from portllm_cli import terminal
 from portllm_core import views
 from portllm_core.commands.handlers import Context, handle
 from portllm_core.commands.replies import Reply
-from portllm_core.tasks import Enqueue, TaskQueue
-from portllm_core.settings import BotSettings
+from portllm_core.tasks import Enqueue
+from portllm_core.workspace import Workspace
+from portllm_core.settings import Settings
 
 PROMPT = "portllm> "
 QUEUED_HINT_AFTER_S = 10.0  # say that a worker is needed when a run sits queued this long
@@ -32,14 +33,14 @@ QUEUED_HINT_AFTER_S = 10.0  # say that a worker is needed when a run sits queued
 class ConsoleSession:
     """One console session: who types, in which channel, and where replies go."""
 
-    def __init__(self, *, channel: str, user: str, settings: BotSettings, session_factory: sessionmaker[Session],
+    def __init__(self, *, channel: str, user: str, settings: Settings, session_factory: sessionmaker[Session],
                  enqueue: Enqueue, out: Console, poll_s: float, wait_s: float) -> None:
         self.channel, self.user, self.settings = channel, user, settings
         self.session_factory, self.enqueue, self.out = session_factory, enqueue, out
         self.poll_s, self.wait_s = poll_s, wait_s
 
     def run_line(self, line: str) -> Reply:
-        outbox = self.settings.console_outbox()
+        outbox = self.settings.outbox_path
         offset = outbox.stat().st_size if outbox.exists() else 0
         ctx = Context(user=self.user, channel=self.channel, session_factory=self.session_factory,
                       enqueue=self.enqueue, request_id=f"console:{uuid.uuid4().hex}",
@@ -122,21 +123,15 @@ def _tail_jsonl(path: Path, offset: int, poll_s: float, wait_s: float) -> Iterat
 
 
 def run_console(channel: str = "#support", user: str = "alice", stdin: TextIO | None = None,
-                out: TextIO | None = None, *, settings: BotSettings | None = None,
+                out: TextIO | None = None, *, settings: Settings | None = None,
                 session_factory: sessionmaker[Session] | None = None, enqueue: Enqueue | None = None,
                 poll_s: float = 0.5, wait_s: float = 3600.0) -> int:
     """Run commands from stdin (a REPL on a terminal); 1 if any command was refused, else 0."""
-    settings = settings or BotSettings()
-    if session_factory is None:
-        from registry.db import make_session_factory
-        from registry.settings import RegistrySettings
-
-        session_factory = make_session_factory(RegistrySettings().resolved_database_url())
+    ws = Workspace(settings, session_factory=session_factory, queue=enqueue)
     stdin = stdin or sys.stdin
     console = Console(file=out or sys.stdout, highlight=False)
-    session = ConsoleSession(channel=channel, user=user, settings=settings, session_factory=session_factory,
-                       enqueue=enqueue or TaskQueue(settings.resolved_broker_url()), out=console,
-                       poll_s=poll_s, wait_s=wait_s)
+    session = ConsoleSession(channel=channel, user=user, settings=ws.settings, session_factory=ws.session_factory,
+                             enqueue=ws.queue, out=console, poll_s=poll_s, wait_s=wait_s)
     interactive = stdin.isatty()
     if interactive:
         console.print(f"PortLLM console · {user} in {channel} · `help` lists the commands, Ctrl-D leaves.")

@@ -1,7 +1,7 @@
 """`portllm demo`: the whole story in the console channel, on the embedded defaults.
 
-Builds (or reuses) the demo world, registers it with the same admin commands an operator
-types, starts a real worker process, then plays the chat commands a team would type in
+Builds (or reuses) the demo world, registers it through the same flows the operator's
+commands call, starts a real worker process, then plays the chat commands a team would type in
 #support and checks in the registry that each step ended as it should.
 """
 from __future__ import annotations
@@ -53,21 +53,24 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
         os.environ["PORTLLM_DATABASE_URL"] = database_url
     os.environ["PORTLLM_NOTIFIER"] = "console"
 
-    from portllm_core.settings import BotSettings
+    from portllm_core.workspace import Workspace
     from registry.cli import upgrade
 
-    settings = BotSettings()
+    ws = Workspace()
     world = _build_world(world_root, console)
-    upgrade()
-    with _worker(settings.data_dir, console):
-        _register(world, console)
-        try:
-            outcomes = _play(world, settings, console)
-        except StoryStopped as stop:
-            console.print(f"[red]The demo stopped at `{stop}`. The worker log and `portllm status` say more.[/]")
-            return 1
-    chart = _write_chart(out or settings.data_dir, console)
-    return _summarise(outcomes, chart, console)
+    upgrade(ws.settings.resolved_database_url())
+    try:
+        with _worker(ws.settings.data_dir, console):
+            _register(ws, world, console)
+            try:
+                outcomes = _play(ws, world, console)
+            except StoryStopped as stop:
+                console.print(f"[red]The demo stopped at `{stop}`. The worker log and `portllm status` say more.[/]")
+                return 1
+        chart = _write_chart(ws, out or ws.settings.data_dir)
+        return _summarise(outcomes, chart, console)
+    finally:
+        ws.close()
 
 
 def _build_world(root: Path | None, console: Console):
@@ -81,36 +84,36 @@ def _build_world(root: Path | None, console: Console):
     return world
 
 
-def _register(world, console: Console) -> None:
-    """Register what is not registered yet, with the operator's own commands."""
-    from portllm_cli.main import app
-    from registry import models
-    from registry.db import make_session_factory
-    from registry.settings import RegistrySettings
+def _register(ws, world, console: Console) -> None:
+    """Register what is not registered yet, through the flows the operator's commands call."""
     from sqlalchemy import select
 
-    console.print(Rule("2. Register bases, the assistant and its patch (portllm base/assistant/patch add)"))
-    factory = make_session_factory(RegistrySettings().resolved_database_url())
-    with factory() as s:
+    from portllm_core.flows import catalog
+    from registry import models
+
+    console.print(Rule("2. Register bases, the assistant and its patch (as `portllm base/assistant/patch add` do)"))
+    with ws.session_factory() as s:
         versions = set(s.scalars(select(models.BaseModel.version).where(models.BaseModel.family == FAMILY)))
         assistant = s.scalar(select(models.Assistant).where(models.Assistant.name == ASSISTANT))
         has_patch = assistant is not None and bool(assistant.patches)
-    commands = [["base", "add", FAMILY, version, str(path)] for version, path in world.bases.items()
-                if version not in versions]
+    actor = "console:demo"
+    todo = False
+    for version, path in world.bases.items():
+        if version not in versions:
+            todo = True
+            added = catalog.register_base(ws, FAMILY, version, str(path), actor=actor)
+            console.print(f"Base {added.label} registered from {path}.")
     if assistant is None:
-        commands.append(["assistant", "add", ASSISTANT, "--family", FAMILY, "--suite", str(world.suite),
-                         "--min-accuracy", str(MIN_ACCURACY), "--max-regression", str(MAX_REGRESSION),
-                         "--approver", APPROVER, "--admin", ADMIN])
+        todo = True
+        catalog.add_assistant(ws, ASSISTANT, family=FAMILY, suite=world.suite, min_accuracy=MIN_ACCURACY,
+                              max_regression=MAX_REGRESSION, approvers=[APPROVER], admins=[ADMIN], actor=actor)
+        console.print(f"Assistant {ASSISTANT} added: gate ≥ {MIN_ACCURACY:.0%}, approver {APPROVER}.")
     if not has_patch:
-        commands.append(["patch", "add", ASSISTANT, str(world.patch), "--base", "v1",
-                         "--train-data", str(world.train_data)])
-    if not commands:
+        todo = True
+        added = catalog.add_patch(ws, ASSISTANT, world.patch, base="v1", train_data=world.train_data, actor=actor)
+        console.print(f"Patch #{added.patch_id} added, trained on {added.target.label}.")
+    if not todo:
         console.print("Already registered from an earlier run: reusing it.")
-    for args in commands:
-        console.print(f"[dim]$ portllm {' '.join(args)}[/]")
-        code = app(args, standalone_mode=False)
-        if code:  # the command already said why on stderr
-            raise SystemExit(code)
 
 
 @contextmanager
@@ -134,17 +137,13 @@ def _worker(data_dir: Path, console: Console) -> Iterator[None]:
         console.print("Worker stopped.")
 
 
-def _play(world, settings, console: Console) -> list[Outcome]:
-    from portllm_core import views
+def _play(ws, world, console: Console) -> list[Outcome]:
     from portllm_cli.console import ConsoleSession
-    from portllm_core.tasks import TaskQueue
-    from registry.db import make_session_factory
-    from registry.settings import RegistrySettings
+    from portllm_core import views
 
-    factory = make_session_factory(RegistrySettings().resolved_database_url())
-    chat = ConsoleSession(channel=CHANNEL, user=APPROVER, settings=settings, session_factory=factory,
-                          enqueue=TaskQueue(settings.resolved_broker_url()), out=console,
-                          poll_s=0.3, wait_s=900)
+    factory = ws.session_factory
+    chat = ConsoleSession(channel=CHANNEL, user=APPROVER, settings=ws.settings, session_factory=factory,
+                          enqueue=ws.queue, out=console, poll_s=0.3, wait_s=900)
 
     def say(heading: str | None, command: str):
         if heading:
@@ -204,18 +203,17 @@ def _check(factory, setup_run: int, v2_run: int, v3_run: int, other_run: int,
         return outcomes
 
 
-def _write_chart(out_dir: Path, console: Console) -> Path:
+def _write_chart(ws, out_dir: Path) -> Path:
     """Per base version: the base alone, the transplanted v1 patch, and a re-tuned patch if any."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from registry import models
-    from registry.db import make_session_factory
-    from registry.settings import RegistrySettings
     from sqlalchemy import select
 
-    factory = make_session_factory(RegistrySettings().resolved_database_url())
+    from registry import models
+
+    factory = ws.session_factory
     bars: dict[str, dict[str, float]] = {}  # version -> series -> accuracy, newest run wins
     with factory() as s:
         runs = s.scalars(select(models.Run).join(models.Assistant)

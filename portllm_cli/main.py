@@ -25,17 +25,19 @@ app.add_typer(demo_app, name="demo")
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Migrate the registry database to the newest schema."""
+    from portllm_core.settings import Settings
     from registry.cli import upgrade
 
-    upgrade()
+    upgrade(Settings().resolved_database_url())
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Print the registry database's schema revision."""
+    from portllm_core.settings import Settings
     from registry.cli import current
 
-    typer.echo(current())
+    typer.echo(current(Settings().resolved_database_url()))
 
 
 @app.command()

@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from registry.errors import UnknownRun
 from registry.models import (
+    ACTIVE_RUN_STATUSES,
+    DECIDABLE_ROLLOUT_STATES,
     Assistant,
     BaseModel,
     EvalSubject,
@@ -23,9 +25,6 @@ from registry.models import (
     Verdict,
 )
 
-# Run and rollout states, as the registry stores them.
-ACTIVE_RUN_STATES = frozenset({"queued", "running"})
-DECIDABLE_ROLLOUT_STATES = frozenset({"awaiting_approval", "blocked"})
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class RunCard:
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE_RUN_STATES
+        return self.status in ACTIVE_RUN_STATUSES
 
     @property
     def awaiting_decision(self) -> bool:
@@ -226,7 +225,7 @@ def status_view(session: Session, assistant: str | None = None, *, limit: int = 
     """What is live where, runs in flight and rollouts awaiting a decision (newest first)."""
     live_q = select(Rollout).join(Rollout.assistant).where(Rollout.state == RolloutState.LIVE)
     runs_q = (select(Run).join(Run.assistant).outerjoin(Run.rollout)
-              .where(or_(Run.status.in_(ACTIVE_RUN_STATES), Rollout.state.in_(DECIDABLE_ROLLOUT_STATES))))
+              .where(or_(Run.status.in_(ACTIVE_RUN_STATUSES), Rollout.state.in_(DECIDABLE_ROLLOUT_STATES))))
     if assistant is not None:
         live_q = live_q.where(Assistant.name == assistant)
         runs_q = runs_q.where(Assistant.name == assistant)

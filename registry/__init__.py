@@ -1,7 +1,7 @@
 """PortLLM registry: the system of record for bases, assistants, patches, runs, evaluations,
-rollouts and their audit trail. Imports nothing else of PortLLM and never imports torch.
+rollouts and their audit trail. Imports nothing else of PortLLM and never imports torch;
+callers pass the database URL and artifact folder from their settings.
 
-    registry.settings   RegistrySettings (PORTLLM_DATA_DIR, PORTLLM_DATABASE_URL)
     registry.db         make_engine, make_session_factory, session_scope
     registry.models     the SQLAlchemy models and state enums
     registry.services   the functions that change and read them (each change audited):

@@ -10,7 +10,6 @@ from pathlib import Path
 from registry.errors import RegistryError
 
 REF_PREFIX = "sha256:"
-_CHUNK = 1 << 20
 
 
 class ArtifactError(RegistryError):
@@ -18,11 +17,8 @@ class ArtifactError(RegistryError):
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class ArtifactStore:

@@ -9,15 +9,12 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.settings import RegistrySettings
-
 # Seconds a SQLite writer waits for another process's write lock (bot, workers, sweeper).
 SQLITE_BUSY_TIMEOUT_S = 30
 
 
-def make_engine(url: str | None = None, **kwargs) -> Engine:
-    """An engine for `url` (default: from RegistrySettings). SQLite gets WAL and foreign keys."""
-    url = url or RegistrySettings().resolved_database_url()
+def make_engine(url: str, **kwargs) -> Engine:
+    """An engine for `url` (the caller reads it from its settings). SQLite gets WAL and foreign keys."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
@@ -42,7 +39,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
         cursor.close()
 
 
-def make_session_factory(url: str | Engine | None = None) -> sessionmaker[Session]:
+def make_session_factory(url: str | Engine) -> sessionmaker[Session]:
     """A sessionmaker; objects stay readable after commit (callers render them afterwards)."""
     engine = url if isinstance(url, Engine) else make_engine(url)
     return sessionmaker(bind=engine, expire_on_commit=False)

@@ -82,6 +82,12 @@ class RolloutState(StrEnum):
     BLOCKED = "blocked"
 
 
+# The state sets every package uses (tuples, so SQL `IN` takes them as they are).
+ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+FINAL_RUN_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+DECIDABLE_ROLLOUT_STATES = (RolloutState.AWAITING_APPROVAL, RolloutState.BLOCKED)
+
+
 class Verdict(StrEnum):
     PASS = "pass"
     FAIL = "fail"

@@ -1,9 +1,8 @@
-"""Per-process LRU caches of loaded bases, keyed by the registered fingerprint.
+"""The bases resident in one worker process: an LRU of engine PatchServers keyed by fingerprint.
 
-`BaseCache` keeps pristine (model, tokenizer) pairs for the gpu tasks: a candidate is a copy
-with the patch merged in, so the cached base stays usable for the base-alone evaluation and
-the next run. `ServerCache` keeps one engine PatchServer per base for answers: patches attach by
-name and switching between them never reloads the base.
+gpu and serve tasks share it, so a process holds each base once (`PORTLLM_BASE_CACHE_SIZE` counts
+bases). Patches attach to a resident base by name: a run evaluates the base alone and the
+candidate on the same weights, answers switch between patches, and nothing reloads the base.
 """
 from __future__ import annotations
 
@@ -20,9 +19,13 @@ T = TypeVar("T")
 
 
 class LRU(Generic[T]):
+    """Least recently used first out; each key is loaded once, even by concurrent misses."""
+
     def __init__(self, size: int) -> None:
         self.size = size
         self._items: OrderedDict[str, T] = OrderedDict()
+        # Held while loading: a second miss on the same key waits for the first load and reuses it
+        # rather than loading a second copy of a base next to the first.
         self._lock = threading.Lock()
 
     def get(self, key: str, load: Callable[[], T]) -> T:
@@ -30,14 +33,11 @@ class LRU(Generic[T]):
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = load()  # outside the lock: loading a base takes long
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
+            while len(self._items) >= self.size:  # make room before loading, not after
                 evicted, _ = self._items.popitem(last=False)
                 log.info("evicted base %s from the cache (size %d)", evicted[:12], self.size)
-        return value
+            value = self._items[key] = load()
+            return value
 
     def __contains__(self, key: str) -> bool:
         return key in self._items
@@ -59,36 +59,25 @@ def _check_fingerprint(base_dir: Path, fingerprint: str, label: str) -> None:
         )
 
 
-class BaseCache:
+class ResidentBases:
     def __init__(self, size: int, device: str | None) -> None:
-        self._lru: LRU[tuple] = LRU(size)
+        self._lru: LRU = LRU(size)
         self.device = device
 
-    def get(self, fingerprint: str, base_dir: Path, label: str) -> tuple:
-        def load() -> tuple:
-            from portllm_engine.models import load_base
+    def get(self, fingerprint: str, base_dir: Path, label: str):
+        """The PatchServer of this base, loaded (and its fingerprint checked) on the first use only."""
+
+        def load():
+            from portllm_engine.transplant import PatchServer
 
             _check_fingerprint(base_dir, fingerprint, label)
             log.info("loading base %s from %s", label, base_dir)
-            return load_base(base_dir, device=self.device)
+            return PatchServer(base_dir, device=self.device)
 
         return self._lru.get(fingerprint, load)
 
     def __contains__(self, fingerprint: str) -> bool:
         return fingerprint in self._lru
 
-
-class ServerCache:
-    def __init__(self, size: int, device: str | None) -> None:
-        self._lru: LRU = LRU(size)
-        self.device = device
-
-    def get(self, fingerprint: str, base_dir: Path, label: str):
-        def load():
-            from portllm_engine.transplant import PatchServer
-
-            _check_fingerprint(base_dir, fingerprint, label)
-            log.info("serving base %s from %s", label, base_dir)
-            return PatchServer(base_dir, device=self.device)
-
-        return self._lru.get(fingerprint, load)
+    def __len__(self) -> int:
+        return len(self._lru)

@@ -1,37 +1,23 @@
-"""Per-process resources of a worker: settings, registry sessions, artifact store, notifier.
+"""Per-process resources of a worker: the workspace (registry, artifact store, queue) plus the
+notifiers and the sweeper.
 
 Database connections must not cross a fork, so each worker process builds its own on
-`worker_process_init` (workers.celery_app); `current()` also rebuilds them when it finds itself
+`worker_process_init` (workers.lifecycle); `current()` also rebuilds them when it finds itself
 in a new process, which covers pools that fork without that signal.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import cached_property
 
-from sqlalchemy.orm import Session, sessionmaker
+from portllm_core.settings import Settings
+from portllm_core.workspace import Workspace
 
-from workers.settings import WorkerSettings
 
-
-@dataclass
-class WorkerContext:
-    settings: WorkerSettings
-    pid: int
-
-    @cached_property
-    def session_factory(self) -> sessionmaker[Session]:
-        from registry.db import make_session_factory
-        from registry.settings import RegistrySettings
-
-        return make_session_factory(RegistrySettings(data_dir=self.settings.data_dir).resolved_database_url())
-
-    @cached_property
-    def artifacts(self):
-        from registry.artifacts import ArtifactStore
-
-        return ArtifactStore(self.settings.artifacts_dir)
+class WorkerContext(Workspace):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.pid = os.getpid()
 
     @cached_property
     def notifier(self):
@@ -58,11 +44,6 @@ class WorkerContext:
 
         return Sweeper(self.session_factory, self.settings)
 
-    def close(self) -> None:
-        if "session_factory" in self.__dict__:
-            # After a fork the parent's pooled connections belong to the parent: drop, never close.
-            self.session_factory.kw["bind"].dispose(close=self.pid == os.getpid())
-
 
 _current: WorkerContext | None = None
 
@@ -73,10 +54,11 @@ def current() -> WorkerContext:
     return _current
 
 
-def reset(settings: WorkerSettings | None = None) -> WorkerContext:
+def reset(settings: Settings | None = None) -> WorkerContext:
     """Start fresh in this process (after a fork, or in tests with new settings)."""
     global _current
     if _current is not None:
-        _current.close()
-    _current = WorkerContext(settings or WorkerSettings(), os.getpid())
+        # After a fork the parent's pooled connections belong to the parent: drop, never close.
+        _current.close(owned=_current.pid == os.getpid())
+    _current = WorkerContext(settings or Settings())
     return _current

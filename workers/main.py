@@ -1,9 +1,7 @@
 """`portllm worker`: start a Celery worker on the gpu and/or serve queues."""
 from __future__ import annotations
 
-from workers.celery_app import GPU_QUEUE, SERVE_QUEUE
-
-KNOWN_QUEUES = (GPU_QUEUE, SERVE_QUEUE)
+from portllm_core.tasks import QUEUES as KNOWN_QUEUES
 
 
 def start_worker(

@@ -17,9 +17,10 @@ from typing import Protocol
 from slack_sdk.errors import SlackClientError
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry.models import FINAL_RUN_STATUSES
+
 log = logging.getLogger(__name__)
 
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 # Slack said no, or Slack could not be reached: logged, never raised into a run.
 DELIVERY_ERRORS = (SlackClientError, OSError)
 
@@ -94,7 +95,7 @@ class ConsoleNotifier:
             "status": card.status,
             "progress": card.progress,
             "step": card.step,
-            "final": final or card.status in FINAL_STATUSES,
+            "final": final or card.status in FINAL_RUN_STATUSES,
             "text": run_summary(card),
         })
 
@@ -141,15 +142,9 @@ class SlackNotifier:
 
     @classmethod
     def from_settings(cls, settings, session_factory: sessionmaker) -> SlackNotifier:
-        from slack_sdk import WebClient
-        from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+        from portllm_core.slack import make_client
 
-        if settings.slack_bot_token is None:
-            raise ValueError("PORTLLM_NOTIFIER=slack needs SLACK_BOT_TOKEN: set it, or use PORTLLM_NOTIFIER=console")
-        kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
-        client = WebClient(token=settings.slack_bot_token.get_secret_value(), **kwargs)
-        client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=3))
-        return cls(client, session_factory, interval=settings.slack_update_interval_s)
+        return cls(make_client(settings), session_factory, interval=settings.slack_update_interval_s)
 
     def run_changed(self, run_id: int, *, final: bool = False) -> None:
         if not self._throttle.allow(run_id, final=final):

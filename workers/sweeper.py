@@ -17,20 +17,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from portllm_core.tasks import TASK_FOR_RUN_KIND
 from registry import services
 from registry.db import session_scope
 from registry.errors import InvalidTransition
 from registry.models import Run, RunStatus, utcnow
 
 log = logging.getLogger("portllm.sweeper")
-
-TASK_FOR_KIND = {
-    "transplant": "portllm.transplant_and_evaluate",
-    "eval": "portllm.eval_only",
-    "retune": "portllm.retune",
-    "train": "portllm.train_patch",
-}
-
 
 @dataclass
 class SweepReport:
@@ -93,12 +86,12 @@ class Sweeper:
                     report.failed.append(run.id)
                 elif requeue_if_stale(s, run, self.settings, now):
                     report.retried.append(run.id)
-                    report.tasks[run.id] = TASK_FOR_KIND[run.kind]
+                    report.tasks[run.id] = TASK_FOR_RUN_KIND[run.kind]
             recently = time.monotonic() - self.settings.queued_limit_s
             for run in found["queued"]:
                 if self._enqueued_at.get(run.id, float("-inf")) < recently:
                     report.requeued.append(run.id)
-                    report.tasks[run.id] = TASK_FOR_KIND[run.kind]
+                    report.tasks[run.id] = TASK_FOR_RUN_KIND[run.kind]
         for run_id in report.tasks:
             self._enqueued_at[run_id] = time.monotonic()
         return report
@@ -106,11 +99,9 @@ class Sweeper:
 
 def sweep_once(ctx) -> SweepReport:
     """One sweep in a worker: change the registry, then enqueue and tell people."""
-    from workers.celery_app import app
-
     report = ctx.sweeper.sweep()
     for run_id, task in report.tasks.items():
-        app.send_task(task, args=[run_id])
+        ctx.queue.enqueue(task, run_id)
     for run_id in report.failed:
         ctx.notifier.run_changed(run_id, final=True)
     if report.tasks or report.failed:

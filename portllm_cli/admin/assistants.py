@@ -8,9 +8,7 @@ import typer
 
 from portllm_cli.admin import records
 from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, short, stdout, table
-from portllm_cli.admin.runtime import BadInput, Env, actor, admin_command
-from portllm_core.staging import staged
-from portllm_cli.admin.validate import check_fraction, check_name, existing_file
+from portllm_cli.admin.runtime import BadInput, workspace, actor, admin_command
 
 app = typer.Typer(help="Assistants: a family, a KPI suite, a gate and the people who approve.", no_args_is_help=True)
 
@@ -29,37 +27,13 @@ def add(
     owner: str = typer.Option("", "--owner", help="Who owns the assistant (default: you)."),
 ) -> None:
     """Register an assistant with its KPI suite (validated line by line, stored content-addressed)."""
-    from registry import services
+    from portllm_core.flows import catalog
 
-    check_name("assistant name", name)
-    check_fraction("--min-accuracy", min_accuracy)
-    check_fraction("--max-regression", max_regression)
-    env = Env.from_settings()
-    with env.session() as session:
-        if _find(session, name) is not None:
-            raise BadInput(f"assistant {name} already exists; use `portllm assistant set {name} …` to change it")
-        family = _registered_family(session, family)
-    suite_path, digest, n_items = _load_suite(suite)
-
-    with staged(env.store) as staging:
-        suite_ref = staging.put_file(suite_path)
-        with env.session() as session:
-            services.create_assistant(
-                session,
-                name=name,
-                family=family,
-                suite_ref=suite_ref,
-                suite_digest=digest,
-                min_accuracy=min_accuracy,
-                max_regression=max_regression,
-                approvers=list(approvers),
-                admins=list(admins),
-                system_prompt=system_prompt,
-                owner=owner or actor(),
-                actor=actor(),
-            )
+    family, suite_info = catalog.add_assistant(
+        workspace(), name, family=family, suite=suite, min_accuracy=min_accuracy, max_regression=max_regression,
+        approvers=approvers, admins=admins, system_prompt=system_prompt, owner=owner, actor=actor())
     stdout().print(
-        f"Assistant {name} added on {family}: suite of {n_items} items ({short(digest)}), "
+        f"Assistant {name} added on {family}: suite of {suite_info.n_items} items ({short(suite_info.digest)}), "
         f"gate min {min_accuracy:.0%} / max regression {max_regression:.0%}, "
         f"approvers: {', '.join(approvers) or 'none yet'}"
     )
@@ -71,7 +45,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP)) 
     """List assistants with their gates and approvers."""
     from registry import services
 
-    with Env.from_settings().session() as session:
+    with workspace().session() as session:
         rows = [records.assistant(a) for a in services.list_assistants(session)]
     if as_json:
         print_json(rows)
@@ -105,80 +79,21 @@ def set_(
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Replace the system prompt."),
 ) -> None:
     """Change an assistant's gate, approvers, admins, system prompt or KPI suite."""
+    from portllm_core.flows import catalog
     from registry import services
 
-    check_fraction("--min-accuracy", min_accuracy)
-    check_fraction("--max-regression", max_regression)
-    env = Env.from_settings()
-    with env.session() as session:
+    ws = workspace()
+    with ws.session() as session:
         current = services.get_assistant(session, name)
-        fields: dict[str, object] = {}
-        if min_accuracy is not None:
-            fields["min_accuracy"] = min_accuracy
-        if max_regression is not None:
-            fields["max_regression"] = max_regression
-        if system_prompt is not None:
-            fields["system_prompt"] = system_prompt
-        new_approvers = _edit_people("approver", current.approvers, approvers, add_approvers, remove_approvers)
-        if new_approvers is not None:
-            fields["approvers"] = new_approvers
-        new_admins = _edit_people("admin", current.admins, admins, add_admins, remove_admins)
-        if new_admins is not None:
-            fields["admins"] = new_admins
-    if suite is None and not fields:
-        raise BadInput(
-            "nothing to change: pass --suite, --min-accuracy, --max-regression, --approver, --add-approver, "
-            "--remove-approver, --admin, --add-admin, --remove-admin or --system-prompt"
-        )
-    suite_path = None
-    if suite is not None:
-        suite_path, fields["suite_digest"], _ = _load_suite(suite)
-
-    with staged(env.store) as staging:
-        if suite_path is not None:
-            fields["suite_ref"] = staging.put_file(suite_path)
-        with env.session() as session:
-            services.update_assistant(session, name, actor=actor(), **fields)
-    changed = ", ".join(sorted(k for k in fields if k != "suite_ref"))
-    stdout().print(f"Assistant {name} updated: {changed}")
-
-
-def _find(session, name: str):
-    from registry import services
-    from registry.errors import UnknownAssistant
-
-    try:
-        return services.get_assistant(session, name)
-    except UnknownAssistant:
-        return None
-
-
-def _registered_family(session, family: str) -> str:
-    """The family as it was registered (families match case-insensitively)."""
-    from registry import services
-
-    bases = services.list_bases(session, family=family)
-    if not bases:
-        known = sorted({b.family for b in services.list_bases(session, family=None)})
-        raise BadInput(
-            f"unknown family {family!r}: register a base first with `portllm base add {family} VERSION REF`"
-            + (f" (known families: {', '.join(known)})" if known else "")
-        )
-    return bases[0].family
-
-
-def _load_suite(suite: Path) -> tuple[Path, str, int]:
-    """Validate every line of the suite before anything is stored; errors name the line."""
-    from portllm_engine.errors import SuiteError
-    from portllm_engine.kpi import load_suite, suite_digest
-
-    path = existing_file("suite", suite)
-    try:
-        items = load_suite(path)
-    except SuiteError as exc:
-        message = str(exc)
-        raise BadInput(message if str(path) in message else f"suite {path}: {message}") from None
-    return path, suite_digest(path), len(items)
+        fields: dict[str, object] = {
+            key: value for key, value in
+            (("min_accuracy", min_accuracy), ("max_regression", max_regression), ("system_prompt", system_prompt),
+             ("approvers", _edit_people("approver", current.approvers, approvers, add_approvers, remove_approvers)),
+             ("admins", _edit_people("admin", current.admins, admins, add_admins, remove_admins)))
+            if value is not None
+        }
+    changed = catalog.update_assistant(ws, name, actor=actor(), suite=suite, **fields)
+    stdout().print(f"Assistant {name} updated: {', '.join(changed)}")
 
 
 def _edit_people(

@@ -8,8 +8,7 @@ import typer
 
 from portllm_cli.admin import records
 from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, short, stderr, stdout, table
-from portllm_cli.admin.runtime import BadInput, Env, actor, admin_command, warn
-from portllm_cli.admin.validate import check_name
+from portllm_cli.admin.runtime import BadInput, workspace, actor, admin_command, warn
 
 app = typer.Typer(help="Base models (one version of a family, identified by its weights).", no_args_is_help=True)
 
@@ -23,47 +22,16 @@ def add(
     description: str = typer.Option("", help="Free text shown in listings."),
 ) -> None:
     """Register a base: fingerprint its weights and record its architecture signature."""
-    from registry import services
+    from portllm_core.flows import catalog
 
-    check_name("family", family)
-    check_name("version", version)
-    env = Env.from_settings()
-    with env.session() as session:
-        existing = _find_base(session, family, version)
-        if existing is not None:
-            raise BadInput(
-                f"base {family} {version} is already registered (from {existing.source_ref}); "
-                "pick a new version label"
-            )
-
-    model_dir, source_ref = _resolve(ref)
-    with stderr().status(f"Fingerprinting {model_dir.name}…"):
-        signature, fingerprint, tokenizer_fp = _describe(model_dir)
-
-    with env.session() as session:
-        for twin in services.list_bases(session, family=None):
-            if twin.fingerprint == fingerprint:
-                warn(
-                    f"same weights as {twin.family} {twin.version} (fingerprint {short(fingerprint)}); "
-                    f"registering {family} {version} anyway"
-                )
-        base = services.register_base(
-            session,
-            family=family,
-            version=version,
-            source_ref=source_ref,
-            fingerprint=fingerprint,
-            signature=signature,
-            tokenizer_fingerprint=tokenizer_fp,
-            actor=actor(),
-            **({"description": description} if description else {}),
-        )
-        session.flush()
-        label = f"{base.family} {base.version}"
+    with stderr().status(f"Fingerprinting {ref}…"):
+        added = catalog.register_base(workspace(), family, version, ref, actor=actor(), description=description)
+    for message in added.warnings:
+        warn(message)
+    sig = added.signature
     stdout().print(
-        f"Base {label} registered: {signature.get('model_type')}, {signature.get('num_layers')} layers, "
-        f"hidden {signature.get('hidden_size')}, vocab {signature.get('vocab_size')}, "
-        f"fingerprint {short(fingerprint)}"
+        f"Base {added.label} registered: {sig.get('model_type')}, {sig.get('num_layers')} layers, "
+        f"hidden {sig.get('hidden_size')}, vocab {sig.get('vocab_size')}, fingerprint {short(added.fingerprint)}"
     )
 
 
@@ -76,7 +44,7 @@ def list_(
     """List registered bases."""
     from registry import services
 
-    env = Env.from_settings()
+    env = workspace()
     with env.session() as session:
         bases = services.list_bases(session, family=family)
         if family and not bases:
@@ -98,33 +66,3 @@ def list_(
             "No base registered yet.",
         )
     )
-
-
-def _find_base(session, family: str, version: str):
-    from registry import services
-    from registry.errors import UnknownBase
-
-    try:
-        return services.get_base(session, family, version)
-    except UnknownBase:
-        return None
-
-
-def _resolve(ref: str) -> tuple[Path, str]:
-    """The folder to read, and the ref workers will load: an absolute path, or the hub id as given."""
-    from portllm_engine.models import resolve_model_dir
-
-    model_dir = resolve_model_dir(ref)
-    return model_dir, str(model_dir) if Path(ref).expanduser().exists() else ref
-
-
-def _describe(model_dir: Path) -> tuple[dict, str, str]:
-    from portllm_engine.models import architecture_signature, fingerprint, read_config, tokenizer_fingerprint
-
-    config = read_config(model_dir)
-    if config.get("auto_map"):
-        raise BadInput(
-            f"{model_dir} needs remote code (config.json has auto_map); PortLLM never runs trust_remote_code"
-        )
-    signature = architecture_signature(model_dir)  # refuses pickled checkpoints before any hashing
-    return signature, fingerprint(model_dir), tokenizer_fingerprint(model_dir)

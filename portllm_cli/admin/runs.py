@@ -9,7 +9,7 @@ import typer
 
 from portllm_cli.admin import records, render
 from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, progress_bar, stdout, table
-from portllm_cli.admin.runtime import BadInput, Env, admin_command
+from portllm_cli.admin.runtime import BadInput, workspace, admin_command
 
 app = typer.Typer(help="Runs: transplant-and-evaluate, eval-only, re-tune and train jobs.", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ def show(
     from portllm_core.views import run_card
     from registry import services
 
-    with Env.from_settings().session() as session:
+    with workspace().session() as session:
         run = services.get_run(session, run_id)
         data = records.run(run)
         card = None if as_json else run_card(session, run_id)
@@ -54,7 +54,7 @@ def list_(
 
     if status is not None and status not in RunStatus.__members__.values():
         raise BadInput(f"unknown status {status!r}; use one of: {', '.join(RunStatus)}")
-    with Env.from_settings().session() as session:
+    with workspace().session() as session:
         query = select(Run).order_by(Run.id.desc()).limit(limit)
         if assistant is not None:
             query = query.where(Run.assistant_id == services.get_assistant(session, assistant).id)
@@ -85,7 +85,7 @@ def wait(
     interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between looks at the registry."),
 ) -> None:
     """Wait until the run finishes: exit 0 if it succeeded, 1 if it failed or was cancelled, 124 on timeout."""
-    followed = follow(Env.from_settings(), run_id, f"Run #{run_id}", timeout=timeout, interval=interval)
+    followed = follow(workspace(), run_id, f"Run #{run_id}", timeout=timeout, interval=interval)
     if followed.status == "succeeded":
         rollout = followed.rollout
         outcome = f": gate {rollout[0]}, rollout {rollout[1].replace('_', ' ')}" if rollout else ""
@@ -103,7 +103,7 @@ class Finished:
     result_patch_id: int | None
 
 
-def follow(env: Env, run_id: int, description: str, *, timeout: float | None = None,
+def follow(env: Workspace, run_id: int, description: str, *, timeout: float | None = None,
            interval: float = 1.0) -> Finished:
     """Poll the run with a progress bar until it finishes; exit 124 when `timeout` passes first."""
     from registry import services

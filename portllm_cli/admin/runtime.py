@@ -9,60 +9,26 @@ import functools
 import getpass
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import TypeVar
 
 import typer
 
+from portllm_core.errors import BadInput
+from portllm_core.workspace import Workspace
+
 EXIT_BAD_INPUT = 2
 F = TypeVar("F", bound=Callable[..., object])
 
-# Engines opened by the running command, closed when it ends (tests run many commands in one process).
-_engines: list = []
+# Workspaces opened by the running command, closed when it ends (tests run many commands in one process).
+_open: list[Workspace] = []
 
 
-class BadInput(Exception):
-    """An operator's mistake, said in one line: what was wrong and what would be right."""
-
-
-@dataclass(frozen=True)
-class Env:
-    """The registry and artifact store this invocation works on (from PORTLLM_* settings)."""
-
-    data_dir: Path
-    database_url: str
-
-    @classmethod
-    def from_settings(cls) -> Env:
-        from registry.settings import RegistrySettings
-
-        settings = RegistrySettings()
-        return cls(data_dir=Path(settings.data_dir), database_url=settings.resolved_database_url())
-
-    @functools.cached_property
-    def session_factory(self):
-        from registry.db import make_engine, make_session_factory
-
-        engine = make_engine(self.database_url)
-        _engines.append(engine)
-        return make_session_factory(engine)
-
-    @functools.cached_property
-    def store(self):
-        from registry.artifacts import ArtifactStore
-
-        return ArtifactStore(self.data_dir / "artifacts")
-
-    @contextmanager
-    def session(self) -> Iterator[object]:
-        """One transaction: committed when the block ends, rolled back on any error."""
-        from registry.db import session_scope
-
-        with session_scope(self.session_factory) as session:
-            yield session
+def workspace() -> Workspace:
+    """The registry, artifact store and queue this invocation works on (PORTLLM_* settings)."""
+    opened = Workspace()
+    _open.append(opened)
+    return opened
 
 
 def actor() -> str:
@@ -123,8 +89,8 @@ def admin_command(func: F) -> F:
                 raise fail("the registry database has no tables yet; run `portllm db upgrade` first", 1) from None
             raise fail(f"{type(exc).__name__}: {exc} (set PORTLLM_DEBUG=1 for the traceback)", 1) from None
         finally:
-            while _engines:
-                _engines.pop().dispose()
+            while _open:
+                _open.pop().close()
 
     return wrapper  # type: ignore[return-value]
 

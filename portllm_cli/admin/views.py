@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, stdout
-from portllm_cli.admin.runtime import Env, admin_command
+from portllm_cli.admin.runtime import workspace, admin_command
 
 
 @admin_command
@@ -18,7 +18,7 @@ def lineage(
     from portllm_core.views import lineage_view
     from registry import services
 
-    with Env.from_settings().session() as session:
+    with workspace().session() as session:
         owner = services.get_assistant(session, assistant)
         data = services.lineage(session, owner) if as_json else None
         view = None if as_json else lineage_view(session, owner)
@@ -39,7 +39,7 @@ def status(
     from portllm_core.views import status_view
     from registry import services
 
-    with Env.from_settings().session() as session:
+    with workspace().session() as session:
         name = None if assistant is None else services.get_assistant(session, assistant).name
         data = services.status(session, name) if as_json else None
         view = None if as_json else status_view(session, name)

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from portllm_core import tasks as queue, views
+from portllm_core import views
 from portllm_core.commands import grammar
 from portllm_core.commands.grammar import ParseError
 from portllm_core.commands.replies import Reply
-from portllm_core.tasks import Enqueue
+from portllm_core.flows import runs
+from portllm_core.tasks import ANSWER_QUESTION, Enqueue
 from registry import services
-from registry.db import session_scope
 from registry.errors import RegistryError
-from registry.models import Run, RunKind
+from registry.models import ACTIVE_RUN_STATUSES, DECIDABLE_ROLLOUT_STATES, Run, RunKind
 
 log = logging.getLogger(__name__)
 
@@ -76,38 +76,31 @@ def _closest(name: str, known: list[str]) -> list[str]:
 
 # -- handlers --------------------------------------------------------------------------------
 
-def _request(kind: str, task: str, assistant_name: str, version: str, ctx: Context,
+def _request(kind: str, assistant: str, version: str, ctx: Context,
              *, idempotency_key: str | None = None, patch_id: int | None = None,
              channel: str | None = None) -> Reply:
-    with session_scope(ctx.session_factory) as s:
-        assistant = services.get_assistant(s, assistant_name)
-        base = services.get_base(s, assistant.family, version)
-        run, created = services.request_run(
-            s, assistant=assistant.name, version=base.version, kind=kind,
-            idempotency_key=idempotency_key or ctx.request_id, requested_by=ctx.user,
-            channel=channel or ctx.channel, patch_id=patch_id)
-        run_id, name, target = run.id, assistant.name, base.version
+    requested = runs.request_run(
+        ctx.session_factory, ctx.enqueue, kind=kind, assistant=assistant, version=version, user=ctx.user,
+        channel=channel or ctx.channel, idempotency_key=idempotency_key or ctx.request_id, patch_id=patch_id)
     what = {RunKind.TRANSPLANT: "transplant", RunKind.EVAL: "evaluation", RunKind.RETUNE: "re-tune"}[kind]
-    if not created:  # the same request arrived again: it was enqueued the first time
-        return Reply(f"Run #{run_id} is already queued ({what} of {name} onto {target}).", run_id=run_id)
-    # After the commit, so the worker finds the row; a lost enqueue is re-sent by the sweeper.
-    ctx.enqueue(task, run_id)
-    return Reply(f"Run #{run_id} queued: {what} of {name} onto {target}.", run_id=run_id)
+    onto = f"{what} of {requested.assistant} onto {requested.version}"
+    if not requested.created:  # the same request arrived again: it was enqueued the first time
+        return Reply(f"Run #{requested.run_id} is already queued ({onto}).", run_id=requested.run_id)
+    return Reply(f"Run #{requested.run_id} queued: {onto}.", run_id=requested.run_id)
 
 
 def _patch(cmd: grammar.Patch, ctx: Context) -> Reply:
-    return _request(RunKind.TRANSPLANT, queue.TRANSPLANT_AND_EVALUATE, cmd.assistant, cmd.version, ctx)
+    return _request(RunKind.TRANSPLANT, cmd.assistant, cmd.version, ctx)
 
 
 def _eval(cmd: grammar.Eval, ctx: Context) -> Reply:
-    return _request(RunKind.EVAL, queue.EVAL_ONLY, cmd.assistant, cmd.version, ctx)
+    return _request(RunKind.EVAL, cmd.assistant, cmd.version, ctx)
 
 
 @replies
 def decide(run_id: int, approve: bool, ctx: Context, reason: str | None = None) -> Reply:
     """Approve or reject a run's rollout (typed command or button); the registry checks who may."""
-    with session_scope(ctx.session_factory) as s:
-        services.decide_rollout(s, run_id, approve=approve, user=ctx.user, reason=reason)
+    runs.decide(ctx.session_factory, run_id, approve=approve, user=ctx.user, reason=reason)
     with ctx.session_factory() as s:
         card = views.run_card(s, run_id)
     if approve:
@@ -126,7 +119,7 @@ def retune(run_id: int, ctx: Context) -> Reply:
     if not card.can_retune:
         return Reply(f"Run #{run_id} cannot be re-tuned: that needs a failed gate and the patch's "
                      "training data registered.", ok=False)
-    return _request(RunKind.RETUNE, queue.RETUNE, card.assistant, card.target_version, ctx,
+    return _request(RunKind.RETUNE, card.assistant, card.target_version, ctx,
                     idempotency_key=f"retune-of-run-{run_id}", patch_id=patch_id, channel=card.channel)
 
 
@@ -139,12 +132,9 @@ def _reject(cmd: grammar.Reject, ctx: Context) -> Reply:
 
 
 def _rollback(cmd: grammar.Rollback, ctx: Context) -> Reply:
-    with session_scope(ctx.session_factory) as s:
-        assistant = services.get_assistant(s, cmd.assistant)
-        restored = services.rollback(s, assistant.name, ctx.channel, ctx.user)
-        text = (f"Rolled back {assistant.name} in {ctx.channel}: {restored.run.target_base.version} "
-                f"(run #{restored.run_id}) is live again.")
-    return Reply(text, in_channel=True)
+    assistant, version, run_id = runs.rollback(ctx.session_factory, cmd.assistant, ctx.channel, ctx.user)
+    return Reply(f"Rolled back {assistant} in {ctx.channel}: {version} (run #{run_id}) is live again.",
+                 in_channel=True)
 
 
 def _status(cmd: grammar.Status, ctx: Context) -> Reply:
@@ -152,8 +142,8 @@ def _status(cmd: grammar.Status, ctx: Context) -> Reply:
         name = services.get_assistant(s, cmd.assistant).name if cmd.assistant else None
         view = views.status_view(s, name)
     live = ", ".join(f"{r.assistant} {r.version} in {r.channel}" for r in view.live) or "nothing live"
-    waiting = sum(1 for r in view.pending if r.rollout_state in views.DECIDABLE_ROLLOUT_STATES)
-    running = sum(1 for r in view.pending if r.status in views.ACTIVE_RUN_STATES)
+    waiting = sum(1 for r in view.pending if r.rollout_state in DECIDABLE_ROLLOUT_STATES)
+    running = sum(1 for r in view.pending if r.status in ACTIVE_RUN_STATUSES)
     return Reply(f"Live: {live}. {running} run(s) in flight, {waiting} awaiting a decision.", view=view)
 
 
@@ -189,7 +179,7 @@ def _ask(cmd: grammar.Ask, ctx: Context) -> Reply:
             return Reply(f"{assistant.name} is not live in {ctx.channel} yet: approve a run there first "
                          f"(`status {assistant.name}` shows what awaits approval).", ok=False)
     reply_to = {"channel": ctx.channel, "user": ctx.user, "request_id": ctx.request_id, **ctx.reply_to}
-    ctx.enqueue(queue.ANSWER_QUESTION, assistant.name, ctx.channel, cmd.question, ctx.user, reply_to)
+    ctx.enqueue(ANSWER_QUESTION, assistant.name, ctx.channel, cmd.question, ctx.user, reply_to)
     return Reply(f"Asking {assistant.name}…", reply_to=reply_to)
 
 

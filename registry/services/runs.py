@@ -9,7 +9,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from registry.errors import InvalidTransition, RegistryError, UnknownPatch, UnknownRun
-from registry.models import Assistant, EvalSubject, Evaluation, Run, RunKind, RunStatus, utcnow
+from registry.models import ACTIVE_RUN_STATUSES, Assistant, EvalSubject, Evaluation, Run, RunKind, RunStatus, utcnow
 from registry.services.catalog import (
     current_patch,
     get_patch,
@@ -33,7 +33,6 @@ RUN_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
-ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 def get_run(s: Session, run_id: int) -> Run:

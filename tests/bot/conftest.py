@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from kombu import Connection
 
+from portllm_core.settings import Settings
 from portllm_core.tasks import TaskQueue
 from registry import services
 from registry.db import session_scope
@@ -110,4 +111,4 @@ def live_run(session_factory, *, key: str, version: str = "v1", channel: str = C
 def world(session_factory, data_dir) -> World:
     register_world(session_factory)
     broker_url = f"sqla+sqlite:///{data_dir / 'queue.db'}"
-    return World(session_factory, broker_url, TaskQueue(broker_url))
+    return World(session_factory, broker_url, TaskQueue(Settings(broker_url=broker_url)))

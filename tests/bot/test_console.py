@@ -6,7 +6,7 @@ import threading
 import time
 
 from portllm_cli.console import run_console
-from portllm_core.settings import BotSettings
+from portllm_core.settings import Settings
 from registry.models import Run, RunStatus
 from tests.bot.conftest import ASSISTANT, broker_messages, finish_as_worker, live_run
 
@@ -14,7 +14,7 @@ from tests.bot.conftest import ASSISTANT, broker_messages, finish_as_worker, liv
 def console(world, data_dir, text: str, user: str = "alice") -> tuple[int, str]:
     out = io.StringIO()
     code = run_console("#support", user, stdin=io.StringIO(text), out=out,
-                       settings=BotSettings(data_dir=data_dir), session_factory=world.session_factory,
+                       settings=Settings(data_dir=data_dir), session_factory=world.session_factory,
                        enqueue=world.queue, poll_s=0.05, wait_s=20)
     return code, out.getvalue()
 
@@ -75,7 +75,7 @@ def test_patch_waits_for_the_run_then_approve_puts_it_live(world, data_dir):
 
 def test_ask_prints_the_streamed_answer_for_its_own_request(world, data_dir):
     live_run(world.session_factory, key="k-live", channel="#support")
-    outbox = BotSettings(data_dir=data_dir).console_outbox()
+    outbox = Settings(data_dir=data_dir).outbox_path
     outbox.parent.mkdir(parents=True)
 
     def notifier():

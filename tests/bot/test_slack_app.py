@@ -3,15 +3,15 @@ from __future__ import annotations
 import pytest
 
 from bot.server import gunicorn_options, serve_socket
-from portllm_core.settings import BotSettings, SettingsError
+from portllm_core.settings import Settings, SettingsError
 from bot.slack_app import build_app
 
 
-def settings(fake_slack, **overrides) -> BotSettings:
+def settings(fake_slack, **overrides) -> Settings:
     values = dict(slack_bot_token="xoxb-secret-token", slack_signing_secret="signing-secret-value",
                   slack_api_url=fake_slack.url)
     values.update(overrides)
-    return BotSettings(**values)
+    return Settings(**values)
 
 
 def test_the_web_api_client_uses_slack_api_url(fake_slack, world):

@@ -7,12 +7,12 @@ import sqlalchemy as sa
 
 from registry.db import make_engine, session_scope
 from registry.models import AuditEvent
-from registry.settings import RegistrySettings
+from portllm_core.settings import Settings
 
 
 def test_default_database_is_sqlite_in_the_data_dir(data_dir, monkeypatch):
     monkeypatch.delenv("PORTLLM_DATABASE_URL", raising=False)
-    settings = RegistrySettings()
+    settings = Settings()
     assert settings.data_dir == data_dir
     assert settings.resolved_database_url() == f"sqlite:///{data_dir / 'portllm.db'}"
     assert settings.artifacts_dir == data_dir / "artifacts"
@@ -20,7 +20,7 @@ def test_default_database_is_sqlite_in_the_data_dir(data_dir, monkeypatch):
 
 def test_database_url_from_env(monkeypatch):
     monkeypatch.setenv("PORTLLM_DATABASE_URL", "postgresql+psycopg://u@h/db")
-    assert RegistrySettings().resolved_database_url() == "postgresql+psycopg://u@h/db"
+    assert Settings().resolved_database_url() == "postgresql+psycopg://u@h/db"
 
 
 def test_sqlite_engine_uses_wal_and_foreign_keys(tmp_path):

@@ -43,9 +43,10 @@ class Stack:
         return env
 
     def producer(self):
+        from portllm_core.settings import Settings
         from portllm_core.tasks import TaskQueue
 
-        return TaskQueue(self.broker_url)
+        return TaskQueue(Settings(broker_url=self.broker_url))
 
     def run(self, run_id: int) -> Run:
         with self.session_factory() as s:
@@ -69,14 +70,30 @@ class Stack:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+# Holds a run at the first step starting with `step` (its heartbeat keeps beating) until the worker
+# is killed: a test-side patch of the run protocol, so production code carries no test hook.
+HOLD_AT = """
+import time, workers.protocol as protocol
+_step = protocol.RunJob.step
+def _held(self, progress, text):
+    _step(self, progress, text)
+    while text.startswith({step!r}):
+        time.sleep(0.2)
+protocol.RunJob.step = _held
+"""
+
+
 class WorkerProcess:
     """`start_worker` (what `portllm worker` runs) in a process group of its own, so the test can
     kill -9 the main process and its pool child together, as a crashed machine would."""
 
-    def __init__(self, stack: Stack, name: str, *, queues: str = "gpu,serve", **env: str) -> None:
+    def __init__(self, stack: Stack, name: str, *, queues: str = "gpu,serve", hold_at: str | None = None,
+                 **env: str) -> None:
         self.name = name
         self.log = stack.data_dir / f"worker-{name}.log"
         code = f"from workers.main import start_worker; start_worker({queues.split(',')!r}, hostname={name + '@%h'!r})"
+        if hold_at:  # the pool child inherits the patched step when it forks
+            code = HOLD_AT.format(step=hold_at) + code
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=stack.env(**env),
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -6,19 +6,20 @@ import sys
 
 import pytest
 
-from workers.celery_app import broker_transport_options, make_app
+from portllm_core.tasks import broker_transport_options
+from workers.celery_app import make_app
 from workers.main import start_worker
-from workers.settings import WorkerSettings
+from portllm_core.settings import Settings
 
 
 def test_the_default_broker_is_a_sqlite_queue_in_the_data_dir(data_dir):
-    settings = WorkerSettings()
+    settings = Settings()
     assert settings.resolved_broker_url() == f"sqla+sqlite:///{data_dir / 'queue.db'}"
-    assert WorkerSettings(broker_url="redis://h:6379/0").resolved_broker_url() == "redis://h:6379/0"
+    assert Settings(broker_url="redis://h:6379/0").resolved_broker_url() == "redis://h:6379/0"
 
 
 def test_app_is_json_only_acks_late_and_routes_by_queue(data_dir):
-    conf = make_app(WorkerSettings()).conf
+    conf = make_app(Settings()).conf
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
     assert {q.name for q in conf.task_queues} == {"gpu", "serve"}
@@ -36,7 +37,7 @@ def test_transport_options_fit_each_broker():
 def test_the_bot_and_the_workers_agree_on_task_names_and_queues(data_dir):
     from portllm_core.tasks import TASK_QUEUES
 
-    app = make_app(WorkerSettings())
+    app = make_app(Settings())
     import workers.tasks  # noqa: F401  (registers the tasks on workers.celery_app.app)
     from workers.celery_app import app as registered
 
@@ -44,11 +45,11 @@ def test_the_bot_and_the_workers_agree_on_task_names_and_queues(data_dir):
         assert name in registered.tasks
         assert app.conf.task_routes[name] == {"queue": queue}
     # The sweeper re-sends a stuck run of every kind with the task the bot sent it with.
+    from portllm_core.tasks import TASK_FOR_RUN_KIND
     from registry.models import RunKind
-    from workers.sweeper import TASK_FOR_KIND
 
-    assert set(TASK_FOR_KIND) == set(RunKind)
-    assert all(name in TASK_QUEUES and name in registered.tasks for name in TASK_FOR_KIND.values())
+    assert set(TASK_FOR_RUN_KIND) == set(RunKind)
+    assert all(name in TASK_QUEUES and name in registered.tasks for name in TASK_FOR_RUN_KIND.values())
 
 
 def test_importing_the_app_and_tasks_leaves_torch_out():
@@ -63,5 +64,5 @@ def test_an_unknown_queue_is_refused_in_one_line():
 
 
 def test_each_queue_has_its_own_exchange_so_a_task_lands_in_one_queue(data_dir):
-    queues = make_app(WorkerSettings()).conf.task_queues
+    queues = make_app(Settings()).conf.task_queues
     assert {(q.name, q.exchange.name, q.routing_key) for q in queues} == {("gpu", "gpu", "gpu"), ("serve", "serve", "serve")}

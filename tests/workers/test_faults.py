@@ -3,7 +3,7 @@ exactly once. On the SQLite queue the killed worker's message is gone (kombu hid
 delivery), on Redis it sits unacked until the visibility timeout; either way the sweeper of the
 new worker sees the stale heartbeat and enqueues the run again.
 
-The doomed worker is held at the merge step with PORTLLM_TEST_PAUSE_AT (see workers.tasks).
+The doomed worker is held at the candidate evaluation (tests.workers.harness.HOLD_AT).
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ def stack(request, tmp_path_factory, demo_world):
 
 def test_a_worker_killed_mid_transplant_is_replaced_and_the_run_completes_once(stack):
     run_id = request(stack.session_factory, "v2", key="kill-9", patch_id=stack.ids["patch"])
-    doomed = WorkerProcess(stack, "doomed", PORTLLM_TEST_PAUSE_AT="merging").ready()
+    doomed = WorkerProcess(stack, "doomed", hold_at="evaluating the candidate").ready()
     try:
         stack.producer().enqueue("portllm.transplant_and_evaluate", run_id)
-        run = stack.wait_for(run_id, "failed", "succeeded", step="merging", timeout=120)
+        run = stack.wait_for(run_id, "failed", "succeeded", step="evaluating the candidate", timeout=120)
         assert run.status == "running" and run.attempts == 1
     finally:
         doomed.kill()

@@ -13,7 +13,7 @@ from registry.db import session_scope
 from registry.models import Run
 from tests.workers.seed import request, seed_fake
 from workers.notify import ConsoleNotifier, SlackNotifier, Throttle, make_notifier
-from workers.settings import WorkerSettings
+from portllm_core.settings import Settings, SettingsError
 
 
 @pytest.fixture
@@ -125,14 +125,14 @@ def test_slack_answer_falls_back_to_updates_where_streaming_is_refused(session_f
 
 def test_slack_notifier_needs_a_token(session_factory, monkeypatch):
     monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
-    with pytest.raises(ValueError, match="SLACK_BOT_TOKEN"):
-        make_notifier(WorkerSettings(notifier="slack"), session_factory)
+    with pytest.raises(SettingsError, match="SLACK_BOT_TOKEN"):
+        make_notifier(Settings(notifier="slack"), session_factory)
 
 
 def test_the_slack_notifier_is_built_from_slack_settings(session_factory, fake_slack, monkeypatch):
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
     monkeypatch.setenv("SLACK_API_URL", fake_slack.url)
-    notifier = make_notifier(WorkerSettings(notifier="slack"), session_factory)
+    notifier = make_notifier(Settings(notifier="slack"), session_factory)
     assert notifier.client.base_url == fake_slack.url
     assert any(isinstance(h, RateLimitErrorRetryHandler) for h in notifier.client.retry_handlers)
     notifier.run_changed(seed_fake(session_factory), final=True)

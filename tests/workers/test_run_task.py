@@ -12,13 +12,13 @@ from registry.db import session_scope
 from registry.models import Run, utcnow
 from tests.workers.seed import seed_fake
 from workers import context
-from workers.settings import WorkerSettings
-from workers.tasks import JobFailed, RunJob, run_task
+from portllm_core.settings import Settings
+from workers.protocol import JobFailed, RunJob, run_task
 
 
 @pytest.fixture
 def ctx(session_factory, data_dir):
-    ctx = context.reset(WorkerSettings(heartbeat_limit_s=30, heartbeat_interval_s=0.1))
+    ctx = context.reset(Settings(heartbeat_limit_s=30, heartbeat_interval_s=0.1))
     yield ctx
     ctx.close()
 
@@ -30,11 +30,6 @@ def task(hostname: str) -> SimpleNamespace:
 def get(session_factory, run_id: int) -> Run:
     with session_factory() as s:
         return s.get(Run, run_id)
-
-
-def no_inputs(monkeypatch) -> None:
-    """These tests are about claiming and ending runs; reading the (fake) patch is not needed."""
-    monkeypatch.setattr("workers.tasks.load_inputs", lambda job: None)
 
 
 def test_a_run_running_on_a_live_worker_is_not_started_twice_but_a_dead_ones_is_taken_over(session_factory, ctx):
@@ -50,12 +45,11 @@ def test_a_run_running_on_a_live_worker_is_not_started_twice_but_a_dead_ones_is_
     assert not first._touch()  # w1, should it wake up, can no longer write
 
 
-def test_a_finished_run_delivered_again_does_nothing(session_factory, ctx, monkeypatch):
-    no_inputs(monkeypatch)
+def test_a_finished_run_delivered_again_does_nothing(session_factory, ctx):
     run_id = seed_fake(session_factory)
     bodies = []
 
-    def body(job, inputs):
+    def body(job):
         bodies.append(job.run_id)
         raise JobFailed("The patch does not fit: see the report.")
 
@@ -66,11 +60,10 @@ def test_a_finished_run_delivered_again_does_nothing(session_factory, ctx, monke
     assert run.status == "failed" and run.error == "The patch does not fit: see the report."
 
 
-def test_an_unexpected_error_ends_the_run_failed_with_a_reason(session_factory, ctx, monkeypatch):
-    no_inputs(monkeypatch)
+def test_an_unexpected_error_ends_the_run_failed_with_a_reason(session_factory, ctx):
     run_id = seed_fake(session_factory)
 
-    def body(job, inputs):
+    def body(job):
         raise RuntimeError("CUDA out of memory\nlong details")
 
     assert run_task(task("w1"), run_id, body) == "failed"
@@ -81,11 +74,10 @@ def test_an_unexpected_error_ends_the_run_failed_with_a_reason(session_factory, 
     assert len(events) == 1
 
 
-def test_a_run_cancelled_while_it_works_stops_without_writing(session_factory, ctx, monkeypatch):
-    no_inputs(monkeypatch)
+def test_a_run_cancelled_while_it_works_stops_without_writing(session_factory, ctx):
     run_id = seed_fake(session_factory)
 
-    def body(job, inputs):
+    def body(job):
         with session_scope(session_factory) as s:
             services.cancel_run(s, run_id, user="alice")
         job.step(0.5, "evaluating")  # the next step notices and stops the job

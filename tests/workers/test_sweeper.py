@@ -7,10 +7,10 @@ from registry import services
 from registry.db import session_scope
 from registry.models import Run, utcnow
 from tests.workers.seed import seed_fake
-from workers.settings import WorkerSettings
+from portllm_core.settings import Settings
 from workers.sweeper import Sweeper, requeue_if_stale
 
-SETTINGS = WorkerSettings(queued_limit_s=60, heartbeat_limit_s=30, max_attempts=2)
+SETTINGS = Settings(queued_limit_s=60, heartbeat_limit_s=30, max_attempts=2)
 
 
 def claim(session_factory, run_id: int, worker: str = "w1") -> None:

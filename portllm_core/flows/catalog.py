@@ -1,0 +1,285 @@
+"""Register what teams bring: bases, assistants with their KPI suites, and patches.
+
+Every check runs before anything is written; files go into the content-addressed store and
+are removed again when the registry transaction fails. The CLI, the demo and the workers call
+these; none re-implements them. The engine (torch) is imported inside the functions that need it.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from portllm_core.errors import BadInput
+from portllm_core.staging import staged
+from portllm_core.validate import check_fraction, check_name, existing_dir, existing_file
+from portllm_core.workspace import Workspace
+from registry import services
+from registry.errors import UnknownAssistant, UnknownBase
+
+
+def short(digest: str | None, n: int = 12) -> str:
+    return (digest or "")[:n]
+
+
+# -- bases ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BaseRegistered:
+    label: str
+    signature: dict
+    fingerprint: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: str,
+                  description: str = "") -> BaseRegistered:
+    """Fingerprint a local model folder (or a hub id in the local cache) and register it."""
+    from portllm_engine.models import resolve_model_dir
+
+    check_name("family", family)
+    check_name("version", version)
+    with ws.session() as s:
+        existing = _find(services.get_base, s, family, version, missing=UnknownBase)
+        if existing is not None:
+            raise BadInput(f"base {family} {version} is already registered (from {existing.source_ref}); "
+                           "pick a new version label")
+    model_dir = resolve_model_dir(ref)
+    source_ref = str(model_dir) if Path(ref).expanduser().exists() else ref
+    signature, fingerprint, tokenizer_fp = describe_base(model_dir)
+    with ws.session() as s:
+        warnings = [
+            f"same weights as {twin.family} {twin.version} (fingerprint {short(fingerprint)}); "
+            f"registering {family} {version} anyway"
+            for twin in services.list_bases(s, family=None) if twin.fingerprint == fingerprint
+        ]
+        base = services.register_base(
+            s, family=family, version=version, source_ref=source_ref, fingerprint=fingerprint,
+            signature=signature, tokenizer_fingerprint=tokenizer_fp, actor=actor,
+            **({"description": description} if description else {}),
+        )
+        return BaseRegistered(f"{base.family} {base.version}", signature, fingerprint, warnings)
+
+
+def describe_base(model_dir: Path) -> tuple[dict, str, str]:
+    """(architecture signature, weights fingerprint, tokenizer fingerprint) of a model folder."""
+    from portllm_engine.models import architecture_signature, fingerprint, read_config, tokenizer_fingerprint
+
+    if read_config(model_dir).get("auto_map"):
+        raise BadInput(f"{model_dir} needs remote code (config.json has auto_map); "
+                       "PortLLM never runs trust_remote_code")
+    signature = architecture_signature(model_dir)  # refuses pickled checkpoints before any hashing
+    return signature, fingerprint(model_dir), tokenizer_fingerprint(model_dir)
+
+
+def _find(get, s, *args, missing: type[Exception]):
+    try:
+        return get(s, *args)
+    except missing:
+        return None
+
+
+# -- assistants -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Suite:
+    path: Path
+    digest: str
+    n_items: int
+
+
+def load_suite(path: Path) -> Suite:
+    """Validate every line of a KPI suite before anything is stored; errors name the line."""
+    from portllm_engine.errors import SuiteError
+    from portllm_engine.kpi import load_suite as read_items, suite_digest
+
+    path = existing_file("suite", path)
+    try:
+        items = read_items(path)
+    except SuiteError as exc:
+        message = str(exc)
+        raise BadInput(message if str(path) in message else f"suite {path}: {message}") from None
+    return Suite(path, suite_digest(path), len(items))
+
+
+def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: str,
+                  min_accuracy: float = 0.5, max_regression: float = 0.05, approvers: list[str] = (),
+                  admins: list[str] = (), system_prompt: str = "", owner: str = "") -> tuple[str, Suite]:
+    """Register an assistant with its KPI suite; returns (the family as registered, the suite)."""
+    check_name("assistant name", name)
+    check_fraction("--min-accuracy", min_accuracy)
+    check_fraction("--max-regression", max_regression)
+    with ws.session() as s:
+        if _find(services.get_assistant, s, name, missing=UnknownAssistant) is not None:
+            raise BadInput(f"assistant {name} already exists; use `portllm assistant set {name} …` to change it")
+        family = registered_family(s, family)
+    loaded = load_suite(suite)
+    with staged(ws.store) as staging:
+        suite_ref = staging.put_file(loaded.path)
+        with ws.session() as s:
+            services.create_assistant(
+                s, name=name, family=family, suite_ref=suite_ref, suite_digest=loaded.digest,
+                min_accuracy=min_accuracy, max_regression=max_regression, approvers=list(approvers),
+                admins=list(admins), system_prompt=system_prompt, owner=owner or actor, actor=actor,
+            )
+    return family, loaded
+
+
+def update_assistant(ws: Workspace, name: str, *, actor: str, suite: Path | None = None, **fields) -> list[str]:
+    """Change an assistant's gate, people, prompt or suite; returns the names of what changed."""
+    check_fraction("--min-accuracy", fields.get("min_accuracy"))
+    check_fraction("--max-regression", fields.get("max_regression"))
+    if suite is None and not fields:
+        raise BadInput(
+            "nothing to change: pass --suite, --min-accuracy, --max-regression, --approver, --add-approver, "
+            "--remove-approver, --admin, --add-admin, --remove-admin or --system-prompt"
+        )
+    loaded = load_suite(suite) if suite is not None else None
+    with staged(ws.store) as staging:
+        if loaded is not None:
+            fields.update(suite_ref=staging.put_file(loaded.path), suite_digest=loaded.digest)
+        with ws.session() as s:
+            services.update_assistant(s, name, actor=actor, **fields)
+    return sorted(k for k in fields if k != "suite_ref")
+
+
+def registered_family(s, family: str) -> str:
+    """The family as it was registered (families match case-insensitively)."""
+    bases = services.list_bases(s, family=family)
+    if not bases:
+        known = sorted({b.family for b in services.list_bases(s, family=None)})
+        raise BadInput(
+            f"unknown family {family!r}: register a base first with `portllm base add {family} VERSION REF`"
+            + (f" (known families: {', '.join(known)})" if known else "")
+        )
+    return bases[0].family
+
+
+# -- patches --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PatchTarget:
+    """The assistant and origin base a patch is added for, read once and checked up front."""
+
+    assistant: str
+    family: str
+    version: str
+    base_id: int
+    fingerprint: str
+    base_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.family} {self.version}"
+
+
+@dataclass(frozen=True)
+class PatchAdded:
+    patch_id: int
+    target: PatchTarget
+    rank: int
+    alpha: float
+    n_modules: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def patch_target(ws: Workspace, assistant: str, version: str) -> PatchTarget:
+    from portllm_engine.models import resolve_model_dir
+
+    with ws.session() as s:
+        owner = services.get_assistant(s, assistant)
+        base = services.get_base(s, owner.family, version)
+        found = (owner.name, owner.family, base.version, base.id, base.fingerprint, base.source_ref)
+    *head, source_ref = found
+    return PatchTarget(*head, resolve_model_dir(source_ref))
+
+
+def check_training_data(path: Path) -> Path:
+    from portllm_engine.patches import read_pairs
+
+    path = existing_file("training data", path)
+    read_pairs(path)  # every line checked now; errors name the line
+    return path
+
+
+def add_patch(ws: Workspace, assistant: str, directory: Path, *, base: str, actor: str,
+              train_data: Path | None = None) -> PatchAdded:
+    """Add a PortLLM patch or any PEFT LoRA folder: compatibility with its base is checked first."""
+    from portllm_engine import compat, patches
+
+    target = patch_target(ws, assistant, base)
+    src = existing_dir("patch folder", directory)
+    data = check_training_data(train_data) if train_data is not None else None
+    manifest = patches.read_manifest(src)
+    report = compat.check(src, target.base_dir)
+    if not report.compatible:
+        first, rest = report.errors[0], len(report.errors) - 1
+        more = f" (and {rest} more problem{'s' if rest != 1 else ''}; `portllm engine compat` lists them)" if rest else ""
+        raise BadInput(f"patch {src} does not fit {target.label}: {first['message']}{more}")
+    if manifest is not None and manifest.origin_fingerprint not in (None, target.fingerprint):
+        raise BadInput(
+            f"{src} was trained on a base with fingerprint {short(manifest.origin_fingerprint)}, "
+            f"but {target.label} is {short(target.fingerprint)}: "
+            f"pass the --base it was trained on{_matching_version(ws, target.family, manifest.origin_fingerprint)}"
+        )
+    warnings = [issue["message"] for issue in report.warnings if issue["code"] != "no_manifest"]
+    with tempfile.TemporaryDirectory(prefix="portllm-patch-") as tmp:
+        staged_dir = Path(tmp) / "patch"
+        if manifest is None:
+            manifest = patches.import_peft(src, staged_dir, target.base_dir)
+        else:
+            patches.export_patch(src, staged_dir)  # verifies the weights' digest while copying
+        added = store_patch(ws, target, staged_dir, manifest, data, actor=actor)
+    return PatchAdded(added.patch_id, target, added.rank, added.alpha, added.n_modules, warnings)
+
+
+def store_patch(ws: Workspace, target: PatchTarget, patch_dir: Path, manifest, train_data: Path | None,
+                *, actor: str) -> PatchAdded:
+    """Store a patch folder (and its training data) content-addressed, then register it."""
+    with staged(ws.store) as staging:
+        data_ref = staging.put_file(train_data) if train_data is not None else None
+        ref = staging.put_dir(patch_dir)
+        with ws.session() as s:
+            patch = register_stored_patch(s, NewPatch(
+                assistant=target.assistant, origin_base=target.base_id, ref=ref,
+                size_bytes=folder_size(patch_dir), manifest=manifest, train_data_ref=data_ref, actor=actor))
+            return PatchAdded(patch.id, target, manifest.rank, manifest.alpha, len(manifest.target_modules))
+
+
+@dataclass(frozen=True)
+class NewPatch:
+    """A patch folder already in the artifact store, ready to register (the one place its row is built)."""
+
+    assistant: str
+    origin_base: int  # base id
+    ref: str  # sha256:… in the artifact store
+    size_bytes: int
+    manifest: object  # portllm_engine.patches.PatchManifest
+    actor: str
+    train_data_ref: str | None = None
+    parent_patch: int | None = None
+    provenance: dict = field(default_factory=dict)  # added to the manifest's
+
+
+def register_stored_patch(s, new: NewPatch):
+    provenance = dict(new.manifest.provenance) | new.provenance
+    if new.train_data_ref is not None:
+        provenance.setdefault("dataset_sha256", new.train_data_ref.removeprefix("sha256:"))
+    return services.register_patch(
+        s, assistant=new.assistant, origin_base=new.origin_base, artifact_ref=new.ref,
+        # Content-addressed: the ref is the digest the store computed while copying the folder in.
+        artifact_digest=new.ref.removeprefix("sha256:"), rank=new.manifest.rank, alpha=new.manifest.alpha,
+        use_rslora=new.manifest.use_rslora, target_modules=list(new.manifest.target_modules),
+        size_bytes=new.size_bytes, provenance=provenance, train_data_ref=new.train_data_ref,
+        parent_patch=new.parent_patch, actor=new.actor,
+    )
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _matching_version(ws: Workspace, family: str, fingerprint: str) -> str:
+    with ws.session() as s:
+        twins = [b.version for b in services.list_bases(s, family=family) if b.fingerprint == fingerprint]
+    return f" (that is {family} {twins[0]})" if twins else " (register that base first with `portllm base add`)"
