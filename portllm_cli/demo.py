@@ -173,13 +173,15 @@ def _play(ws, world, console: Console) -> list[Outcome]:
 def _check(factory, setup_run: int, v2_run: int, v3_run: int, other_run: int,
            retune_run: int | None) -> list[Outcome]:
     """What the story must have left in the registry."""
+    from portllm_core import views
     from registry import models, services
 
     with factory() as s:
         run = lambda run_id: s.get(models.Run, run_id)  # noqa: E731
         setup, v2, v3, other = run(setup_run), run(v2_run), run(v3_run), run(other_run)
         live = services.live_rollout(s, ASSISTANT, CHANNEL)
-        lineage_runs = {r["id"] for p in services.lineage(s, ASSISTANT)["patches"] for r in p["runs"]}
+        lineage = views.lineage_view(s, services.get_assistant(s, ASSISTANT)).to_json()
+        lineage_runs = {r["id"] for p in lineage["patches"] for r in p["runs"]}
         outcomes = [
             Outcome("v2 transplant", "succeeded with two evaluations",
                     v2.status == "succeeded" and len(v2.evaluations) == 2),

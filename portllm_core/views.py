@@ -5,7 +5,9 @@ nothing here talks to Slack or the terminal, and nothing here writes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from portllm_core import records
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -61,6 +63,10 @@ class RunCard:
     error: str | None = None
     can_retune: bool = False
     result_patch_id: int | None = None  # the patch a re-tune or train run produced
+    json: dict = field(default_factory=dict, compare=False, repr=False)  # records.*: what `--json` prints
+
+    def to_json(self) -> dict:
+        return self.json
 
     @property
     def active(self) -> bool:
@@ -96,6 +102,10 @@ class StatusView:
     assistant: str | None  # None: every assistant
     live: tuple[LiveRow, ...]
     pending: tuple[PendingRow, ...]  # runs in flight and rollouts awaiting a decision
+    json: dict = field(default_factory=dict, compare=False, repr=False)  # records.*: what `--json` prints
+
+    def to_json(self) -> dict:
+        return self.json
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,10 @@ class LineageView:
     assistant: str
     family: str
     patches: tuple[LineagePatch, ...]
+    json: dict = field(default_factory=dict, compare=False, repr=False)  # records.*: what `--json` prints
+
+    def to_json(self) -> dict:
+        return self.json
 
 
 @dataclass(frozen=True)
@@ -188,6 +202,7 @@ def run_card(session: Session, run_id: int) -> RunCard:
         error=run.error,
         can_retune=verdict == Verdict.FAIL and run.patch is not None and run.patch.train_data_ref is not None,
         result_patch_id=run.result_patch_id,
+        json=records.run(run),
     )
 
 
@@ -238,7 +253,7 @@ def status_view(session: Session, assistant: str | None = None, *, limit: int = 
                    run.rollout.state if run.rollout else None, run.rollout.verdict if run.rollout else None)
         for run in session.scalars(runs_q.order_by(Run.id.desc()).limit(limit))
     )
-    return StatusView(assistant, live, pending)
+    return StatusView(assistant, live, pending, json=records.status(session, assistant))
 
 
 def lineage_view(session: Session, assistant: Assistant) -> LineageView:
@@ -258,7 +273,7 @@ def lineage_view(session: Session, assistant: Assistant) -> LineageView:
         )
         patches.append(LineagePatch(patch.id, patch.origin_base.version, patch.rank, patch.parent_patch_id,
                                     _provenance_line(patch.provenance or {}), runs))
-    return LineageView(assistant.name, assistant.family, tuple(patches))
+    return LineageView(assistant.name, assistant.family, tuple(patches), json=records.lineage(session, assistant))
 
 
 def _accuracy(run: Run) -> float | None:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from portllm_cli.admin import records
+from portllm_core import records
 from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, short, stderr, stdout, table
 from portllm_cli.admin.runtime import BadInput, workspace, actor, admin_command, warn
 

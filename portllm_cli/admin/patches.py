@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from portllm_cli.admin import records
+from portllm_core import records
 from portllm_cli.admin.output import JSON_OPTION_HELP, human_size, print_json, progress_bar, short, stderr, stdout, table
 from portllm_cli.admin.runtime import BadInput, workspace, actor, admin_command, warn
 

@@ -5,9 +5,10 @@ from rich.console import Group
 from rich.text import Text
 
 
-def run(card, data: dict) -> Group:
+def run(card) -> Group:
     from portllm_cli import terminal
 
+    data = card.to_json()
     source = f"patch #{data['patch_id']}" if data["patch_id"] is not None else "new patch"
     lines = [f"{source} · {data['kind']} · created {data['created_at']:%Y-%m-%d %H:%M:%S}"]
     if data.get("worker"):

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from portllm_cli.admin import records, render
+from portllm_cli.admin import render
+from portllm_core import records
 from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, progress_bar, stdout, table
 from portllm_cli.admin.runtime import BadInput, workspace, admin_command
 
@@ -29,13 +30,12 @@ def show(
     from registry import services
 
     with workspace().session() as session:
-        run = services.get_run(session, run_id)
-        data = records.run(run)
-        card = None if as_json else run_card(session, run_id)
+        services.get_run(session, run_id)  # "no run #N" for a number that is not a run
+        card = run_card(session, run_id)
     if as_json:
-        print_json(data)
+        print_json(card.to_json())
         return
-    stdout().print(render.run(card, data))
+    stdout().print(render.run(card))
 
 
 @app.command("list")

@@ -19,11 +19,9 @@ def lineage(
     from registry import services
 
     with workspace().session() as session:
-        owner = services.get_assistant(session, assistant)
-        data = services.lineage(session, owner) if as_json else None
-        view = None if as_json else lineage_view(session, owner)
+        view = lineage_view(session, services.get_assistant(session, assistant))
     if as_json:
-        print_json(data)
+        print_json(view.to_json())
         return
     from portllm_cli import terminal
 
@@ -41,10 +39,9 @@ def status(
 
     with workspace().session() as session:
         name = None if assistant is None else services.get_assistant(session, assistant).name
-        data = services.status(session, name) if as_json else None
-        view = None if as_json else status_view(session, name)
+        view = status_view(session, name)
     if as_json:
-        print_json(data)
+        print_json(view.to_json())
         return
     from portllm_cli import terminal
 

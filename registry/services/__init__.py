@@ -46,10 +46,8 @@ from registry.services.rollouts import (
     decide_rollout,
     rollback,
 )
-from registry.services.views import (
+from registry.services.audit import (
     audit_events,
-    status,
-    lineage,
 )
 
 __all__ = [
@@ -87,6 +85,4 @@ __all__ = [
     "decide_rollout",
     "rollback",
     "audit_events",
-    "status",
-    "lineage",
 ]

@@ -43,6 +43,7 @@ def run_demo(env, demo_world, *extra):
 
 
 def test_demo_plays_the_whole_story(demo_env, production_flags, demo_world, data_dir, database_url):
+    from portllm_core.views import lineage_view
     from registry import models, services
     from registry.db import make_session_factory
 
@@ -65,7 +66,7 @@ def test_demo_plays_the_whole_story(demo_env, production_flags, demo_world, data
         # the unrelated model was refused before anything was loaded onto it.
         assert other.status == "failed" and other.compat_report["errors"] and not other.evaluations
         # the lineage lists every run of the story.
-        lineage = services.lineage(s, "support-assistant")
+        lineage = lineage_view(s, services.get_assistant(s, "support-assistant")).to_json()
         listed = {r["id"] for p in lineage["patches"] for r in p["runs"]}
         assert {v1.id, v2.id, v3.id, other.id} <= listed
         # the v2 candidate beat v2 alone by a wide margin (the PortLLM result, at demo scale).

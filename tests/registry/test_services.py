@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from portllm_core import records
 from registry import services as sv
 from registry.db import session_scope
 from registry.errors import (
@@ -301,16 +302,16 @@ def test_status(factory):
         queued, _ = sv.request_run(s, assistant=ASSISTANT, version="v3", idempotency_key="q",
                                    requested_by="dave", channel="support")
     with session_scope(factory) as s:
-        view = sv.status(s, ASSISTANT)
+        view = records.status(s, ASSISTANT)
         assert view["assistant"] == ASSISTANT
         assert [(r["channel"], r["base"], r["approved_by"]) for r in view["live"]] == [
             ("support", "demo/v2", "alice")]
         assert [(r["run_id"], r["state"]) for r in view["awaiting_approval"]] == [
             (waiting.run_id, "awaiting_approval")]
         assert [(r["run_id"], r["status"]) for r in view["runs"]] == [(queued.id, "queued")]
-        assert sv.status(s) == {**view, "assistant": None}
+        assert records.status(s) == {**view, "assistant": None}
         with pytest.raises(UnknownAssistant):
-            sv.status(s, "nobody")
+            records.status(s, "nobody")
 
 
 def test_retune_needs_registered_training_data(factory):
