@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import re
 
+from slack_sdk.models.blocks import ButtonElement, ConfirmObject, HeaderBlock, SectionBlock
+
 from portllm_core.commands.replies import Reply
 from portllm_core.ids import Action, Block
 from portllm_core.views import LineageView, RunCard, StatusView, Table
 
-# Slack's published limits for the fields used here.
+# Slack's limits for the fields used here, as slack_sdk's Block Kit models define them; the
+# block count and context text are limits Slack publishes that slack_sdk does not encode.
 MAX_BLOCKS = 50
-MAX_SECTION_TEXT = 3000
-MAX_HEADER_TEXT = 150
-MAX_BUTTON_TEXT = 75
+MAX_SECTION_TEXT = SectionBlock.text_max_length
+MAX_HEADER_TEXT = HeaderBlock.text_max_length
+MAX_BUTTON_TEXT = ButtonElement.text_max_length
 MAX_CONTEXT_TEXT = 2000
-MAX_CONFIRM_TEXT = 300
+MAX_CONFIRM_TITLE = ConfirmObject.title_max_length
+MAX_CONFIRM_TEXT = ConfirmObject.text_max_length
+MAX_CONFIRM_BUTTON = ConfirmObject.confirm_max_length
 MAX_MESSAGE_TEXT = 3000  # our cap for the notification fallback `text`
 
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
@@ -106,9 +111,9 @@ def _button(text: str, action: Action, value: str, style: str | None, confirm: d
 
 
 def _confirm(title: str, text: str, yes: str, style: str | None = None) -> dict:
-    dialog = {"title": {"type": "plain_text", "text": clip(title, 100)},
+    dialog = {"title": {"type": "plain_text", "text": clip(title, MAX_CONFIRM_TITLE)},
               "text": {"type": "mrkdwn", "text": clip(text, MAX_CONFIRM_TEXT)},
-              "confirm": {"type": "plain_text", "text": clip(yes, 30)},
+              "confirm": {"type": "plain_text", "text": clip(yes, MAX_CONFIRM_BUTTON)},
               "deny": {"type": "plain_text", "text": "Cancel"}}
     if style:
         dialog["style"] = style

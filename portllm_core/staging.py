@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from registry.artifacts import REF_PREFIX, file_sha256
-
 
 class Staging:
     def __init__(self, store) -> None:
@@ -19,17 +17,15 @@ class Staging:
         self.added: list[str] = []
 
     def put_dir(self, src: Path) -> str:
-        return self._put(REF_PREFIX + self.store.digest_dir(src), lambda: self.store.put_dir(src))
+        return self._keep(self.store.add_dir(src))
 
     def put_file(self, src: Path) -> str:
-        return self._put(REF_PREFIX + file_sha256(src), lambda: self.store.put_file(src))
+        return self._keep(self.store.add_file(src))
 
-    def _put(self, expected: str, put) -> str:
-        existed = self.store.exists(expected)
-        ref = put()
-        if not existed:
-            self.added.append(ref)
-        return ref
+    def _keep(self, stored) -> str:
+        if stored.new:
+            self.added.append(stored.ref)
+        return stored.ref
 
     def discard(self) -> None:
         for ref in reversed(self.added):

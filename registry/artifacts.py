@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from registry.errors import RegistryError
 
@@ -21,6 +22,11 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+class Stored(NamedTuple):
+    ref: str
+    new: bool  # False: the same content was already in the store
+
+
 class ArtifactStore:
     """Files and folders stored once under `root/sha256/<aa>/<digest>`, referenced as `sha256:<digest>`.
 
@@ -32,18 +38,23 @@ class ArtifactStore:
         self.root = Path(root).expanduser()
 
     def put_dir(self, src: Path | str) -> str:
+        return self.add_dir(src).ref
+
+    def put_file(self, src: Path | str) -> str:
+        return self.add_file(src).ref
+
+    def add_dir(self, src: Path | str) -> Stored:
+        """Store a folder (hashed once); `new` says whether this call brought it into the store."""
         src = Path(src)
         if not src.is_dir():
             raise ArtifactError(f"{src} is not a folder.")
-        digest = self.digest_dir(src)
-        return self._store(digest, lambda tmp: shutil.copytree(src, tmp / "x"))
+        return self._store(self.digest_dir(src), lambda tmp: shutil.copytree(src, tmp / "x"))
 
-    def put_file(self, src: Path | str) -> str:
+    def add_file(self, src: Path | str) -> Stored:
         src = Path(src)
         if not src.is_file():
             raise ArtifactError(f"{src} is not a file.")
-        digest = file_sha256(src)
-        return self._store(digest, lambda tmp: shutil.copyfile(src, tmp / "x"))
+        return self._store(file_sha256(src), lambda tmp: shutil.copyfile(src, tmp / "x"))
 
     def path(self, ref: str) -> Path:
         target = self._target(self._digest_of(ref))
@@ -66,11 +77,11 @@ class ArtifactStore:
             digest.update(rel.encode() + b"\0" + file_sha256(file).encode() + b"\n")
         return digest.hexdigest()
 
-    def _store(self, digest: str, write) -> str:
+    def _store(self, digest: str, write) -> Stored:
         ref = REF_PREFIX + digest
         target = self._target(digest)
         if target.exists():
-            return ref
+            return Stored(ref, new=False)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
         try:
@@ -78,12 +89,13 @@ class ArtifactStore:
             try:
                 os.rename(tmp / "x", target)
             except OSError:
-                # Another writer stored the same content first: theirs is identical.
+                # Another writer stored the same content first: theirs is identical (and theirs to keep).
                 if not target.exists():
                     raise
+                return Stored(ref, new=False)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return ref
+        return Stored(ref, new=True)
 
     def _target(self, digest: str) -> Path:
         return self.root / "sha256" / digest[:2] / digest
