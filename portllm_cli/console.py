@@ -28,13 +28,23 @@ from portllm_core.settings import Settings
 
 PROMPT = "portllm> "
 QUEUED_HINT_AFTER_S = 10.0  # say that a worker is needed when a run sits queued this long
+PIPED_WAIT_S = 600.0  # piped: how long a run or an answer may take before the console gives up
+EXIT_TIMED_OUT = 124  # what coreutils' `timeout` returns, so scripts treat both alike
+
+
+class WaitTimedOut(Exception):
+    """Piped mode waited `--wait` seconds for a run or an answer; the message says what to do."""
 
 
 class ConsoleSession:
-    """One console session: who types, in which channel, and where replies go."""
+    """One console session: who types, in which channel, and where replies go.
+
+    `wait_s` None waits as long as it takes (the interactive REPL: Ctrl-C stops waiting); a
+    number bounds every wait and raises WaitTimedOut after it (piped input, scripts, CI).
+    """
 
     def __init__(self, *, channel: str, user: str, settings: Settings, session_factory: sessionmaker[Session],
-                 enqueue: Enqueue, out: Console, poll_s: float, wait_s: float) -> None:
+                 enqueue: Enqueue, out: Console, poll_s: float, wait_s: float | None) -> None:
         self.channel, self.user, self.settings = channel, user, settings
         self.session_factory, self.enqueue, self.out = session_factory, enqueue, out
         self.poll_s, self.wait_s = poll_s, wait_s
@@ -53,27 +63,35 @@ class ConsoleSession:
             self.print_answer(outbox, offset, reply.reply_to["request_id"])
         return reply
 
+    def _waited_too_long(self, started: float) -> bool:
+        return self.wait_s is not None and time.monotonic() - started > self.wait_s
+
     def follow_run(self, run_id: int) -> None:
-        """Show the run's progress from the registry until it ends, then its card."""
-        started = time.monotonic()
-        hinted = False
+        """Show the run's progress from the registry until it ends, then its card: a bar on a
+        terminal, one line per step elsewhere (a pipe shows each line as it happens)."""
+        started, hinted, last = time.monotonic(), False, None
         with Progress(TextColumn("run #{task.fields[run_id]}"), BarColumn(), TaskProgressColumn(),
-                      TextColumn("{task.description}"), console=self.out, transient=True) as bar:
+                      TextColumn("{task.description}"), console=self.out, transient=True,
+                      disable=not self.out.is_terminal) as bar:
             task = bar.add_task("queued", total=1.0, run_id=run_id)
             while True:
                 with self.session_factory() as s:
                     card = views.run_card(s, run_id)
                 bar.update(task, completed=card.progress, description=card.step or card.status)
+                if not self.out.is_terminal and (card.status, card.step) != last:
+                    last = (card.status, card.step)
+                    self.out.print(f"run #{run_id} {card.status} {card.progress:.0%}: {card.step or card.status}")
                 if not card.active:
                     break
-                waited = time.monotonic() - started
-                if card.status == "queued" and waited > QUEUED_HINT_AFTER_S and not hinted:
+                if card.status == "queued" and time.monotonic() - started > QUEUED_HINT_AFTER_S and not hinted:
                     bar.console.print(f"run #{run_id} is still queued: is a worker running (`portllm worker`)?")
                     hinted = True
-                if waited > self.wait_s:
-                    self.out.print(f"Stopped waiting for run #{run_id} after {self.wait_s:.0f} s; "
-                                   f"`status` shows it later.")
-                    return
+                if self._waited_too_long(started):
+                    raise WaitTimedOut(
+                        f"no worker picked up run #{run_id} in {self.wait_s:.0f} s: start `portllm worker`"
+                        if card.status == "queued" else
+                        f"run #{run_id} is still {card.status} after {self.wait_s:.0f} s ({card.step}); "
+                        f"`portllm run wait {run_id}` follows it")
                 time.sleep(self.poll_s)
         self.out.print(terminal.run_card(card))
 
@@ -81,10 +99,12 @@ class ConsoleSession:
         """Print the streamed answer addressed to this request, chunk by chunk."""
         printed = False
         started, hinted = time.monotonic(), False
-        for record in _tail_jsonl(outbox, offset, self.poll_s, self.wait_s):
+        for record in _tail_jsonl(outbox, offset, self.poll_s):
             if not printed and not hinted and time.monotonic() - started > QUEUED_HINT_AFTER_S:
                 self.out.print("(no answer yet: is a worker serving, `portllm worker`?)")
                 hinted = True
+            if self._waited_too_long(started):
+                raise WaitTimedOut(f"no answer in {self.wait_s:.0f} s: is a worker serving (`portllm worker`)?")
             if record is None or (record.get("reply_to") or {}).get("request_id") != request_id:
                 continue
             if record.get("type") == "answer_chunk":
@@ -95,15 +115,13 @@ class ConsoleSession:
                     self.out.print(record["text"], end="", markup=False, highlight=False, soft_wrap=True)
                 self.out.print()
                 return
-        self.out.print(f"\nNo answer after {self.wait_s:.0f} s: is a worker serving (`portllm worker`)?")
 
 
-def _tail_jsonl(path: Path, offset: int, poll_s: float, wait_s: float) -> Iterator[dict | None]:
-    """JSON objects appended to `path` after `offset`, as they arrive, for up to `wait_s` seconds;
-    None after each poll that found nothing new, so the caller can tell time passing."""
-    deadline = time.monotonic() + wait_s
+def _tail_jsonl(path: Path, offset: int, poll_s: float) -> Iterator[dict | None]:
+    """JSON objects appended to `path` after `offset`, as they arrive; None after each poll that
+    found nothing new, so the caller can tell time passing (and stop)."""
     pending = b""
-    while time.monotonic() < deadline:
+    while True:
         if path.exists():
             with path.open("rb") as f:
                 f.seek(offset)
@@ -125,14 +143,15 @@ def _tail_jsonl(path: Path, offset: int, poll_s: float, wait_s: float) -> Iterat
 def run_console(channel: str = "#support", user: str = "alice", stdin: TextIO | None = None,
                 out: TextIO | None = None, *, settings: Settings | None = None,
                 session_factory: sessionmaker[Session] | None = None, enqueue: Enqueue | None = None,
-                poll_s: float = 0.5, wait_s: float = 3600.0) -> int:
-    """Run commands from stdin (a REPL on a terminal); 1 if any command was refused, else 0."""
+                poll_s: float = 0.5, wait_s: float = PIPED_WAIT_S) -> int:
+    """Run commands from stdin (a REPL on a terminal). Exit 0, 1 if any command was refused, or
+    124 when piped input waited `wait_s` for a run or an answer (the REPL waits as long as it takes)."""
     ws = Workspace(settings, session_factory=session_factory, queue=enqueue)
     stdin = stdin or sys.stdin
+    interactive = stdin.isatty()
     console = Console(file=out or sys.stdout, highlight=False)
     session = ConsoleSession(channel=channel, user=user, settings=ws.settings, session_factory=ws.session_factory,
-                             enqueue=ws.queue, out=console, poll_s=poll_s, wait_s=wait_s)
-    interactive = stdin.isatty()
+                             enqueue=ws.queue, out=console, poll_s=poll_s, wait_s=None if interactive else wait_s)
     if interactive:
         console.print(f"PortLLM console · {user} in {channel} · `help` lists the commands, Ctrl-D leaves.")
     refused = False
@@ -143,6 +162,9 @@ def run_console(channel: str = "#support", user: str = "alice", stdin: TextIO | 
             refused |= not session.run_line(line).ok
         except KeyboardInterrupt:  # stop waiting for this command, keep the session
             console.print("\n(interrupted)")
+        except WaitTimedOut as exc:
+            console.print(f"error: {exc}", markup=False)
+            return EXIT_TIMED_OUT
     return 1 if refused else 0
 
 

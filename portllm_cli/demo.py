@@ -53,6 +53,7 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
         os.environ["PORTLLM_DATABASE_URL"] = database_url
     os.environ["PORTLLM_NOTIFIER"] = "console"
 
+    from portllm_cli.console import WaitTimedOut
     from portllm_core.workspace import Workspace
     from registry.cli import upgrade
 
@@ -64,7 +65,7 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
             _register(ws, world, console)
             try:
                 outcomes = _play(ws, world, console)
-            except StoryStopped as stop:
+            except (StoryStopped, WaitTimedOut) as stop:
                 console.print(f"[red]The demo stopped at `{stop}`. The worker log and `portllm status` say more.[/]")
                 return 1
         chart = _write_chart(ws, out or ws.settings.data_dir)

@@ -5,6 +5,7 @@ them, so `portllm --help` and the Slack process start fast.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -44,11 +45,13 @@ def db_current() -> None:
 def console(
     channel: str = typer.Option("#support", help="Channel the commands are typed in."),
     user: str = typer.Option("alice", help="Who is typing (approver checks use it)."),
+    wait: float = typer.Option(600.0, "--wait", min=0.0,
+                               help="Piped input: give up on a run or an answer after this many seconds (exit 124)."),
 ) -> None:
     """The console channel: chat commands in the terminal (reads stdin when piped)."""
     from portllm_cli.console import run_console
 
-    raise typer.Exit(run_console(channel=channel, user=user))
+    raise typer.Exit(run_console(channel=channel, user=user, wait_s=wait))
 
 
 @app.command()
@@ -107,7 +110,19 @@ def _mount() -> None:
 _mount()
 
 
+# Libraries whose deprecation notices mean nothing to an operator (they are for their callers,
+# us); our own warnings, and every warning in the tests, still show.
+QUIET_LIBRARIES = ("transformers", "peft", "accelerate", "torch", "kombu", "celery", "sqlalchemy")
+
+
+def silence_library_warnings() -> None:
+    for library in QUIET_LIBRARIES:
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=rf"{library}(\.|$)")
+
+
 def main() -> None:
+    silence_library_warnings()
     app()
 
 

@@ -80,6 +80,7 @@ def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkey
     from rich.console import Console
 
     from portllm_cli.demo import _register
+    from portllm_core.workspace import Workspace
     from registry import models
     from registry.cli import upgrade
     from registry.db import make_session_factory
@@ -87,10 +88,12 @@ def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkey
     url = f"sqlite:///{data_dir / 'portllm.db'}"
     upgrade(url)
     first, second = Console(record=True, width=200), Console(record=True, width=200)
-    _register(demo_world, first)
-    _register(demo_world, second)
-    assert "portllm base add demo v2" in first.export_text()
-    assert "Already registered" in second.export_text() and "base add" not in second.export_text()
+    ws = Workspace()
+    _register(ws, demo_world, first)
+    _register(ws, demo_world, second)
+    ws.close()
+    assert "Base demo v2 registered" in first.export_text()
+    assert "Already registered" in second.export_text() and "registered from" not in second.export_text()
     with make_session_factory(url)() as s:
         assert len(s.scalars(select(models.BaseModel)).all()) == 4
         assert len(s.scalars(select(models.Assistant)).all()) == 1
