@@ -36,8 +36,9 @@ def check(patch_dir: str | Path, base_dir: str | Path) -> CompatReport:
     if lora is None or base is None:
         return report
     manifest, modules = lora
-    signature, tokenizer_fp = base
+    signature, tokenizer_fp, config = base
     _check_architecture(manifest, signature, report)
+    _check_tied_embeddings(modules, signature, config, report)
     _check_modules(modules, signature, report)
     _check_tokenizer(manifest, tokenizer_fp, report)
     return report
@@ -92,6 +93,7 @@ def _read_base(base_dir: str | Path, report: CompatReport):
     try:
         root = models.resolve_model_dir(base_dir)
         signature = models.architecture_signature(root)
+        config = models.read_config(root)
     except UnsafeCheckpointError as exc:
         report.error("unsafe_checkpoint", str(exc))
         return None
@@ -103,7 +105,7 @@ def _read_base(base_dir: str | Path, report: CompatReport):
     except EngineError as exc:
         report.warn("no_tokenizer", str(exc))
         tokenizer_fp = None
-    return signature, tokenizer_fp
+    return signature, tokenizer_fp, config
 
 
 def _check_architecture(manifest, signature: dict[str, Any], report: CompatReport) -> None:
@@ -133,6 +135,31 @@ def _check_architecture(manifest, signature: dict[str, Any], report: CompatRepor
             expected=origin.get("vocab_size"),
             found=signature.get("vocab_size"),
         )
+
+
+def tied_embedding_reason(module: str) -> str:
+    return (
+        f"the patch adapts {module}, which this base ties to its "
+        f"{'output layer' if module.endswith('embed_tokens') else 'input embeddings'} (tie_word_embeddings): "
+        "a merge would change both with one delta, unlike the patch as trained; "
+        "retrain the patch without embed_tokens and lm_head in target_modules (e.g. target_modules='all-linear')"
+    )
+
+
+def ties_embeddings(config: dict[str, Any], signature: dict[str, Any]) -> bool:
+    """Whether the base shares one matrix between input embeddings and output layer."""
+    text_config = config.get("text_config") or config
+    tied = text_config.get("tie_word_embeddings", config.get("tie_word_embeddings"))
+    # Without the flag, a checkpoint that stores no lm_head can only be reusing the embeddings.
+    return bool(tied) if tied is not None else "lm_head" not in signature.get("modules", {})
+
+
+def _check_tied_embeddings(modules, signature: dict[str, Any], config: dict[str, Any], report: CompatReport) -> None:
+    if not ties_embeddings(config, signature):
+        return
+    for name, module in modules.items():
+        if module.embedding or name.split(".")[-1] == "lm_head":
+            report.error("tied_embeddings", tied_embedding_reason(name), module=name)
 
 
 def checkpoint_key(module: str, names) -> str | None:
@@ -167,7 +194,8 @@ def _check_tokenizer(manifest, tokenizer_fp: str | None, report: CompatReport) -
     if expected != tokenizer_fp:
         report.error(
             "tokenizer_mismatch",
-            "the base's tokenizer differs from the one the patch was trained with (token ids would not line up)",
+            "the base's tokenizer differs from the one the patch was trained with (token ids would not line up): "
+            "retrain or re-tune the patch on this base instead of transplanting it",
             expected=expected,
             found=tokenizer_fp,
         )

@@ -24,8 +24,16 @@ FORMAT_VERSION = 1
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-# Config switches that turn a LoRA into something a plain W += s·B·A merge would get wrong.
-UNSUPPORTED_SWITCHES = ("use_dora", "use_qalora", "layer_replication", "target_parameters", "modules_to_save")
+# Config switches that turn a LoRA into something a plain W += s·B·A merge would get wrong: why, what to do.
+UNSUPPORTED_SWITCHES = {
+    "use_dora": "DoRA rescales every weight by a learned magnitude that W += scale·B·A cannot carry; "
+    "retrain it as plain LoRA (use_dora=False) or serve it with PEFT directly",
+    "use_qalora": "QALoRA pools the inputs of a quantized base; retrain it as plain LoRA",
+    "layer_replication": "it stacks copies of base layers; retrain it without layer_replication",
+    "target_parameters": "it adapts raw parameters (e.g. MoE experts), not modules; retrain it with target_modules",
+    "modules_to_save": "it carries fully trained copies of whole modules, which a LoRA merge would silently drop; "
+    "retrain it with those modules in target_modules instead of modules_to_save",
+}
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$")
 
 Progress = Callable[[float, str], None]
@@ -128,9 +136,9 @@ def unsupported_features(config: dict[str, Any]) -> list[str]:
     kind = str(config.get("peft_type", "")).upper()
     if kind != "LORA":
         problems.append(f"adapter kind {kind or 'unknown'} (only LORA is supported)")
-    for switch in UNSUPPORTED_SWITCHES:
+    for switch, reason in UNSUPPORTED_SWITCHES.items():
         if config.get(switch):
-            problems.append(f"{switch} is set (plain LoRA only)")
+            problems.append(f"{switch} is set: {reason}")
     return problems
 
 
