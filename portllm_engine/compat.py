@@ -7,6 +7,7 @@ from typing import Any
 
 from portllm_engine import models, patches
 from portllm_engine.errors import EngineError, UnsafeCheckpointError
+from portllm_engine.models import checkpoint_key
 
 
 @dataclass
@@ -160,14 +161,6 @@ def _check_tied_embeddings(modules, signature: dict[str, Any], config: dict[str,
     for name, module in modules.items():
         if module.embedding or name.split(".")[-1] == "lm_head":
             report.error("tied_embeddings", tied_embedding_reason(name), module=name)
-
-
-def checkpoint_key(module: str, names) -> str | None:
-    """The name a module has in the checkpoint: some (GPT-2 era) files drop the model prefix."""
-    if module in names:
-        return module
-    unprefixed = module.split(".", 1)[-1]
-    return unprefixed if unprefixed in names else None
 
 
 def _check_modules(modules: dict[str, patches.LoraModule], signature: dict[str, Any], report: CompatReport) -> None:

@@ -120,6 +120,20 @@ def tensor_index(model_dir: Path) -> dict[str, tuple[Path, list[int], str]]:
     return index
 
 
+def checkpoint_key(module: str, names) -> str | None:
+    """The name a module has in the checkpoint: some (GPT-2 era) files drop the model prefix."""
+    if module in names:
+        return module
+    unprefixed = module.split(".", 1)[-1]
+    return unprefixed if unprefixed in names else None
+
+
+def weight_key(module: str, index: dict[str, Any]) -> str | None:
+    """The checkpoint tensor holding `module`'s weight (index: tensor names as keys), or None."""
+    found = checkpoint_key(module, {name[: -len(".weight")] for name in index if name.endswith(".weight")})
+    return None if found is None else f"{found}.weight"
+
+
 def _sha256_files(paths: list[Path], root: Path) -> str:
     digest = hashlib.sha256()
     for path in paths:

@@ -160,13 +160,12 @@ def _write_merged_shards(patch_dir, base_dir: Path, out: Path, progress, max_sha
 
 def _targets_by_key(modules: dict[str, patches.LoraModule], index: dict[str, Any]) -> dict[str, patches.LoraModule]:
     """Checkpoint tensor name -> the LoRA merged into it."""
-    names = {name[: -len(".weight")] for name in index if name.endswith(".weight")}
     targets = {}
     for name, lora in modules.items():
-        key = compat.checkpoint_key(name, names)
+        key = models.weight_key(name, index)
         if key is None:
             raise PatchError(f"the base has no weight for {name}: check compatibility first")
-        targets[f"{key}.weight"] = lora
+        targets[key] = lora
     return targets
 
 
