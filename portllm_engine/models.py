@@ -5,6 +5,7 @@ before anything is opened, because unpickling runs arbitrary code.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -134,7 +135,9 @@ def weight_key(module: str, index: dict[str, Any]) -> str | None:
     return None if found is None else f"{found}.weight"
 
 
-def _sha256_files(paths: list[Path], root: Path) -> str:
+@functools.lru_cache(maxsize=64)
+def _sha256_files(paths: tuple[Path, ...], root: Path, stats: tuple[tuple[int, int, int, int], ...]) -> str:
+    """Cached on each file's identity, size and mtime: a run asking again does not re-read a 16 GB base."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
@@ -148,7 +151,14 @@ def fingerprint(model_dir: str | Path) -> str:
     """sha256 over config.json and the weight files, streamed (a 7B base never sits in memory)."""
     root = resolve_model_dir(model_dir)
     read_config(root)
-    return _sha256_files([root / "config.json", *weight_files(root)], root)
+    paths = (root / "config.json", *weight_files(root))
+    return _sha256_files(paths, root, tuple(_identity(path) for path in paths))
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """Changes whenever the file is replaced or rewritten."""
+    info = path.stat()
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def architecture_signature(model_dir: str | Path) -> dict[str, Any]:

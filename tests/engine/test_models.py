@@ -8,15 +8,17 @@ import struct
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from portllm_engine.errors import EngineError, ModelNotFoundError, UnsafeCheckpointError
 from portllm_engine.models import (
+    INDEX_FILE,
     architecture_signature,
     fingerprint,
     load_base,
     resolve_model_dir,
     safetensors_header,
+    tensor_index,
     tokenizer_fingerprint,
 )
 from portllm_engine.patches import sha256_file
@@ -91,6 +93,32 @@ def test_fingerprints_keep_their_stored_values(tiny, tmp_path):
     for shard in shards:
         assert safetensors_header(shard) == reference_header(shard)
     assert architecture_signature(sharded)["modules"] == architecture_signature(tiny.base)["modules"]
+
+
+def test_a_fingerprint_reads_the_weights_once_until_they_change(tiny, copy_dir, monkeypatch):
+    folder = copy_dir(tiny.base)
+    reads = []
+    real_digest = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda fh, digest: reads.append(fh.name) or real_digest(fh, digest))
+    first = fingerprint(folder)
+    assert fingerprint(folder) == first and len(reads) == 2  # config.json and model.safetensors, once
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["lm_head.weight"] = weights["lm_head.weight"] * 2
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert fingerprint(folder) != first and len(reads) == 4
+
+
+def test_a_sharded_checkpoint_is_read_through_its_index(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny.base).save_pretrained(sharded, max_shard_size="40KB")
+    (sharded / "stray.safetensors").write_bytes((tiny.base / "model.safetensors").read_bytes())
+    assert "stray.safetensors" not in {file.name for file, _, _ in tensor_index(sharded).values()}
+    first = json.loads((sharded / INDEX_FILE).read_text())["weight_map"]["lm_head.weight"]
+    (sharded / first).unlink()
+    with pytest.raises(ModelNotFoundError, match=f"names missing shards \\({first}\\): the download is incomplete"):
+        tensor_index(sharded)
 
 
 def test_a_file_that_is_not_safetensors_is_refused(tmp_path):
