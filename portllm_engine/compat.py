@@ -140,9 +140,8 @@ def _check_architecture(manifest, signature: dict[str, Any], report: CompatRepor
 
 def tied_embedding_reason(module: str) -> str:
     return (
-        f"the patch adapts {module}, which this base ties to its "
-        f"{'output layer' if module.endswith('embed_tokens') else 'input embeddings'} (tie_word_embeddings): "
-        "a merge would change both with one delta, unlike the patch as trained; "
+        f"the patch adapts {module}, one matrix that this base shares between its input embeddings and "
+        "output layer (tie_word_embeddings): a merge would change both with one delta, unlike the patch as trained; "
         "retrain the patch without embed_tokens and lm_head in target_modules (e.g. target_modules='all-linear')"
     )
 
