@@ -7,6 +7,7 @@ from typing import Any
 
 from portllm_engine import models, patches
 from portllm_engine.errors import EngineError, UnsafeCheckpointError
+from portllm_engine.models import checkpoint_key
 
 
 @dataclass
@@ -36,8 +37,9 @@ def check(patch_dir: str | Path, base_dir: str | Path) -> CompatReport:
     if lora is None or base is None:
         return report
     manifest, modules = lora
-    signature, tokenizer_fp = base
+    signature, tokenizer_fp, config = base
     _check_architecture(manifest, signature, report)
+    _check_tied_embeddings(modules, signature, config, report)
     _check_modules(modules, signature, report)
     _check_tokenizer(manifest, tokenizer_fp, report)
     return report
@@ -92,6 +94,7 @@ def _read_base(base_dir: str | Path, report: CompatReport):
     try:
         root = models.resolve_model_dir(base_dir)
         signature = models.architecture_signature(root)
+        config = models.read_config(root)
     except UnsafeCheckpointError as exc:
         report.error("unsafe_checkpoint", str(exc))
         return None
@@ -103,7 +106,7 @@ def _read_base(base_dir: str | Path, report: CompatReport):
     except EngineError as exc:
         report.warn("no_tokenizer", str(exc))
         tokenizer_fp = None
-    return signature, tokenizer_fp
+    return signature, tokenizer_fp, config
 
 
 def _check_architecture(manifest, signature: dict[str, Any], report: CompatReport) -> None:
@@ -135,12 +138,28 @@ def _check_architecture(manifest, signature: dict[str, Any], report: CompatRepor
         )
 
 
-def checkpoint_key(module: str, names) -> str | None:
-    """The name a module has in the checkpoint: some (GPT-2 era) files drop the model prefix."""
-    if module in names:
-        return module
-    unprefixed = module.split(".", 1)[-1]
-    return unprefixed if unprefixed in names else None
+def tied_embedding_reason(module: str) -> str:
+    return (
+        f"the patch adapts {module}, one matrix that this base shares between its input embeddings and "
+        "output layer (tie_word_embeddings): a merge would change both with one delta, unlike the patch as trained; "
+        "retrain the patch without embed_tokens and lm_head in target_modules (e.g. target_modules='all-linear')"
+    )
+
+
+def ties_embeddings(config: dict[str, Any], signature: dict[str, Any]) -> bool:
+    """Whether the base shares one matrix between input embeddings and output layer."""
+    text_config = config.get("text_config") or config
+    tied = text_config.get("tie_word_embeddings", config.get("tie_word_embeddings"))
+    # Without the flag, a checkpoint that stores no lm_head can only be reusing the embeddings.
+    return bool(tied) if tied is not None else "lm_head" not in signature.get("modules", {})
+
+
+def _check_tied_embeddings(modules, signature: dict[str, Any], config: dict[str, Any], report: CompatReport) -> None:
+    if not ties_embeddings(config, signature):
+        return
+    for name, module in modules.items():
+        if module.embedding or name.split(".")[-1] == "lm_head":
+            report.error("tied_embeddings", tied_embedding_reason(name), module=name)
 
 
 def _check_modules(modules: dict[str, patches.LoraModule], signature: dict[str, Any], report: CompatReport) -> None:
@@ -167,7 +186,8 @@ def _check_tokenizer(manifest, tokenizer_fp: str | None, report: CompatReport) -
     if expected != tokenizer_fp:
         report.error(
             "tokenizer_mismatch",
-            "the base's tokenizer differs from the one the patch was trained with (token ids would not line up)",
+            "the base's tokenizer differs from the one the patch was trained with (token ids would not line up): "
+            "retrain or re-tune the patch on this base instead of transplanting it",
             expected=expected,
             found=tokenizer_fp,
         )

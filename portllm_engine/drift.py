@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from portllm_engine import models
-from portllm_engine.compat import checkpoint_key
 from portllm_engine.errors import EngineError
 
 
@@ -40,7 +39,7 @@ def measure_drift(
     handles: dict[Path, Any] = {}
     try:
         for name in sorted(names):
-            old_key, new_key = _weight_key(name, old_index), _weight_key(name, new_index)
+            old_key, new_key = models.weight_key(name, old_index), models.weight_key(name, new_index)
             if old_key is None or new_key is None or old_key != new_key:
                 side = from_dir if old_key is None else to_dir
                 raise EngineError(f"module {name} is not in {side}: drift needs the same modules in both bases")
@@ -62,11 +61,6 @@ def measure_drift(
         handles.clear()
     overall = math.sqrt(total_diff / total_norm) if total_norm > 0 else 0.0
     return DriftReport(overall=overall, modules=per_module)
-
-
-def _weight_key(module: str, index: dict[str, Any]) -> str | None:
-    found = checkpoint_key(module, {name[: -len(".weight")] for name in index if name.endswith(".weight")})
-    return None if found is None else f"{found}.weight"
 
 
 def _tensor(handles: dict[Path, Any], file: Path, key: str):

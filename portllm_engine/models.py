@@ -5,11 +5,11 @@ before anything is opened, because unpickling runs arbitrary code.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ TOKENIZER_FILES = (
     "vocab.txt",
 )
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_CHUNK = 1 << 20
+INDEX_FILE = "model.safetensors.index.json"
 
 
 def pick_device() -> str:
@@ -85,38 +85,64 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (names, dtypes, shapes) without reading any tensor."""
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) != 8:
-            raise EngineError(f"{path} is not a safetensors file (too short)")
-        (size,) = struct.unpack("<Q", raw)
-        if size > 100_000_000:
-            raise EngineError(f"{path} is not a safetensors file (header size {size})")
-        try:
-            header = json.loads(fh.read(size))
-        except ValueError:
-            raise EngineError(f"{path} is not a safetensors file (bad header)") from None
-    header.pop("__metadata__", None)
-    return header
+    """Tensor name -> {"dtype", "shape"} of a safetensors file, from its header (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        # numpy framework: reading a header must not import torch (the admin CLI calls this).
+        with safe_open(str(path), framework="numpy") as fh:
+            slices = {name: fh.get_slice(name) for name in fh.keys()}
+            return {name: {"dtype": part.get_dtype(), "shape": part.get_shape()} for name, part in slices.items()}
+    except SafetensorError as exc:
+        raise EngineError(f"{path} is not a safetensors file ({exc}): re-save it with safetensors") from None
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The weight files a loader reads: those named by model.safetensors.index.json, else every one."""
+    index = Path(model_dir) / INDEX_FILE
+    if not index.is_file():
+        return weight_files(model_dir)
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise EngineError(f"cannot read {index} ({exc}): restore it or delete it to read every shard") from None
+    missing = [name for name in names if not (Path(model_dir) / name).is_file()]
+    if missing:
+        raise ModelNotFoundError(f"{index.name} names missing shards ({', '.join(missing)}): the download is incomplete")
+    return [Path(model_dir) / name for name in names]
 
 
 def tensor_index(model_dir: Path) -> dict[str, tuple[Path, list[int], str]]:
-    """Tensor name -> (file, shape, dtype) over every safetensors file of the folder."""
+    """Tensor name -> (file, shape, dtype) over the checkpoint's safetensors files."""
     index: dict[str, tuple[Path, list[int], str]] = {}
-    for file in weight_files(model_dir):
+    for file in checkpoint_files(model_dir):
         for name, info in safetensors_header(file).items():
             index[name] = (file, list(info["shape"]), info["dtype"])
     return index
 
 
-def _sha256_files(paths: list[Path], root: Path) -> str:
+def checkpoint_key(module: str, names) -> str | None:
+    """The name a module has in the checkpoint: some (GPT-2 era) files drop the model prefix."""
+    if module in names:
+        return module
+    unprefixed = module.split(".", 1)[-1]
+    return unprefixed if unprefixed in names else None
+
+
+def weight_key(module: str, index: dict[str, Any]) -> str | None:
+    """The checkpoint tensor holding `module`'s weight (index: tensor names as keys), or None."""
+    found = checkpoint_key(module, {name[: -len(".weight")] for name in index if name.endswith(".weight")})
+    return None if found is None else f"{found}.weight"
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_files(paths: tuple[Path, ...], root: Path, stats: tuple[tuple[int, int, int, int], ...]) -> str:
+    """Cached on each file's identity, size and mtime: a run asking again does not re-read a 16 GB base."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
+            hashlib.file_digest(fh, lambda: digest)  # feeds the one running digest, file after file
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -125,7 +151,14 @@ def fingerprint(model_dir: str | Path) -> str:
     """sha256 over config.json and the weight files, streamed (a 7B base never sits in memory)."""
     root = resolve_model_dir(model_dir)
     read_config(root)
-    return _sha256_files([root / "config.json", *weight_files(root)], root)
+    paths = (root / "config.json", *weight_files(root))
+    return _sha256_files(paths, root, tuple(_identity(path) for path in paths))
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """Changes whenever the file is replaced or rewritten."""
+    info = path.stat()
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def architecture_signature(model_dir: str | Path) -> dict[str, Any]:

@@ -24,9 +24,19 @@ FORMAT_VERSION = 1
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-# Config switches that turn a LoRA into something a plain W += s·B·A merge would get wrong.
-UNSUPPORTED_SWITCHES = ("use_dora", "use_qalora", "layer_replication", "target_parameters", "modules_to_save")
+# Config switches that turn a LoRA into something a plain W += s·B·A merge would get wrong: why, what to do.
+UNSUPPORTED_SWITCHES = {
+    "use_dora": "DoRA rescales every weight by a learned magnitude that W += scale·B·A cannot carry; "
+    "retrain it as plain LoRA (use_dora=False) or serve it with PEFT directly",
+    "use_qalora": "QALoRA pools the inputs of a quantized base; retrain it as plain LoRA",
+    "layer_replication": "it stacks copies of base layers; retrain it without layer_replication",
+    "target_parameters": "it adapts raw parameters (e.g. MoE experts), not modules; retrain it with target_modules",
+    "modules_to_save": "it carries fully trained copies of whole modules, which a LoRA merge would silently drop; "
+    "retrain it with those modules in target_modules instead of modules_to_save",
+}
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$")
+# PEFT stores whole base matrices next to the factors when LoRA targets embeddings (save_embedding_layers).
+_CARRIED_KEY = re.compile(r"^(?P<module>.+)\.base_layer\.weight$")
 
 Progress = Callable[[float, str], None]
 
@@ -87,11 +97,8 @@ class LoraModule:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def read_manifest(patch_dir: str | Path) -> PatchManifest | None:
@@ -131,9 +138,9 @@ def unsupported_features(config: dict[str, Any]) -> list[str]:
     kind = str(config.get("peft_type", "")).upper()
     if kind != "LORA":
         problems.append(f"adapter kind {kind or 'unknown'} (only LORA is supported)")
-    for switch in UNSUPPORTED_SWITCHES:
+    for switch, reason in UNSUPPORTED_SWITCHES.items():
         if config.get(switch):
-            problems.append(f"{switch} is set (plain LoRA only)")
+            problems.append(f"{switch} is set: {reason}")
     return problems
 
 
@@ -158,6 +165,12 @@ def _pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
     return default
 
 
+def carried_copies(header: dict[str, Any]) -> dict[str, str]:
+    """Module name -> adapter key of each whole base matrix the adapter carries."""
+    found = {key: _CARRIED_KEY.match(key) for key in header}
+    return {match["module"].removeprefix(PEFT_PREFIX): key for key, match in found.items() if match}
+
+
 def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
@@ -167,6 +180,13 @@ def lora_modules(patch_dir: str | Path, config: dict[str, Any] | None = None) ->
     config = config if config is not None else read_adapter_config(patch_dir)
     header = models.safetensors_header(adapter_weights_path(patch_dir))
     parts: dict[str, dict[str, tuple[str, list[int]]]] = {}
+    carried = carried_copies(header)
+    if carried:
+        raise PatchError(
+            f"{ADAPTER_WEIGHTS} in {patch_dir} carries whole copies of {', '.join(carried)} (PEFT's "
+            "save_embedding_layers), which would overwrite a new base's own weights: import it with its origin "
+            "base (copies equal to that base are dropped) or re-save it with save_embedding_layers=False"
+        )
     for key, info in header.items():
         match = _LORA_KEY.match(key)
         if match is None:
@@ -369,10 +389,42 @@ def import_peft(src_dir: str | Path, out_dir: str | Path, origin_base_dir: str |
     origin = models.resolve_model_dir(origin_base_dir)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / ADAPTER_CONFIG, out / ADAPTER_CONFIG)
-    shutil.copyfile(weights, out / ADAPTER_WEIGHTS)
+    carried = carried_copies(models.safetensors_header(weights))
+    if carried:
+        _save_without_copies(weights, carried, origin, out / ADAPTER_WEIGHTS)
+    else:
+        shutil.copyfile(weights, out / ADAPTER_WEIGHTS)
     manifest = _manifest_for(out, origin, config, {"kind": "import", "source": src.name})
     write_manifest(out, manifest)
     return manifest
+
+
+def _save_without_copies(weights: Path, carried: dict[str, str], origin: Path, out: Path) -> None:
+    """The adapter's factors alone, once every carried base matrix is shown equal to the origin's:
+    a copy equal to the origin adds nothing, while a changed one (say, a resized vocabulary)
+    is a full fine-tune of that matrix that no delta can carry."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    index = models.tensor_index(origin)
+    with safe_open(str(weights), framework="pt") as adapter:
+        for module, key in carried.items():
+            found, carried_tensor = models.weight_key(module, index), adapter.get_tensor(key)
+            if found is None or not torch.equal(carried_tensor, _origin_tensor(index, found).to(carried_tensor.dtype)):
+                raise PatchError(
+                    f"the adapter carries a copy of {module} that differs from {origin.name}'s (a resized vocabulary "
+                    "or a fully trained matrix): it cannot be carried as a LoRA delta; retrain it on the new base"
+                )
+        kept = {key: adapter.get_tensor(key) for key in adapter.keys() if key not in carried.values()}
+        save_file(kept, str(out), metadata=adapter.metadata())
+
+
+def _origin_tensor(index: dict[str, Any], key: str):
+    from safetensors import safe_open
+
+    with safe_open(str(index[key][0]), framework="pt") as shard:
+        return shard.get_tensor(key)
 
 
 def verify_weights(patch_dir: str | Path) -> PatchManifest | None:

@@ -1,14 +1,30 @@
 """Transplant a patch onto a base: merge it into the weights, or attach several by name."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from portllm_engine import compat, models, patches
-from portllm_engine.errors import IncompatiblePatchError, PatchError
+from portllm_engine.errors import EngineError, IncompatiblePatchError, PatchError
 from portllm_engine.generate import stream_generate
+
+DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+# What a merged model folder needs besides its weights; a transplant never changes these files.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    *models.TOKENIZER_FILES,
+)
 
 
 def _require_compatible(patch_dir: str | Path, base_dir: str | Path) -> None:
@@ -21,12 +37,22 @@ def _require_compatible(patch_dir: str | Path, base_dir: str | Path) -> None:
         )
 
 
-def merge_into(model, patch_dir: str | Path):
-    """W ← W + scale·B·A for every adapted module, in place and in the base's dtype.
+def merged_weight(weight, a, b, lora: patches.LoraModule):
+    """weight + scale·B·A in weight's dtype: the product is formed in float32 and rounded once into W,
+    so a bf16 base loses no more precision than storing the merged weight requires."""
+    import torch
 
-    The product is formed in float32 one module at a time and added with a single rounding
-    into W, so a bf16 base loses no more precision than storing the merged weight requires.
-    """
+    a, b = a.to(weight.device, torch.float32), b.to(weight.device, torch.float32)
+    if weight.dtype == torch.float32 and not (lora.embedding or lora.fan_in_fan_out):
+        return torch.addmm(weight, b, a, alpha=lora.scale)
+    delta = (b @ a).mul_(lora.scale)
+    if lora.embedding or lora.fan_in_fan_out:
+        delta = delta.T
+    return delta.add_(weight).to(weight.dtype)
+
+
+def merge_into(model, patch_dir: str | Path):
+    """W ← W + scale·B·A for every adapted module, in place and in the base's dtype."""
     import torch
     from safetensors import safe_open
 
@@ -41,19 +67,18 @@ def merge_into(model, patch_dir: str | Path):
             weight = target.weight
             if list(weight.shape) != lora.base_shape:
                 raise PatchError(f"{name}: patch expects {tuple(lora.base_shape)}, model has {tuple(weight.shape)}")
-            a = tensors.get_tensor(lora.a_key).to(weight.device, torch.float32)
-            b = tensors.get_tensor(lora.b_key).to(weight.device, torch.float32)
-            if weight.dtype == torch.float32 and not (lora.embedding or lora.fan_in_fan_out):
-                merged = torch.addmm(weight, b, a, alpha=lora.scale)
-            else:
-                delta = (b @ a).mul_(lora.scale)
-                if lora.embedding or lora.fan_in_fan_out:
-                    delta = delta.T
-                merged = delta.add_(weight).to(weight.dtype)  # summed in float32, rounded once
+            if _is_tied_embedding(model, weight):
+                raise PatchError(compat.tied_embedding_reason(name))
             # Fresh memory rather than writing in place: on CPU the loaded weights are pages of the
             # mapped checkpoint, and copy-on-write page by page costs twice a plain copy.
-            weight.data = merged
+            weight.data = merged_weight(weight, tensors.get_tensor(lora.a_key), tensors.get_tensor(lora.b_key), lora)
     return model
+
+
+def _is_tied_embedding(model, weight) -> bool:
+    """Whether `weight` is one tensor shared by the input embeddings and the output layer."""
+    output = model.get_output_embeddings()
+    return output is not None and output.weight is model.get_input_embeddings().weight and weight is output.weight
 
 
 def transplant(patch_dir: str | Path, base_ref: str | Path, out_dir: str | Path | None = None, device: str | None = None):
@@ -68,6 +93,122 @@ def transplant(patch_dir: str | Path, base_ref: str | Path, out_dir: str | Path 
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
     return model, tokenizer
+
+
+def transplant_to_dir(
+    patch_dir: str | Path,
+    base_ref: str | Path,
+    out_dir: str | Path,
+    progress: patches.Progress | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    device: str | None = None,
+) -> Path:
+    """Merge a patch into a base on disk, one shard and one tensor at a time.
+
+    Peak memory is about one output shard (at most max_shard_bytes, twice while it is written)
+    plus the patch, whatever the model's size. The weights are identical to `transplant`'s on the
+    same device. The folder appears complete or not at all: it is written aside, then renamed.
+    """
+    base_dir = models.resolve_model_dir(base_ref)
+    _require_compatible(patch_dir, base_dir)  # this also checks the patch against its digest
+    out = _fresh_out_dir(out_dir)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    staging.mkdir()
+    try:
+        _write_merged_shards(patch_dir, base_dir, staging, progress, max_shard_bytes, device or models.pick_device())
+        for name in SIDE_FILES:
+            if (base_dir / name).is_file():
+                shutil.copyfile(base_dir / name, staging / name)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _fresh_out_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EngineError(f"{out} already exists and is not an empty folder: pass a new --out folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_merged_shards(patch_dir, base_dir: Path, out: Path, progress, max_shard_bytes: int, device: str) -> None:
+    import torch
+    from safetensors import safe_open
+
+    index = models.tensor_index(base_dir)
+    targets = _targets_by_key(patches.lora_modules(patch_dir), index)
+    writer = _ShardWriter(out, max_shard_bytes)
+    done = 0
+    with torch.no_grad(), safe_open(str(patches.adapter_weights_path(patch_dir)), framework="pt") as factors:
+        for file in models.checkpoint_files(base_dir):
+            with safe_open(str(file), framework="pt") as shard:
+                for key in shard.keys():
+                    tensor = shard.get_tensor(key)
+                    lora = targets.get(key)
+                    if lora is not None:
+                        a, b = factors.get_tensor(lora.a_key), factors.get_tensor(lora.b_key)
+                        tensor = merged_weight(tensor.to(device), a, b, lora).contiguous().cpu()
+                    writer.add(key, tensor)
+                    done += 1
+                    if progress is not None:
+                        progress(done / len(index), key)
+    writer.finish()
+
+
+def _targets_by_key(modules: dict[str, patches.LoraModule], index: dict[str, Any]) -> dict[str, patches.LoraModule]:
+    """Checkpoint tensor name -> the LoRA merged into it."""
+    targets = {}
+    for name, lora in modules.items():
+        key = models.weight_key(name, index)
+        if key is None:
+            raise PatchError(f"the base has no weight for {name}: check compatibility first")
+        targets[key] = lora
+    return targets
+
+
+class _ShardWriter:
+    """Collects tensors into safetensors shards of at most max_bytes (a bigger tensor gets its own),
+    named and indexed as transformers names them once the count is known."""
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        self.folder, self.max_bytes = folder, max_bytes
+        self.pending: dict[str, Any] = {}
+        self.pending_bytes = self.total_bytes = 0
+        self.shards: list[list[str]] = []
+
+    def add(self, name: str, tensor) -> None:
+        if self.pending and self.pending_bytes + tensor.nbytes > self.max_bytes:
+            self._flush()
+        self.pending[name] = tensor
+        self.pending_bytes += tensor.nbytes
+        self.total_bytes += tensor.nbytes
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        save_file(self.pending, str(self._part(len(self.shards))), metadata={"format": "pt"})
+        self.shards.append(list(self.pending))
+        self.pending, self.pending_bytes = {}, 0
+
+    def _part(self, number: int) -> Path:
+        return self.folder / f"part-{number:05d}"
+
+    def finish(self) -> None:
+        if self.pending or not self.shards:
+            self._flush()
+        if len(self.shards) == 1:
+            self._part(0).rename(self.folder / "model.safetensors")
+            return
+        weight_map = {}
+        for number, names in enumerate(self.shards):
+            file = f"model-{number + 1:05d}-of-{len(self.shards):05d}.safetensors"
+            self._part(number).rename(self.folder / file)
+            weight_map.update(dict.fromkeys(names, file))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.folder / models.INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 class PatchServer:

@@ -54,8 +54,8 @@ def llama(tokenizer, hidden: int = 32, layers: int = 2, seed: int = 0, max_posit
     return model.eval()
 
 
-def save_model(model, tokenizer_dir: Path, out: Path) -> Path:
-    model.save_pretrained(out, safe_serialization=True)
+def save_model(model, tokenizer_dir: Path, out: Path, **save_options) -> Path:
+    model.save_pretrained(out, safe_serialization=True, **save_options)
     for item in tokenizer_dir.iterdir():
         shutil.copyfile(item, out / item.name)
     return out

@@ -1,20 +1,27 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import shutil
+import struct
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from portllm_engine.errors import ModelNotFoundError, UnsafeCheckpointError
+from portllm_engine.errors import EngineError, ModelNotFoundError, UnsafeCheckpointError
 from portllm_engine.models import (
+    INDEX_FILE,
     architecture_signature,
     fingerprint,
     load_base,
     resolve_model_dir,
+    safetensors_header,
+    tensor_index,
     tokenizer_fingerprint,
 )
+from portllm_engine.patches import sha256_file
 
 
 def test_fingerprint_is_stable_and_tracks_weights(tiny):
@@ -23,13 +30,32 @@ def test_fingerprint_is_stable_and_tracks_weights(tiny):
     assert len(fingerprint(tiny.base)) == 64
 
 
+class HeaderOnly:
+    """A safe_open handle that fails on any tensor read, to prove a function reads headers only."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __enter__(self):
+        self.handle = self.real.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.real.__exit__(*exc)
+
+    def keys(self):
+        return self.handle.keys()
+
+    def get_slice(self, name):
+        part = self.handle.get_slice(name)
+        return type("Shape", (), {"get_shape": part.get_shape, "get_dtype": part.get_dtype})()
+
+
 def test_signature_comes_from_headers_and_matches_the_weights(tiny, monkeypatch):
     import safetensors
 
-    def no_tensor_reads(*args, **kwargs):
-        raise AssertionError("the signature must not read tensors")
-
-    monkeypatch.setattr(safetensors, "safe_open", no_tensor_reads)
+    real_open = safetensors.safe_open
+    monkeypatch.setattr(safetensors, "safe_open", lambda *args, **kwargs: HeaderOnly(real_open(*args, **kwargs)))
     signature = architecture_signature(tiny.base)
     monkeypatch.undo()
     weights = load_file(str(tiny.base / "model.safetensors"))
@@ -40,6 +66,66 @@ def test_signature_comes_from_headers_and_matches_the_weights(tiny, monkeypatch)
     assert "model.norm" not in signature["modules"]  # 1-D norms are not matrices
     assert architecture_signature(tiny.drifted)["digest"] == signature["digest"]  # same shapes
     assert architecture_signature(tiny.other)["digest"] != signature["digest"]
+
+
+def reference_header(path) -> dict:
+    """The safetensors format read by hand: 8-byte little-endian length, then JSON."""
+    raw = path.read_bytes()
+    header = json.loads(raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]])
+    header.pop("__metadata__", None)
+    return {name: {"dtype": info["dtype"], "shape": info["shape"]} for name, info in header.items()}
+
+
+def test_fingerprints_keep_their_stored_values(tiny, tmp_path):
+    """Fingerprints and digests are stored in databases: they must equal this plain computation."""
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny.base).save_pretrained(sharded, max_shard_size="40KB")
+    shards = sorted(sharded.glob("*.safetensors"))
+    assert len(shards) > 2
+    for root in (tiny.base, sharded):
+        reference = hashlib.sha256()
+        for path in [root / "config.json", *sorted(root.glob("*.safetensors"))]:
+            reference.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        assert fingerprint(root) == reference.hexdigest()
+    assert sha256_file(shards[0]) == hashlib.sha256(shards[0].read_bytes()).hexdigest()
+    for shard in shards:
+        assert safetensors_header(shard) == reference_header(shard)
+    assert architecture_signature(sharded)["modules"] == architecture_signature(tiny.base)["modules"]
+
+
+def test_a_fingerprint_reads_the_weights_once_until_they_change(tiny, copy_dir, monkeypatch):
+    folder = copy_dir(tiny.base)
+    reads = []
+    real_digest = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda fh, digest: reads.append(fh.name) or real_digest(fh, digest))
+    first = fingerprint(folder)
+    assert fingerprint(folder) == first and len(reads) == 2  # config.json and model.safetensors, once
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["lm_head.weight"] = weights["lm_head.weight"] * 2
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert fingerprint(folder) != first and len(reads) == 4
+
+
+def test_a_sharded_checkpoint_is_read_through_its_index(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny.base).save_pretrained(sharded, max_shard_size="40KB")
+    (sharded / "stray.safetensors").write_bytes((tiny.base / "model.safetensors").read_bytes())
+    assert "stray.safetensors" not in {file.name for file, _, _ in tensor_index(sharded).values()}
+    first = json.loads((sharded / INDEX_FILE).read_text())["weight_map"]["lm_head.weight"]
+    (sharded / first).unlink()
+    with pytest.raises(ModelNotFoundError, match=f"names missing shards \\({first}\\): the download is incomplete"):
+        tensor_index(sharded)
+
+
+def test_a_file_that_is_not_safetensors_is_refused(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(EngineError, match="not a safetensors file"):
+        safetensors_header(bad)
 
 
 def test_tokenizer_fingerprint(tiny):

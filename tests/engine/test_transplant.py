@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from portllm_engine.errors import IncompatiblePatchError, PatchError
-from portllm_engine.models import load_base
+from portllm_engine.errors import EngineError, IncompatiblePatchError, PatchError
+from portllm_engine.models import INDEX_FILE, load_base
 from portllm_engine.patches import ADAPTER_WEIGHTS, lora_modules
-from portllm_engine.transplant import PatchServer, merge_into, transplant
+from portllm_engine.transplant import PatchServer, merge_into, transplant, transplant_to_dir
+from tests.engine.conftest import save_model
 
 PREFIX = "base_model.model."
 
@@ -114,3 +116,49 @@ def test_transplant_refuses_an_incompatible_base(tiny):
     server = PatchServer(tiny.other, device="cpu")
     with pytest.raises(IncompatiblePatchError):
         server.attach("support", tiny.patch)
+
+
+def merged_files(folder) -> dict[str, torch.Tensor]:
+    return {key: value for file in sorted(folder.glob("*.safetensors")) for key, value in load_file(str(file)).items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streamed_transplant_is_identical_to_the_in_memory_merge(tiny, tmp_path, dtype):
+    model, _ = load_base(tiny.base, device="cpu", dtype=dtype)
+    sharded = save_model(model, tiny.tokenizer, tmp_path / "base", max_shard_size="40KB")
+    assert (sharded / INDEX_FILE).is_file()
+    in_memory, _ = transplant(tiny.patch, sharded, out_dir=tmp_path / "in-memory", device="cpu")
+    seen = []
+    out = transplant_to_dir(
+        tiny.patch, sharded, tmp_path / "streamed", progress=lambda f, step: seen.append(f), max_shard_bytes=30_000, device="cpu"
+    )
+    index = json.loads((out / INDEX_FILE).read_text())
+    assert sorted(set(index["weight_map"].values())) == sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(set(index["weight_map"].values())) > 2
+    streamed, saved = merged_files(out), merged_files(tmp_path / "in-memory")
+    assert streamed.keys() == saved.keys() == in_memory.state_dict().keys()
+    for key, tensor in in_memory.state_dict().items():
+        assert tensor.dtype == dtype
+        assert torch.equal(streamed[key], tensor), key
+        assert torch.equal(saved[key], tensor), key
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (sharded / name).read_bytes(), name
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_streamed_transplant_of_a_small_model_is_one_file(tiny, tmp_path):
+    out = transplant_to_dir(tiny.patch, tiny.base, tmp_path / "merged", device="cpu")
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    assert not (out / INDEX_FILE).exists()
+
+
+def test_streamed_transplant_leaves_nothing_behind_when_refused(tiny, tmp_path):
+    with pytest.raises(IncompatiblePatchError, match="does not fit"):
+        transplant_to_dir(tiny.patch, tiny.other, tmp_path / "merged", device="cpu")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("keep me")
+    with pytest.raises(EngineError, match="not an empty folder"):
+        transplant_to_dir(tiny.patch, tiny.base, tmp_path / "taken", device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
