@@ -61,7 +61,7 @@ def memory_kb(pid: int) -> dict[str, int]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             fields[key] = int(value.split()[0])
     return fields
 
@@ -115,17 +115,19 @@ def main() -> int:
             while b"ready on device" not in (root / "worker.log").read_bytes():
                 time.sleep(0.2)
             time.sleep(1.0)
-            baseline = memory_kb(child)["VmRSS"]
+            before = memory_kb(child)
+            baseline, base_anon, base_file = before["VmRSS"], before["RssAnon"], before["RssFile"]
             requested = runs.request_run(ws.session_factory, ws.queue, kind="transplant", assistant="bench-assistant",
                                          version="v2", user="bench", channel="#bench", idempotency_key="bench-1")
             started = time.monotonic()
-            by_step: dict[str, int] = {}  # the most resident memory seen during each step
+            by_step: dict[str, tuple[int, int, int]] = {}  # step -> most (resident, anonymous, file) seen
             while True:
                 with ws.session_factory() as s:
                     run = s.get(Run, requested.run_id)
                     status, error, step = run.status, run.error, run.step
-                rss = memory_kb(child)["VmRSS"]
-                by_step[step] = max(by_step.get(step, 0), rss)
+                now = memory_kb(child)
+                seen = by_step.get(step, (0, 0, 0))
+                by_step[step] = (max(seen[0], now["VmRSS"]), max(seen[1], now["RssAnon"]), max(seen[2], now["RssFile"]))
                 if status in ("succeeded", "failed"):
                     break
                 time.sleep(0.1)
@@ -137,8 +139,10 @@ def main() -> int:
         if status != "succeeded":
             print(f"run failed: {error}\n{(root / 'worker.log').read_text()[-3000:]}")
             return 1
-        for step, rss in by_step.items():
-            print(f"  {(rss - baseline) * 1024 / base_bytes:5.2f}x of the base above baseline during: {step}")
+        print("  above baseline, in base sizes: resident (anonymous + file-backed) during each step")
+        for step, (rss, anon, file) in by_step.items():
+            print(f"  {(rss - baseline) * 1024 / base_bytes:5.2f}x ({(anon - base_anon) * 1024 / base_bytes:.2f} + "
+                  f"{(file - base_file) * 1024 / base_bytes:.2f})  {step}")
         above = (peak - baseline) * 1024
         print(f"worker pool process: {baseline / 1024:.0f} MB before the run, peak {peak / 1024:.0f} MB "
               f"during it ({time.monotonic() - started:.0f} s)")

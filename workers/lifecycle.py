@@ -43,6 +43,7 @@ class SweeperTimer(threading.Thread):
 def _init_process(**_) -> None:
     ctx = context.reset()
     from portllm_engine.models import pick_device
+    from portllm_engine.transplant import PatchServer  # noqa: F401  (transformers and peft, once, before any task)
 
     device = ctx.settings.device or pick_device()
     log.info("PortLLM worker process ready on device %s", _describe(device))
