@@ -37,6 +37,16 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Ids are Integer columns: 32-bit on PostgreSQL, and the same schema bounds them on SQLite.
+MAX_ID = 2**31 - 1
+
+
+def id_in_range(value: int) -> bool:
+    """Whether a row can have this id. Look a typed id up only when it is: a larger one makes
+    PostgreSQL fail the query ("integer out of range") and SQLite's driver overflow."""
+    return 0 < value <= MAX_ID
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in and out; SQLite stores no offset, so naive values read back as UTC."""
 

@@ -9,7 +9,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from registry.errors import InvalidTransition, RegistryError, UnknownPatch, UnknownRun
-from registry.models import ACTIVE_RUN_STATUSES, Assistant, EvalSubject, Evaluation, Run, RunKind, RunStatus, utcnow
+from registry.models import (
+    ACTIVE_RUN_STATUSES,
+    Assistant,
+    EvalSubject,
+    Evaluation,
+    Run,
+    RunKind,
+    RunStatus,
+    id_in_range,
+    utcnow,
+)
 from registry.services.catalog import (
     current_patch,
     get_patch,
@@ -36,7 +46,7 @@ RUN_TRANSITIONS: dict[str, frozenset[str]] = {
 
 
 def get_run(s: Session, run_id: int) -> Run:
-    run = s.get(Run, run_id)
+    run = s.get(Run, run_id) if id_in_range(run_id) else None
     if run is None:
         raise UnknownRun(run_id)
     return run
