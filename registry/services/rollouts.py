@@ -14,7 +14,17 @@ from registry.errors import (
     RunNotAwaitingApproval,
     channel_label,
 )
-from registry.models import Assistant, EvalSubject, Rollout, RolloutState, RunKind, RunStatus, Verdict, utcnow
+from registry.models import (
+    DECIDABLE_ROLLOUT_STATES,
+    Assistant,
+    EvalSubject,
+    Rollout,
+    RolloutState,
+    RunKind,
+    RunStatus,
+    Verdict,
+    utcnow,
+)
 from registry.services.catalog import is_admin, require_approver, resolve_assistant
 from registry.services.common import audit, conditional_update
 from registry.services.runs import get_run
@@ -112,7 +122,7 @@ def decide_rollout(
     if rollout is None:
         raise RunNotAwaitingApproval(run_id, RunKind.EVAL if run.kind == RunKind.EVAL else run.status)
     expected = rollout.state
-    if expected not in (RolloutState.AWAITING_APPROVAL, RolloutState.BLOCKED):
+    if expected not in DECIDABLE_ROLLOUT_STATES:
         raise RunNotAwaitingApproval(run_id, expected)
     reason = (reason or "").strip() or None
     now = utcnow()
