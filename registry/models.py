@@ -90,6 +90,7 @@ class RolloutState(StrEnum):
     ROLLED_BACK = "rolled_back"
     REJECTED = "rejected"
     BLOCKED = "blocked"
+    SUPERSEDED_BY_NEWER = "superseded_by_newer"  # retired undecided: a newer run proposed the same base
 
 
 # The state sets every package uses (tuples, so SQL `IN` takes them as they are).
@@ -290,6 +291,11 @@ class Rollout(Base):
     __table_args__ = (
         CheckConstraint(_in("state", RolloutState), name="state"),
         CheckConstraint(_in("verdict", Verdict), name="verdict"),
+        # A retired proposal always names the proposal that replaced it (its refusal points there).
+        CheckConstraint(
+            f"state != '{RolloutState.SUPERSEDED_BY_NEWER}' OR newer_rollout_id IS NOT NULL",
+            name="newer_rollout_when_replaced",
+        ),
         Index(
             "uq_rollouts_one_live_per_channel",
             "assistant_id",
@@ -310,6 +316,8 @@ class Rollout(Base):
     live_accuracy: Mapped[float | None] = mapped_column(Float)  # what the gate compared against
     # The rollout that was live in this channel when this one went live (rollback restores it).
     replaced_rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"))
+    # The newer proposal for the same (assistant, channel, target base) that retired this one.
+    newer_rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"))
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decided_at: Mapped[datetime | None]
     reason: Mapped[str | None] = mapped_column(Text)
@@ -319,7 +327,11 @@ class Rollout(Base):
 
     run: Mapped[Run] = relationship(back_populates="rollout")
     assistant: Mapped[Assistant] = relationship()
-    replaced: Mapped[Rollout | None] = relationship(remote_side=[id])
+    replaced: Mapped[Rollout | None] = relationship(foreign_keys=[replaced_rollout_id], remote_side=[id])
+    # The older proposals this one retired when it opened (for callers updating their cards).
+    retired: Mapped[list[Rollout]] = relationship(
+        foreign_keys=[newer_rollout_id], order_by="Rollout.id", viewonly=True
+    )
 
 
 class AuditEvent(Base):
