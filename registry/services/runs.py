@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from registry.errors import InvalidTransition, RegistryError, UnknownPatch, UnknownRun
 from registry.models import (
     ACTIVE_RUN_STATUSES,
+    FINAL_RUN_STATUSES,
     Assistant,
     EvalSubject,
     Evaluation,
@@ -213,7 +214,7 @@ def finish_run(
 
     Reports left as None keep what is stored. A finished run cannot finish again (InvalidTransition).
     """
-    if status not in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
+    if status not in FINAL_RUN_STATUSES:
         raise RegistryError(f"A run finishes as succeeded, failed or cancelled, not '{status}'.")
     values: dict[str, Any] = {"finished_at": utcnow(), "step": str(status)}
     if status == RunStatus.SUCCEEDED:
