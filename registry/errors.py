@@ -77,6 +77,7 @@ _STATE_PHRASES = {
     "superseded": "was superseded",
     "rolled_back": "was rolled back",
     "rejected": "was rejected",
+    "superseded_by_newer": "was replaced by a newer run",
     "queued": "is still queued",
     "running": "is still running",
     "failed": "failed",
@@ -86,12 +87,32 @@ _STATE_PHRASES = {
 }
 
 
+def _state_phrase(state: str) -> str:
+    return _STATE_PHRASES.get(state, f"is {state.replace('_', ' ')}")
+
+
 class RunNotAwaitingApproval(RegistryError):
-    def __init__(self, run_id: int, state: str):
+    def __init__(self, run_id: int, state: str, message: str | None = None):
         self.run_id = run_id
         self.state = state
-        phrase = _STATE_PHRASES.get(state, f"is {state.replace('_', ' ')}")
-        super().__init__(f"Run #{run_id} is not awaiting approval (it {phrase}).")
+        super().__init__(message or f"Run #{run_id} is not awaiting approval (it {_state_phrase(state)}).")
+
+
+class ReplacedByNewerRun(RunNotAwaitingApproval):
+    """The run's proposal was retired by a newer run's for the same assistant, base and channel."""
+
+    def __init__(
+        self, run_id: int, state: str, *, current_run_id: int, current_state: str,
+        current_pending: bool, assistant: str, version: str, channel: str,
+    ):
+        self.current_run_id = current_run_id
+        replaced = (f"Run #{run_id} was replaced by run #{current_run_id} for {assistant} on {version} "
+                    f"in {channel_label(channel)}")
+        if current_pending:
+            message = f"{replaced}: decide run #{current_run_id}."
+        else:
+            message = f"{replaced}; run #{current_run_id} {_state_phrase(current_state)}."
+        super().__init__(run_id, state, message)
 
 
 class NothingToRollBack(RegistryError):

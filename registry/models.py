@@ -37,6 +37,16 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Ids are Integer columns: 32-bit on PostgreSQL, and the same schema bounds them on SQLite.
+MAX_ID = 2**31 - 1
+
+
+def id_in_range(value: int) -> bool:
+    """Whether a row can have this id. Look a typed id up only when it is: a larger one makes
+    PostgreSQL fail the query ("integer out of range") and SQLite's driver overflow."""
+    return 0 < value <= MAX_ID
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in and out; SQLite stores no offset, so naive values read back as UTC."""
 
@@ -80,6 +90,7 @@ class RolloutState(StrEnum):
     ROLLED_BACK = "rolled_back"
     REJECTED = "rejected"
     BLOCKED = "blocked"
+    SUPERSEDED_BY_NEWER = "superseded_by_newer"  # retired undecided: a newer run proposed the same base
 
 
 # The state sets every package uses (tuples, so SQL `IN` takes them as they are).
@@ -280,6 +291,11 @@ class Rollout(Base):
     __table_args__ = (
         CheckConstraint(_in("state", RolloutState), name="state"),
         CheckConstraint(_in("verdict", Verdict), name="verdict"),
+        # A retired proposal always names the proposal that replaced it (its refusal points there).
+        CheckConstraint(
+            f"state != '{RolloutState.SUPERSEDED_BY_NEWER}' OR newer_rollout_id IS NOT NULL",
+            name="newer_rollout_when_replaced",
+        ),
         Index(
             "uq_rollouts_one_live_per_channel",
             "assistant_id",
@@ -300,6 +316,8 @@ class Rollout(Base):
     live_accuracy: Mapped[float | None] = mapped_column(Float)  # what the gate compared against
     # The rollout that was live in this channel when this one went live (rollback restores it).
     replaced_rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"))
+    # The newer proposal for the same (assistant, channel, target base) that retired this one.
+    newer_rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"))
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decided_at: Mapped[datetime | None]
     reason: Mapped[str | None] = mapped_column(Text)
@@ -309,7 +327,11 @@ class Rollout(Base):
 
     run: Mapped[Run] = relationship(back_populates="rollout")
     assistant: Mapped[Assistant] = relationship()
-    replaced: Mapped[Rollout | None] = relationship(remote_side=[id])
+    replaced: Mapped[Rollout | None] = relationship(foreign_keys=[replaced_rollout_id], remote_side=[id])
+    # The older proposals this one retired when it opened (for callers updating their cards).
+    retired: Mapped[list[Rollout]] = relationship(
+        foreign_keys=[newer_rollout_id], order_by="Rollout.id", viewonly=True
+    )
 
 
 class AuditEvent(Base):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from registry.errors import (
     ConcurrentUpdate,
@@ -11,10 +11,22 @@ from registry.errors import (
     InvalidTransition,
     NothingToRollBack,
     RegistryError,
+    ReplacedByNewerRun,
     RunNotAwaitingApproval,
     channel_label,
 )
-from registry.models import Assistant, EvalSubject, Rollout, RolloutState, RunKind, RunStatus, Verdict, utcnow
+from registry.models import (
+    DECIDABLE_ROLLOUT_STATES,
+    Assistant,
+    EvalSubject,
+    Rollout,
+    RolloutState,
+    Run,
+    RunKind,
+    RunStatus,
+    Verdict,
+    utcnow,
+)
 from registry.services.catalog import is_admin, require_approver, resolve_assistant
 from registry.services.common import audit, conditional_update
 from registry.services.runs import get_run
@@ -22,13 +34,21 @@ from registry.services.runs import get_run
 
 # The rollout lifecycle. blocked -> live needs an admin and a reason; superseded -> live is a rollback.
 ROLLOUT_TRANSITIONS: dict[str, frozenset[str]] = {
-    RolloutState.AWAITING_APPROVAL: frozenset({RolloutState.LIVE, RolloutState.REJECTED}),
-    RolloutState.BLOCKED: frozenset({RolloutState.LIVE, RolloutState.REJECTED}),
+    RolloutState.AWAITING_APPROVAL: frozenset(
+        {RolloutState.LIVE, RolloutState.REJECTED, RolloutState.SUPERSEDED_BY_NEWER}
+    ),
+    RolloutState.BLOCKED: frozenset(
+        {RolloutState.LIVE, RolloutState.REJECTED, RolloutState.SUPERSEDED_BY_NEWER}
+    ),
     RolloutState.LIVE: frozenset({RolloutState.SUPERSEDED, RolloutState.ROLLED_BACK}),
     RolloutState.SUPERSEDED: frozenset({RolloutState.LIVE}),
     RolloutState.ROLLED_BACK: frozenset(),
     RolloutState.REJECTED: frozenset(),
+    RolloutState.SUPERSEDED_BY_NEWER: frozenset(),
 }
+
+# The audit trail's actor when a newer proposal retires older ones: no person decided it.
+RETIRING_ACTOR = "system:newer-proposal"
 
 
 def _live_query(assistant_id: int, channel: str) -> Select[tuple[Rollout]]:
@@ -55,12 +75,17 @@ def open_rollout(
 ) -> Rollout:
     """Propose the run's candidate for its channel: awaiting_approval, or blocked on a `fail`.
 
+    One proposal per (assistant, channel, target base) stays pending, the newest run's: older
+    pending ones end as superseded_by_newer (audited), and so does this one if a newer run
+    proposed first. The returned rollout's `retired` lists the proposals it retired.
     Idempotent: a run has at most one rollout, and opening it again returns it.
     """
     if verdict not in Verdict.__members__.values():
         raise RegistryError(f"Unknown gate verdict '{verdict}'; use one of: {', '.join(Verdict)}.")
     run = get_run(s, run_id)
-    existing = s.scalar(select(Rollout).where(Rollout.run_id == run_id))
+    existing = s.scalar(
+        select(Rollout).where(Rollout.run_id == run_id).options(selectinload(Rollout.retired))
+    )
     if existing is not None:
         return existing
     if run.kind == RunKind.EVAL:
@@ -72,6 +97,7 @@ def open_rollout(
     if run.status not in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
         raise InvalidTransition(f"Run #{run_id}", run.status, "a rollout")
     candidate = run.evaluation(EvalSubject.CANDIDATE)
+    _lock_proposals_of(s, run.assistant_id)
     state = RolloutState.BLOCKED if verdict == Verdict.FAIL else RolloutState.AWAITING_APPROVAL
     rollout = Rollout(
         run_id=run_id, assistant_id=run.assistant_id, channel=run.channel, state=state.value,
@@ -87,8 +113,41 @@ def open_rollout(
           entity_type="rollout", entity_id=rollout.id, assistant_id=run.assistant_id,
           run_id=run_id, channel=run.channel, verdict=str(verdict), accuracy=rollout.accuracy,
           live_accuracy=live_accuracy)
+    _retire_older_proposals(s, run)
     s.expire(run, ["rollout"])
-    return rollout
+    # Reloaded: retiring may have ended this very rollout, and callers read `retired` after commit.
+    return s.get(Rollout, rollout.id, populate_existing=True, options=[selectinload(Rollout.retired)])
+
+
+def _lock_proposals_of(s: Session, assistant_id: int) -> None:
+    """Serialise proposals of one assistant until commit, so two runs opening at once both see
+    each other's rollout. NO KEY UPDATE leaves rows that merely reference the assistant (audit
+    events, decisions) unblocked; SQLite serialises writers anyway."""
+    s.execute(select(Assistant.id).where(Assistant.id == assistant_id).with_for_update(key_share=True))
+
+
+def _retire_older_proposals(s: Session, run: Run) -> None:
+    """Keep only the newest run's proposal pending for the run's (assistant, channel, target base)."""
+    runs_on_base = select(Run.id).where(
+        Run.assistant_id == run.assistant_id, Run.target_base_id == run.target_base_id
+    )
+    pending = list(s.scalars(
+        select(Rollout).where(
+            Rollout.assistant_id == run.assistant_id, Rollout.channel == run.channel,
+            Rollout.run_id.in_(runs_on_base), Rollout.state.in_(DECIDABLE_ROLLOUT_STATES),
+        ).order_by(Rollout.run_id).with_for_update().execution_options(populate_existing=True)
+    ))
+    newest = pending[-1]  # never empty: this run's rollout was just opened
+    now = utcnow()
+    for older in pending[:-1]:
+        if conditional_update(
+            s, Rollout, [Rollout.id == older.id, Rollout.state == older.state],
+            state=RolloutState.SUPERSEDED_BY_NEWER.value, newer_rollout_id=newest.id, ended_at=now,
+        ):
+            audit(s, actor=RETIRING_ACTOR, action="rollout.superseded_by_newer", entity_type="rollout",
+                  entity_id=older.id, assistant_id=run.assistant_id, run_id=older.run_id,
+                  channel=older.channel, state_before=older.state, newer_run_id=newest.run_id,
+                  newer_rollout_id=newest.id)
 
 
 def _locked_rollout(s: Session, *where) -> Rollout | None:
@@ -112,8 +171,8 @@ def decide_rollout(
     if rollout is None:
         raise RunNotAwaitingApproval(run_id, RunKind.EVAL if run.kind == RunKind.EVAL else run.status)
     expected = rollout.state
-    if expected not in (RolloutState.AWAITING_APPROVAL, RolloutState.BLOCKED):
-        raise RunNotAwaitingApproval(run_id, expected)
+    if expected not in DECIDABLE_ROLLOUT_STATES:
+        raise _not_awaiting(s, rollout)
     reason = (reason or "").strip() or None
     now = utcnow()
     if not approve:
@@ -177,7 +236,21 @@ def _raise_if_lost(s: Session, won: int, rollout: Rollout, expected: str | None 
         return
     current = _reload_rollout(s, rollout.id)
     if expected is None or current.state != expected:
-        raise RunNotAwaitingApproval(current.run_id, current.state)
+        raise _not_awaiting(s, current)
+
+
+def _not_awaiting(s: Session, rollout: Rollout) -> RunNotAwaitingApproval:
+    """The refusal for deciding a rollout that is not pending; a retired one names the run to decide."""
+    if rollout.state != RolloutState.SUPERSEDED_BY_NEWER:
+        return RunNotAwaitingApproval(rollout.run_id, rollout.state)
+    current = _reload_rollout(s, rollout.newer_rollout_id)
+    while current.state == RolloutState.SUPERSEDED_BY_NEWER:  # the newer one was replaced in turn
+        current = _reload_rollout(s, current.newer_rollout_id)
+    return ReplacedByNewerRun(
+        rollout.run_id, rollout.state, current_run_id=current.run_id, current_state=current.state,
+        current_pending=current.state in DECIDABLE_ROLLOUT_STATES, assistant=rollout.assistant.name,
+        version=rollout.run.target_base.version, channel=rollout.channel,
+    )
 
 
 def _reload_rollout(s: Session, rollout_id: int) -> Rollout:

@@ -9,7 +9,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from registry.errors import InvalidTransition, RegistryError, UnknownPatch, UnknownRun
-from registry.models import ACTIVE_RUN_STATUSES, Assistant, EvalSubject, Evaluation, Run, RunKind, RunStatus, utcnow
+from registry.models import (
+    ACTIVE_RUN_STATUSES,
+    FINAL_RUN_STATUSES,
+    Assistant,
+    EvalSubject,
+    Evaluation,
+    Run,
+    RunKind,
+    RunStatus,
+    id_in_range,
+    utcnow,
+)
 from registry.services.catalog import (
     current_patch,
     get_patch,
@@ -36,7 +47,7 @@ RUN_TRANSITIONS: dict[str, frozenset[str]] = {
 
 
 def get_run(s: Session, run_id: int) -> Run:
-    run = s.get(Run, run_id)
+    run = s.get(Run, run_id) if id_in_range(run_id) else None
     if run is None:
         raise UnknownRun(run_id)
     return run
@@ -203,7 +214,7 @@ def finish_run(
 
     Reports left as None keep what is stored. A finished run cannot finish again (InvalidTransition).
     """
-    if status not in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
+    if status not in FINAL_RUN_STATUSES:
         raise RegistryError(f"A run finishes as succeeded, failed or cancelled, not '{status}'.")
     values: dict[str, Any] = {"finished_at": utcnow(), "step": str(status)}
     if status == RunStatus.SUCCEEDED:

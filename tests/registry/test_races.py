@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 
 from registry import services as sv
 from registry.db import session_scope
-from registry.errors import ConcurrentUpdate, RunNotAwaitingApproval
+from registry.errors import ConcurrentUpdate, ReplacedByNewerRun, RunNotAwaitingApproval
 from registry.models import AuditEvent, Rollout, Run
-from tests.registry.helpers import ASSISTANT, live, proposed, seed
+from tests.registry.helpers import ASSISTANT, finished_run, live, proposed, seed
 
 THREADS = 10
 
@@ -68,10 +68,12 @@ def test_ten_approvals_of_one_rollout_have_one_winner(session_factory):
 
 
 def test_ten_candidates_approved_at_once_leave_one_live(session_factory):
+    # Each on its own base version: a newer proposal for the same base retires the older one.
+    versions = [f"v{i}" for i in range(1, THREADS + 2)]
     with session_scope(session_factory) as s:
-        seed(s)
+        seed(s, versions=tuple(versions))
         live(s, "v1")
-        candidates = [proposed(s, "v2" if i % 2 else "v3").run_id for i in range(THREADS)]
+        candidates = [proposed(s, version).run_id for version in versions[1:]]
     outcomes = _race(session_factory, lambda s, i: sv.decide_rollout(
         s, candidates[i], approve=True, user="alice").state)
 
@@ -83,6 +85,22 @@ def test_ten_candidates_approved_at_once_leave_one_live(session_factory):
         assert _count(s, AuditEvent, AuditEvent.action == "rollout.approved") == 1 + winners
         # every approval superseded exactly the one live before it: a single chain
         assert _count(s, Rollout, Rollout.state == "superseded") == winners
+
+
+def test_ten_proposals_for_one_base_opened_at_once_leave_the_newest_pending(session_factory):
+    with session_scope(session_factory) as s:
+        seed(s)
+        runs = [finished_run(s, "v3").id for _ in range(THREADS)]
+    outcomes = _race(session_factory, lambda s, i: sv.open_rollout(s, runs[i], verdict="pass").state)
+
+    assert all(isinstance(o, str) for o in outcomes), outcomes
+    with session_scope(session_factory) as s:
+        pending = s.scalars(select(Rollout).where(Rollout.state == "awaiting_approval")).all()
+        assert [r.run_id for r in pending] == [max(runs)]
+        assert _count(s, Rollout, Rollout.state == "superseded_by_newer") == THREADS - 1
+        assert _count(s, AuditEvent, AuditEvent.action == "rollout.superseded_by_newer") == THREADS - 1
+        with pytest.raises(ReplacedByNewerRun, match=rf"decide run #{max(runs)}\.$"):
+            sv.decide_rollout(s, min(runs), approve=True, user="alice")
 
 
 def test_ten_requests_with_one_key_make_one_run(session_factory):

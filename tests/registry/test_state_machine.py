@@ -17,6 +17,7 @@ from registry.errors import (
     GateFailedNeedsAdmin,
     InvalidTransition,
     NothingToRollBack,
+    ReplacedByNewerRun,
     RunNotAwaitingApproval,
 )
 from registry.models import Rollout, RolloutState, Run, RunStatus
@@ -25,12 +26,13 @@ from tests.registry.helpers import ASSISTANT, live, proposed, seed
 
 def test_transition_tables_are_the_designed_ones():
     assert {k: set(v) for k, v in sv.ROLLOUT_TRANSITIONS.items()} == {
-        "awaiting_approval": {"live", "rejected"},
-        "blocked": {"live", "rejected"},
+        "awaiting_approval": {"live", "rejected", "superseded_by_newer"},
+        "blocked": {"live", "rejected", "superseded_by_newer"},
         "live": {"superseded", "rolled_back"},
         "superseded": {"live"},
         "rolled_back": set(),
         "rejected": set(),
+        "superseded_by_newer": set(),
     }
     assert {k: set(v) for k, v in sv.RUN_TRANSITIONS.items()} == {
         "queued": {"running", "failed", "cancelled"},
@@ -81,6 +83,12 @@ def _rejected(s, channel):
     return sv.decide_rollout(s, rollout.run_id, approve=False, user="bob", reason="no")
 
 
+def _superseded_by_newer(s, channel):
+    older = proposed(s, "v2", channel=channel)
+    proposed(s, "v2", channel=channel)
+    return s.get(Rollout, older.id)
+
+
 ARRANGE: dict[str, Callable] = {
     "awaiting_approval": _awaiting,
     "blocked": _blocked,
@@ -89,9 +97,11 @@ ARRANGE: dict[str, Callable] = {
     "superseded": _superseded,
     "rolled_back": _rolled_back,
     "rejected": _rejected,
+    "superseded_by_newer": _superseded_by_newer,
 }
 
 # Act: each action targets the rollout `r` under test.
+NEWER = "a newer run proposes the same base"
 ACTIONS: dict[str, Callable] = {
     "approve": lambda s, r: sv.decide_rollout(s, r.run_id, approve=True, user="alice"),
     "approve as admin with reason": lambda s, r: sv.decide_rollout(
@@ -101,39 +111,48 @@ ACTIONS: dict[str, Callable] = {
     "reject": lambda s, r: sv.decide_rollout(s, r.run_id, approve=False, user="bob"),
     "another goes live": lambda s, r: live(s, "v3", channel=r.channel),
     "rollback": lambda s, r: sv.rollback(s, ASSISTANT, r.channel, "alice"),
+    NEWER: lambda s, r: proposed(s, r.run.target_base.version, channel=r.channel),
 }
 
 NA = RunNotAwaitingApproval
+RBN = ReplacedByNewerRun
 ROLLOUT_TABLE: dict[str, dict[str, str | type[Exception]]] = {
     "awaiting_approval": {
         "approve": "live", "approve as admin with reason": "live",
         "approve as admin without reason": "live", "reject": "rejected",
         "another goes live": "awaiting_approval", "rollback": NothingToRollBack,
+        NEWER: "superseded_by_newer",
     },
     "blocked": {
         "approve": GateFailedNeedsAdmin, "approve as admin with reason": "live",
         "approve as admin without reason": GateFailedNeedsAdmin, "reject": "rejected",
-        "another goes live": "blocked", "rollback": NothingToRollBack,
+        "another goes live": "blocked", "rollback": NothingToRollBack, NEWER: "superseded_by_newer",
     },
     "live": {
         "approve": NA, "approve as admin with reason": NA, "approve as admin without reason": NA,
-        "reject": NA, "another goes live": "superseded", "rollback": "rolled_back",
+        "reject": NA, "another goes live": "superseded", "rollback": "rolled_back", NEWER: "live",
     },
     "live (first in channel)": {
         "approve": NA, "approve as admin with reason": NA, "approve as admin without reason": NA,
-        "reject": NA, "another goes live": "superseded", "rollback": NothingToRollBack,
+        "reject": NA, "another goes live": "superseded", "rollback": NothingToRollBack, NEWER: "live",
     },
     "superseded": {
         "approve": NA, "approve as admin with reason": NA, "approve as admin without reason": NA,
-        "reject": NA, "another goes live": "superseded", "rollback": "live",
+        "reject": NA, "another goes live": "superseded", "rollback": "live", NEWER: "superseded",
     },
     "rolled_back": {
         "approve": NA, "approve as admin with reason": NA, "approve as admin without reason": NA,
         "reject": NA, "another goes live": "rolled_back", "rollback": NothingToRollBack,
+        NEWER: "rolled_back",
     },
     "rejected": {
         "approve": NA, "approve as admin with reason": NA, "approve as admin without reason": NA,
-        "reject": NA, "another goes live": "rejected", "rollback": NothingToRollBack,
+        "reject": NA, "another goes live": "rejected", "rollback": NothingToRollBack, NEWER: "rejected",
+    },
+    "superseded_by_newer": {
+        "approve": RBN, "approve as admin with reason": RBN, "approve as admin without reason": RBN,
+        "reject": RBN, "another goes live": "superseded_by_newer", "rollback": NothingToRollBack,
+        NEWER: "superseded_by_newer",
     },
 }
 
