@@ -89,6 +89,8 @@ def run_card(card: RunCard) -> Panel:
     elif card.rollout_state:
         by = f" by {card.decided_by}" if card.decided_by else ""
         reason = f": {card.decision_reason}" if card.decision_reason else ""
+        if card.replaced_by_run is not None:
+            by = f" (run #{card.replaced_by_run}): decide that one"
         parts.append(Text(f"{ROLLOUT_TEXT.get(card.rollout_state, card.rollout_state)}{by}{reason}", style="bold"))
     return Panel(Group(*parts), title=run_title(card), title_align="left")
 

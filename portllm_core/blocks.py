@@ -37,6 +37,7 @@ ROLLOUT_TEXT = {
     "blocked": "blocked by the gate",
     "live": "live",
     "superseded": "superseded",
+    "superseded_by_newer": "replaced by a newer run",
     "rolled_back": "rolled back",
     "rejected": "rejected",
 }
@@ -189,7 +190,7 @@ def run_card_blocks(card: RunCard) -> list[dict]:
 def _decision_blocks(card: RunCard) -> list[dict]:
     if card.awaiting_decision:
         return [_actions(card)]
-    if card.rollout_state in ("live", "superseded", "rolled_back", "rejected"):
+    if card.rollout_state in ("live", "superseded", "superseded_by_newer", "rolled_back", "rejected"):
         return [outcome_block(card)]
     return []
 
@@ -224,6 +225,9 @@ def outcome_text(card: RunCard) -> str:
             return f":white_check_mark: Approved by {by} · since superseded by a newer rollout"
         case "rolled_back":
             return f":leftwards_arrow_with_hook: Approved by {by} · rolled back since"
+        case "superseded_by_newer":
+            return (f":recycle: Replaced by run #{card.replaced_by_run}, a newer proposal of "
+                    f"{escape(card.assistant)} on {escape(card.target_version)} here: decide that one")
         case "rejected":
             return f":no_entry: Rejected by {by}{reason}"
         case "blocked":

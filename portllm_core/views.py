@@ -63,6 +63,7 @@ class RunCard:
     error: str | None = None
     can_retune: bool = False
     result_patch_id: int | None = None  # the patch a re-tune or train run produced
+    replaced_by_run: int | None = None  # a newer run's proposal for the same base and channel retired this one
     json: dict = field(default_factory=dict, compare=False, repr=False)  # records.*: what `--json` prints
 
     def to_json(self) -> dict:
@@ -202,8 +203,18 @@ def run_card(session: Session, run_id: int) -> RunCard:
         error=run.error,
         can_retune=verdict == Verdict.FAIL and run.patch is not None and run.patch.train_data_ref is not None,
         result_patch_id=run.result_patch_id,
+        replaced_by_run=_newest_proposal(session, rollout),
         json=records.run(run),
     )
+
+
+def _newest_proposal(session: Session, rollout: Rollout | None) -> int | None:
+    """The run whose proposal replaced this one's (following replacements to the newest)."""
+    run_id = None
+    while rollout is not None and rollout.newer_rollout_id is not None:
+        rollout = session.get(Rollout, rollout.newer_rollout_id)
+        run_id = rollout.run_id
+    return run_id
 
 
 def _kpi_row(subject: str, evaluation: Evaluation | None) -> KpiRow | None:

@@ -148,7 +148,9 @@ class RunJob:
             return s.execute(stmt).rowcount == 1
 
     # -- endings -------------------------------------------------------------------------
-    def succeed(self, outcome: Outcome) -> None:
+    def succeed(self, outcome: Outcome) -> list[int]:
+        """Write every result at once; returns the runs whose older proposals this one retired."""
+        retired: list[int] = []
         with session_scope(self.ctx.session_factory) as s:
             if not self._touch(s):  # also takes the row's write lock until the commit
                 raise RunTakenOver()
@@ -162,9 +164,12 @@ class RunJob:
                     metrics=result.metrics, items_ref=items_ref, duration_s=result.duration_s,
                 )
             if outcome.verdict is not None:
-                services.open_rollout(s, self.run_id, verdict=outcome.verdict, live_accuracy=outcome.live_accuracy)
+                rollout = services.open_rollout(s, self.run_id, verdict=outcome.verdict,
+                                                live_accuracy=outcome.live_accuracy)
+                retired = [older.run_id for older in rollout.retired]
             services.finish_run(s, self.run_id, status=RunStatus.SUCCEEDED, compat_report=self.compat_report,
                                 drift_report=self.drift_report, result_patch_id=result_patch_id)
+        return retired
 
     def fail(self, message: str, compat_report: dict | None = None) -> None:
         with session_scope(self.ctx.session_factory) as s:
@@ -188,7 +193,8 @@ def run_task(task: Task, run_id: int, work: Callable[[RunJob], Outcome]) -> str:
     try:
         try:
             with job.heartbeating():
-                job.succeed(work(job))
+                for older in job.succeed(work(job)):  # their cards now say which run replaced them
+                    job.ctx.notifier.run_changed(older, final=True)
             result = "succeeded"
         except JobFailed as exc:
             job.fail(str(exc), exc.compat_report)

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry.errors import DuplicateError, NotApprover, RegistryError, UnknownAssistant, UnknownBase, UnknownPatch
-from registry.models import Assistant, BaseModel, Patch, Rollout, Run
+from registry.models import Assistant, BaseModel, Patch, Rollout, Run, id_in_range
 from registry.services.common import audit, flush_or_duplicate
 
 
@@ -242,7 +242,7 @@ def register_patch(
     owner = resolve_assistant(s, assistant)
     base = resolve_base(s, owner, origin_base)
     parent_id = parent_patch.id if isinstance(parent_patch, Patch) else parent_patch
-    if parent_id is not None and s.get(Patch, parent_id) is None:
+    if parent_id is not None and (not id_in_range(parent_id) or s.get(Patch, parent_id) is None):
         raise UnknownPatch(f"There is no patch #{parent_id} to derive from.")
     patch = Patch(
         assistant_id=owner.id,
@@ -268,7 +268,7 @@ def register_patch(
 
 
 def get_patch(s: Session, patch_id: int) -> Patch:
-    patch = s.get(Patch, patch_id)
+    patch = s.get(Patch, patch_id) if id_in_range(patch_id) else None
     if patch is None:
         raise UnknownPatch(f"There is no patch #{patch_id}.")
     return patch

@@ -188,3 +188,11 @@ def test_a_train_run_card_names_the_base_it_trains_on_and_the_patch_it_produced(
     console = Console(width=200, record=True)
     console.print(terminal.run_card(done))
     assert "training of a new support-assistant patch on v2 · succeeded · produced patch #7" in console.export_text()
+
+
+def test_a_retired_proposal_names_the_run_that_replaced_it_and_offers_no_buttons():
+    retired = card(rollout_state="superseded_by_newer", verdict="pass", replaced_by_run=7)
+    message = blocks.run_card_blocks(retired)
+    assert_valid(message)
+    assert "Replaced by run #7" in json.dumps(message) and "decide that one" in json.dumps(message)
+    assert actions(message) == []

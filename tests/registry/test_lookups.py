@@ -5,7 +5,7 @@ import pytest
 
 from registry import services as sv
 from registry.db import session_scope
-from registry.errors import UnknownRun
+from registry.errors import UnknownPatch, UnknownRun
 from tests.registry.helpers import proposed, seed
 
 
@@ -24,3 +24,12 @@ def test_ids_no_row_can_have_read_as_unknown_runs(session_factory, run_id):
             assert str(exc.value) == f"There is no run #{run_id}. `status` lists the current runs."
         # the transaction is still usable afterwards
         assert sv.get_run(s, rollout.run_id).id == rollout.run_id
+
+
+@pytest.mark.parametrize("patch_id", [0, 2**31, 2**70])
+def test_patch_ids_no_row_can_have_read_as_unknown_patches(session_factory, patch_id):
+    with session_scope(session_factory) as s:
+        seed(s)
+    with session_scope(session_factory) as s:
+        with pytest.raises(UnknownPatch, match=f"no patch #{patch_id}"):
+            sv.get_patch(s, patch_id)
