@@ -83,15 +83,15 @@ def run_card(card: RunCard) -> Panel:
     elif card.rollout_state == "blocked":
         hint = f"blocked by the gate: an admin may `approve {card.run_id} <reason>`; or `reject {card.run_id}`"
         parts.append(Text(hint, style="bold red"))
-        if card.can_retune:
-            parts.append(Text(f"fallback: `retune {card.run_id}` re-tunes the patch on {card.target_version}, "
-                              "warm-started from the transplanted weights", style="bold"))
     elif card.rollout_state:
         by = f" by {card.decided_by}" if card.decided_by else ""
         reason = f": {card.decision_reason}" if card.decision_reason else ""
         if card.replaced_by_run is not None:
             by = f" (run #{card.replaced_by_run}): decide that one"
         parts.append(Text(f"{ROLLOUT_TEXT.get(card.rollout_state, card.rollout_state)}{by}{reason}", style="bold"))
+    if card.can_retune:
+        parts.append(Text(f"fallback: `retune {card.run_id}` re-tunes the patch on {card.target_version}, "
+                          "warm-started from the transplanted weights", style="bold"))
     return Panel(Group(*parts), title=run_title(card), title_align="left")
 
 

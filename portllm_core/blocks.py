@@ -207,7 +207,7 @@ def _actions(card: RunCard) -> dict:
     elements.append(_button("Reject", Action.REJECT, value, "danger", _confirm(
         f"Reject run #{card.run_id}?", f"{escape(card.assistant)} on {escape(card.target_version)} will not go live.",
         "Reject", "danger")))
-    if card.rollout_state == "blocked" and card.can_retune:
+    if card.can_retune:
         elements.append(_button("Re-tune on the new base", Action.RETUNE, value, None, _confirm(
             f"Re-tune run #{card.run_id}?",
             "Starts a short re-tune of the patch on the new base, warm-started from the transplanted weights.",

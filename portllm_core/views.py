@@ -201,7 +201,9 @@ def run_card(session: Session, run_id: int) -> RunCard:
         decision_reason=rollout.reason if rollout is not None else None,
         compat_errors=tuple(str(e.get("message", e)) for e in compat.get("errors") or ()),
         error=run.error,
-        can_retune=verdict == Verdict.FAIL and run.patch is not None and run.patch.train_data_ref is not None,
+        # The fallback whenever the gate did not pass: a clear fail, or evidence too thin to pass.
+        can_retune=(verdict in (Verdict.FAIL, Verdict.INCONCLUSIVE) and rollout.state in DECIDABLE_ROLLOUT_STATES
+                    and run.patch is not None and run.patch.train_data_ref is not None),
         result_patch_id=run.result_patch_id,
         replaced_by_run=_newest_proposal(session, rollout),
         json=records.run(run),

@@ -117,8 +117,8 @@ def retune(run_id: int, ctx: Context) -> Reply:
         card = views.run_card(s, run_id)
         patch_id = s.get(Run, run_id).patch_id
     if not card.can_retune:
-        return Reply(f"Run #{run_id} cannot be re-tuned: that needs a failed gate and the patch's "
-                     "training data registered.", ok=False)
+        return Reply(f"Run #{run_id} cannot be re-tuned: that needs an undecided run whose gate did not pass "
+                     "(fail or inconclusive) and the patch's training data registered.", ok=False)
     return _request(RunKind.RETUNE, card.assistant, card.target_version, ctx,
                     idempotency_key=f"retune-of-run-{run_id}", patch_id=patch_id, channel=card.channel)
 

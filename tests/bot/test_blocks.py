@@ -196,3 +196,9 @@ def test_a_retired_proposal_names_the_run_that_replaced_it_and_offers_no_buttons
     assert_valid(message)
     assert "Replaced by run #7" in json.dumps(message) and "decide that one" in json.dumps(message)
     assert actions(message) == []
+
+
+def test_an_inconclusive_gate_offers_the_re_tune_next_to_approve_and_reject():
+    message = blocks.run_card_blocks(card(verdict="inconclusive", rollout_state="awaiting_approval", can_retune=True))
+    assert_valid(message)
+    assert actions(message) == [Action.APPROVE, Action.REJECT, Action.RETUNE]

@@ -161,3 +161,13 @@ def test_arbitrary_input_only_ever_replies(world, text):
     reply = handle(text, ctx(world, request_id=f"h-{hash(text)}"))
     assert isinstance(reply.text, str) and reply.text
     assert "went wrong on our side" not in reply.text  # bad input is refused, never a fault
+
+
+def test_an_inconclusive_gate_offers_the_retune_too_but_a_decided_run_does_not(world):
+    unsure = awaiting_run(world.session_factory, key="k-unsure", verdict="inconclusive")
+    first = retune(unsure, ctx(world, request_id="click-unsure"))
+    assert first.ok and "re-tune" in first.text
+    decided = awaiting_run(world.session_factory, key="k-decided", version="v3", verdict="inconclusive")
+    assert handle(f"reject {decided} not now", ctx(world, user=APPROVER)).ok
+    refused = retune(decided, ctx(world, request_id="click-decided"))
+    assert not refused.ok and "undecided" in refused.text
