@@ -110,6 +110,11 @@ class EvalSubject(StrEnum):
     TARGET_BASE = "target_base"  # target base alone
 
 
+class EvalStage(StrEnum):
+    QUICK = "quick"  # the assistant's suite, scored on every run
+    FULL = "full"  # its full suite, scored only when the quick verdict is inconclusive
+
+
 def _in(column: str, values: type[StrEnum]) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
@@ -156,6 +161,9 @@ class Assistant(Base):
     family: Mapped[str] = mapped_column(String(100))
     suite_ref: Mapped[str] = mapped_column(String(1000))
     suite_digest: Mapped[str] = mapped_column(String(64))
+    # Optional second stage: scored when the quick suite alone cannot decide.
+    full_suite_ref: Mapped[str | None] = mapped_column(String(1000))
+    full_suite_digest: Mapped[str | None] = mapped_column(String(64))
     min_accuracy: Mapped[float] = mapped_column(Float)
     max_regression: Mapped[float] = mapped_column(Float)
     approvers: Mapped[list[str]]  # Slack user ids (or console user names)
@@ -226,6 +234,8 @@ class Run(Base):
     channel: Mapped[str] = mapped_column(String(200))
     compat_report: Mapped[dict[str, Any] | None]
     drift_report: Mapped[dict[str, Any] | None]
+    # Which test decided the gate and why, in words for people (registry.gate.GateDecision, per stage).
+    gate_report: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None]
@@ -254,8 +264,10 @@ class Run(Base):
         """The patch the candidate carries: a re-tune's or train run's result, else the transplanted patch."""
         return self.result_patch or self.patch
 
-    def evaluation(self, subject: str) -> Evaluation | None:
-        return next((e for e in self.evaluations if e.subject == subject), None)
+    def evaluation(self, subject: str, stage: str | None = None) -> Evaluation | None:
+        """The subject's score at `stage`; by default the deciding one (full when it ran, else quick)."""
+        found = [e for e in self.evaluations if e.subject == subject and stage in (None, e.stage)]
+        return max(found, key=lambda e: e.stage == EvalStage.FULL, default=None)
 
 
 class Evaluation(Base):
@@ -263,14 +275,16 @@ class Evaluation(Base):
 
     __tablename__ = "evaluations"
     __table_args__ = (
-        UniqueConstraint("run_id", "subject"),
+        UniqueConstraint("run_id", "subject", "stage"),
         CheckConstraint(_in("subject", EvalSubject), name="subject"),
+        CheckConstraint(_in("stage", EvalStage), name="stage"),
         CheckConstraint("accuracy >= 0 AND accuracy <= 1", name="accuracy_range"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     subject: Mapped[str] = mapped_column(String(20))
+    stage: Mapped[str] = mapped_column(String(10), default=EvalStage.QUICK, server_default=EvalStage.QUICK.value)
     suite_digest: Mapped[str] = mapped_column(String(64))
     n: Mapped[int] = mapped_column(Integer)
     accuracy: Mapped[float] = mapped_column(Float)

@@ -44,14 +44,25 @@ class RunTakenOver(Exception):
 
 
 # Per-process caches, built on first use in each worker process.
+@dataclass(frozen=True)
+class Scored:
+    """One subject scored on one stage's suite."""
+
+    subject: str
+    stage: str
+    suite_digest: str
+    result: object  # portllm_engine.kpi.EvalResult
+    items_ref: str | None  # its per-item results in the artifact store
+
+
 @dataclass
 class Outcome:
     """What a run produced, written in the final transaction."""
 
-    suite_digest: str | None = None
-    evaluations: list[tuple[str, object, str | None]] = field(default_factory=list)  # subject, EvalResult, items_ref
+    evaluations: list[Scored] = field(default_factory=list)
     verdict: str | None = None
     live_accuracy: float | None = None
+    gate_report: dict | None = None  # per stage: verdict, the test that decided, and why
     new_patch: NewPatch | None = None  # a re-tune's or train run's patch
 
 
@@ -157,18 +168,20 @@ class RunJob:
             result_patch_id = None
             if outcome.new_patch is not None:
                 result_patch_id = register_stored_patch(s, outcome.new_patch).id
-            for subject, result, items_ref in outcome.evaluations:
+            for scored in outcome.evaluations:
+                result = scored.result
                 services.record_evaluation(
-                    s, self.run_id, subject=subject, suite_digest=outcome.suite_digest, n=result.n,
-                    accuracy=result.accuracy, ci_low=result.ci95[0], ci_high=result.ci95[1],
-                    metrics=result.metrics, items_ref=items_ref, duration_s=result.duration_s,
+                    s, self.run_id, subject=scored.subject, stage=scored.stage, suite_digest=scored.suite_digest,
+                    n=result.n, accuracy=result.accuracy, ci_low=result.ci95[0], ci_high=result.ci95[1],
+                    metrics=result.metrics, items_ref=scored.items_ref, duration_s=result.duration_s,
                 )
             if outcome.verdict is not None:
                 rollout = services.open_rollout(s, self.run_id, verdict=outcome.verdict,
                                                 live_accuracy=outcome.live_accuracy)
                 retired = [older.run_id for older in rollout.retired]
             services.finish_run(s, self.run_id, status=RunStatus.SUCCEEDED, compat_report=self.compat_report,
-                                drift_report=self.drift_report, result_patch_id=result_patch_id)
+                                drift_report=self.drift_report, result_patch_id=result_patch_id,
+                                gate_report=outcome.gate_report)
         return retired
 
     def fail(self, message: str, compat_report: dict | None = None) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 from portllm_core.flows.catalog import NewPatch, folder_size
 from registry import services
 from registry.errors import RegistryError
-from registry.models import Run, RunKind
+from registry.models import EvalStage, EvalSubject, Run, RunKind
 from workers import context
 from workers.caches import ResidentBases
-from workers.protocol import JobFailed, Outcome, RunJob
+from workers.protocol import JobFailed, Outcome, RunJob, Scored
 
 log = logging.getLogger("portllm.steps")
 
@@ -40,6 +40,13 @@ def artifact_path(ref: str) -> Path:
     return Path(ref).expanduser()
 
 
+@dataclass(frozen=True)
+class Suite:
+    stage: str  # registry.models.EvalStage
+    path: Path
+    digest: str
+
+
 @dataclass
 class RunInputs:
     """What a run needs, copied out of the registry as plain values."""
@@ -59,8 +66,7 @@ class RunInputs:
     target_version: str
     target_fingerprint: str
     target_base_id: int
-    suite_path: Path
-    suite_digest: str
+    suites: list[Suite]  # the quick suite, then the full one when the assistant has it
     min_accuracy: float
     max_regression: float
 
@@ -107,13 +113,17 @@ def load_inputs(job: RunJob) -> RunInputs:
             target_dir=resolve_model_dir(target.source_ref),
             target_label=target.label, target_version=target.version,
             target_fingerprint=target.fingerprint, target_base_id=target.id,
-            suite_path=artifact_path(assistant.suite_ref), suite_digest=assistant.suite_digest,
+            suites=[Suite(stage, artifact_path(ref), digest) for stage, ref, digest in (
+                (EvalStage.QUICK, assistant.suite_ref, assistant.suite_digest),
+                (EvalStage.FULL, assistant.full_suite_ref, assistant.full_suite_digest)) if ref],
             min_accuracy=assistant.min_accuracy, max_regression=assistant.max_regression,
         )
     from portllm_engine.kpi import suite_digest
 
-    if suite_digest(inputs.suite_path) != inputs.suite_digest:
-        raise JobFailed(f"The KPI suite of {inputs.assistant} changed since it was registered; register it again.")
+    for suite in inputs.suites:
+        if suite_digest(suite.path) != suite.digest:
+            raise JobFailed(f"The {suite.stage} KPI suite of {inputs.assistant} changed since it was registered; "
+                            "register it again.")
     return inputs
 
 
@@ -141,32 +151,34 @@ def measure_drift(job: RunJob, inputs: RunInputs, patch_dir: Path) -> None:
     job.drift_report = measure(inputs.origin_dir, inputs.target_dir, sorted(lora_modules(patch_dir))).to_dict()
 
 
-def evaluate_candidate_and_base(job: RunJob, inputs: RunInputs, patch_dir: Path, low: float) -> list:
+def score(job: RunJob, inputs: RunInputs, suite: Suite, patch_dir: Path, low: float, high: float) -> list[Scored]:
     """Score the target base alone, then the candidate: the patch attached by name to the same
     resident base, unmerged. One copy of the base serves both (PEFT's unmerged LoRA computes
     W·x + scale·B·A·x, which equals the merged W′·x up to float rounding), and it stays pristine
     in the cache for the next run and for answers."""
     from portllm_engine.kpi import evaluate, load_suite
 
-    items = load_suite(inputs.suite_path)
+    items = load_suite(suite.path)
+    on = "" if suite.stage == EvalStage.QUICK else f" on the {suite.stage} suite"
     job.step(low, "loading the target base")
     server = resident_bases().get(inputs.target_fingerprint, inputs.target_dir, inputs.target_label)
-    mid = low + (0.92 - low) / 2
-    job.step(low + 0.02, "evaluating the target base alone")
+    mid = low + (high - low) / 2
+    job.step(low + 0.01, f"evaluating the target base alone{on}")
     with server.use(None) as model:
         on_base = evaluate(model, server.tokenizer, items,
-                           progress=job.progress_between(low + 0.02, mid, "evaluating the target base alone"))
+                           progress=job.progress_between(low + 0.01, mid, f"evaluating the target base alone{on}"))
     name = f"run-{inputs.run_id}"
     job.step(mid, "attaching the patch to the target base")
     server.attach(name, patch_dir)
     try:
-        job.step(mid + 0.01, "evaluating the candidate")
+        job.step(mid + 0.01, f"evaluating the candidate{on}")
         with server.use(name) as model:
             on_candidate = evaluate(model, server.tokenizer, items,
-                                    progress=job.progress_between(mid + 0.01, 0.92, "evaluating the candidate"))
+                                    progress=job.progress_between(mid + 0.01, high, f"evaluating the candidate{on}"))
     finally:
         server.detach(name)  # answers attach the patches they serve under their own names
-    return [("candidate", on_candidate, store_items(on_candidate)), ("target_base", on_base, store_items(on_base))]
+    return [Scored(EvalSubject.CANDIDATE, suite.stage, suite.digest, on_candidate, store_items(on_candidate)),
+            Scored(EvalSubject.TARGET_BASE, suite.stage, suite.digest, on_base, store_items(on_base))]
 
 
 def store_items(result) -> str:
@@ -177,51 +189,80 @@ def store_items(result) -> str:
         return context.current().store.put_file(path)
 
 
-def live_accuracy(job: RunJob, inputs: RunInputs) -> float | None:
-    """The candidate accuracy of what is live in this channel, if it was scored on the same suite."""
-    job.step(0.93, "reading the live rollout's KPI")
+@dataclass(frozen=True)
+class LiveScore:
+    accuracy: float
+    correct: list[bool] | None  # per item, when its results are still in the artifact store
+
+
+def live_score(job: RunJob, inputs: RunInputs, digest: str) -> LiveScore | None:
+    """What is live in this channel, scored on the suite with this digest, or None."""
     with job.ctx.session_factory() as s:
         live = services.live_rollout(s, inputs.assistant, inputs.channel)
         if live is None or live.run_id == inputs.run_id:
             return None
-        evaluation = live.run.evaluation("candidate")
-        if evaluation is None or evaluation.suite_digest != inputs.suite_digest:
-            # Scores on another suite are not comparable: the gate falls back to min accuracy.
-            log.info("run #%s: live rollout #%s has no score on the current suite", inputs.run_id, live.id)
+        found = next((e for e in live.run.evaluations
+                      if e.subject == EvalSubject.CANDIDATE and e.suite_digest == digest), None)
+        if found is None:
+            # Scores on another suite are not comparable: the gate uses the floor alone.
+            log.info("run #%s: live rollout #%s has no score on suite %s", inputs.run_id, live.id, digest[:12])
             return None
-        return evaluation.accuracy
+        accuracy, items_ref = found.accuracy, found.items_ref
+    try:
+        items = json.loads(artifact_path(items_ref).read_text()) if items_ref else None
+    except (RegistryError, OSError, ValueError):
+        items = None  # the accuracy still allows the interval test
+    return LiveScore(accuracy, None if items is None else [bool(item["correct"]) for item in items])
 
 
-def gate(job: RunJob, inputs: RunInputs, outcome: Outcome) -> None:
-    from registry.gate import gate_verdict
+def decide(inputs: RunInputs, candidate, live: LiveScore | None):
+    """Item by item against live when both were scored on the same items; else the interval."""
+    from registry.gate import interval_gate, paired_gate
 
-    outcome.live_accuracy = live_accuracy(job, inputs)
-    job.step(0.96, "computing the gate verdict")
-    candidate = outcome.evaluations[0][1]
-    outcome.verdict = gate_verdict(candidate.accuracy, tuple(candidate.ci95), outcome.live_accuracy,
-                                   inputs.min_accuracy, inputs.max_regression)
+    mine = [bool(item["correct"]) for item in candidate.items]
+    if live is not None and live.correct is not None and len(live.correct) == len(mine):
+        return paired_gate(mine, live.correct, inputs.min_accuracy, inputs.max_regression)
+    return interval_gate(candidate.accuracy, tuple(candidate.ci95), None if live is None else live.accuracy,
+                         inputs.min_accuracy, inputs.max_regression)
+
+
+def gated(job: RunJob, inputs: RunInputs, patch_dir: Path, low: float, new_patch: NewPatch | None = None) -> Outcome:
+    """Score the quick suite and gate; score the full suite only when the quick verdict is
+    inconclusive (and the assistant has one), and let it decide."""
+    outcome = Outcome(new_patch=new_patch)
+    stages = []
+    split = low + (0.92 - low) * 0.4 if len(inputs.suites) > 1 else 0.92
+    for suite, (start, end) in zip(inputs.suites, ((low, split), (split, 0.92))):
+        scored = score(job, inputs, suite, patch_dir, start, end)
+        outcome.evaluations += scored
+        job.step(end + 0.01, f"computing the gate verdict ({suite.stage} suite)")
+        live = live_score(job, inputs, suite.digest)
+        decision = decide(inputs, scored[0].result, live)
+        stages.append({"stage": suite.stage, "verdict": decision.verdict, "test": decision.test,
+                       "explanation": decision.explanation})
+        outcome.verdict, outcome.live_accuracy = decision.verdict, None if live is None else live.accuracy
+        if decision.verdict != "inconclusive":
+            break
+    outcome.gate_report = {"stages": stages}
     job.step(0.98, "opening the rollout")
+    return outcome
 
 
 def transplant(job: RunJob) -> Outcome:
     """Check, measure drift, score base and candidate, gate: a rollout awaits approval."""
     inputs = load_inputs(job)
-    outcome = _evaluated(job, inputs, inputs.patch_dir, 0.2)
-    gate(job, inputs, outcome)
-    return outcome
+    check_compatibility(job, inputs, inputs.patch_dir)
+    measure_drift(job, inputs, inputs.patch_dir)
+    return gated(job, inputs, inputs.patch_dir, 0.2)
 
 
 def eval_only(job: RunJob) -> Outcome:
-    """Scores only. No rollout: `eval` answers "how would it do?", and opening a rollout would
-    put an approvable candidate in the channel that nobody asked to deploy (use `patch ... onto`)."""
+    """Scores on the quick suite only. No rollout: `eval` answers "how would it do?", and opening
+    a rollout would put an approvable candidate in the channel that nobody asked to deploy."""
     inputs = load_inputs(job)
-    return _evaluated(job, inputs, inputs.patch_dir, 0.2)
-
-
-def _evaluated(job: RunJob, inputs: RunInputs, patch_dir: Path, low: float) -> Outcome:
-    check_compatibility(job, inputs, patch_dir)
-    measure_drift(job, inputs, patch_dir)
-    return Outcome(suite_digest=inputs.suite_digest, evaluations=evaluate_candidate_and_base(job, inputs, patch_dir, low))
+    check_compatibility(job, inputs, inputs.patch_dir)
+    measure_drift(job, inputs, inputs.patch_dir)
+    return Outcome(evaluations=score(job, inputs, inputs.suites[0], inputs.patch_dir, 0.2, 0.95))
 
 
 def retune(job: RunJob) -> Outcome:
@@ -249,10 +290,7 @@ def retune(job: RunJob) -> Outcome:
         manifest=manifest, actor=inputs.requested_by, train_data_ref=inputs.train_data_ref,
         parent_patch=inputs.patch_id, provenance={"retuned_from_patch": inputs.patch_id, "run_id": inputs.run_id},
     )
-    outcome = Outcome(suite_digest=inputs.suite_digest, new_patch=new_patch,
-                      evaluations=evaluate_candidate_and_base(job, inputs, artifact_path(ref), 0.5))
-    gate(job, inputs, outcome)
-    return outcome
+    return gated(job, inputs, artifact_path(ref), 0.5, new_patch)
 
 
 def load_train_inputs(job: RunJob) -> TrainInputs:

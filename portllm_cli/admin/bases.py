@@ -1,7 +1,6 @@
 """`portllm base add/list`: register base models by fingerprint and architecture signature."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer

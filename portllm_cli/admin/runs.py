@@ -11,6 +11,7 @@ from portllm_cli.admin import render
 from portllm_core import records
 from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, progress_bar, stdout, table
 from portllm_cli.admin.runtime import BadInput, workspace, admin_command
+from portllm_core.workspace import Workspace
 
 app = typer.Typer(help="Runs: transplant-and-evaluate, eval-only, re-tune and train jobs.", no_args_is_help=True)
 

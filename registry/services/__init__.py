@@ -25,7 +25,6 @@ from registry.services.catalog import (
 )
 from registry.services.runs import (
     RUN_TRANSITIONS,
-    ACTIVE_RUN_STATUSES,
     get_run,
     request_run,
     claim_run,
@@ -66,7 +65,6 @@ __all__ = [
     "get_patch",
     "current_patch",
     "RUN_TRANSITIONS",
-    "ACTIVE_RUN_STATUSES",
     "get_run",
     "request_run",
     "claim_run",

@@ -84,7 +84,7 @@ def _close(word: str, known: list[str]) -> list[str]:
 
 
 _ASSISTANT_FIELDS = frozenset(
-    {"family", "suite_ref", "suite_digest", "min_accuracy", "max_regression", "approvers",
+    {"family", "suite_ref", "suite_digest", "full_suite_ref", "full_suite_digest", "min_accuracy", "max_regression", "approvers",
      "admins", "system_prompt", "owner"}
 )
 
@@ -102,6 +102,8 @@ def create_assistant(
     family: str,
     suite_ref: str,
     suite_digest: str,
+    full_suite_ref: str | None = None,
+    full_suite_digest: str | None = None,
     min_accuracy: float = 0.5,
     max_regression: float = 0.05,
     approvers: list[str] | None = None,
@@ -119,6 +121,8 @@ def create_assistant(
         family=family.strip(),
         suite_ref=suite_ref,
         suite_digest=suite_digest,
+        full_suite_ref=full_suite_ref,
+        full_suite_digest=full_suite_digest,
         min_accuracy=min_accuracy,
         max_regression=max_regression,
         approvers=list(approvers or []),

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from registry.errors import InvalidTransition, RegistryError, UnknownPatch, UnknownRun
 from registry.models import (
-    ACTIVE_RUN_STATUSES,
     FINAL_RUN_STATUSES,
     Assistant,
+    EvalStage,
     EvalSubject,
     Evaluation,
     Run,
@@ -208,6 +208,7 @@ def finish_run(
     compat_report: dict[str, Any] | None = None,
     drift_report: dict[str, Any] | None = None,
     result_patch_id: int | None = None,
+    gate_report: dict[str, Any] | None = None,
     actor: str | None = None,
 ) -> Run:
     """running -> succeeded | failed | cancelled (queued -> failed | cancelled too).
@@ -227,6 +228,8 @@ def finish_run(
         values["drift_report"] = drift_report
     if result_patch_id is not None:
         values["result_patch_id"] = result_patch_id
+    if gate_report is not None:
+        values["gate_report"] = gate_report
     return _transition_run(s, run_id, str(status), actor, values, error=error,
                            result_patch_id=result_patch_id)
 
@@ -280,16 +283,18 @@ def record_evaluation(
     metrics: dict[str, Any],
     items_ref: str | None = None,
     duration_s: float,
+    stage: str = EvalStage.QUICK,
 ) -> Evaluation:
-    """Record one subject's KPI result; a retried run replaces its earlier result for that subject."""
+    """Record one subject's KPI result at a stage; a retried run replaces its earlier one."""
     if subject not in EvalSubject.__members__.values():
         raise RegistryError(f"Unknown evaluation subject '{subject}'; use one of: {', '.join(EvalSubject)}.")
     run = get_run(s, run_id)
     evaluation = s.scalar(
-        select(Evaluation).where(Evaluation.run_id == run_id, Evaluation.subject == subject)
+        select(Evaluation).where(Evaluation.run_id == run_id, Evaluation.subject == subject,
+                                 Evaluation.stage == stage)
     )
     if evaluation is None:
-        evaluation = Evaluation(run_id=run_id, subject=str(subject))
+        evaluation = Evaluation(run_id=run_id, subject=str(subject), stage=str(stage))
         s.add(evaluation)
     evaluation.suite_digest = suite_digest
     evaluation.n = n

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from portllm_cli.console import run_console
 from portllm_core.settings import Settings
-from tests.bot.conftest import ASSISTANT, world  # noqa: F401  (the registered world fixture)
+from tests.bot.conftest import ASSISTANT
 
 REPO = Path(__file__).resolve().parents[2]
 
