@@ -11,8 +11,8 @@ import json
 import math
 import re
 import time
-from decimal import Decimal
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -230,9 +230,11 @@ def _score_shared(model, requests, by_context, scores, batch_size, on_batch) -> 
         input_ids, mask = _right_padded([list(c) for c in batch], device)
         lengths = mask.sum(dim=1)
         with torch.no_grad():
-            # Logits at each context's last position only: the lm_head over every position
-            # (and a softmax over the vocabulary there) is most of the cost for short answers.
-            out = model(input_ids=input_ids, attention_mask=mask, use_cache=True, logits_to_keep=(lengths - 1)[:, None])
+            # No attention mask: right padding never reaches a real position under the causal
+            # mask, and without one attention takes its fused causal path. Logits at each
+            # context's last position only: the lm_head and a softmax over the vocabulary at
+            # every position are a large share of a small model's cost.
+            out = model(input_ids=input_ids, use_cache=True, logits_to_keep=(lengths - 1)[:, None])
         first = torch.log_softmax(out.logits[:, 0].float(), dim=-1)
         tails = []
         for row, context in enumerate(batch):
@@ -290,9 +292,9 @@ def _score_windowed(model, requests, indices, scores, batch_size, on_batch) -> N
     prepared.sort(key=lambda r: -len(r[1]))
     for start in range(0, len(prepared), batch_size):
         batch = prepared[start : start + batch_size]
-        input_ids, mask = _right_padded([inp for _, inp, _ in batch], device)
-        with torch.no_grad():
-            logprobs = torch.log_softmax(model(input_ids=input_ids, attention_mask=mask).logits.float(), dim=-1)
+        input_ids, _ = _right_padded([inp for _, inp, _ in batch], device)
+        with torch.no_grad():  # no attention mask, as above
+            logprobs = torch.log_softmax(model(input_ids=input_ids).logits.float(), dim=-1)
         for row, (index, inp, continuation) in enumerate(batch):
             positions = torch.arange(len(inp) - len(continuation), len(inp), device=device)
             scores[index] = float(logprobs[row, positions, torch.tensor(continuation, device=device)].sum())
