@@ -18,13 +18,13 @@ reverse, out of n, the paired difference is d = (b − c)/n. "Regressed by more 
 because the bar on b/(b+c) depends on the unknown discordance rate (a Clopper–Pearson interval on
 b/(b+c) scaled by the observed (b+c)/n treats that rate as known and so is not exact: b = 0,
 c = 2 would look like a certain drop of exactly 2/n). We therefore use the exact unconditional
-test: (b, c) is trinomial with probabilities (p10, p01); under the null p10 − p01 = −Δ (the
-least favourable point of d ≥ −Δ for the statistic b − c) the p-value P(b − c ≤ observed) is
-maximised over the nuisance discordance rate p10 + p01, restricted as Berger and Boos (1994)
-propose to its 99.9 % Clopper–Pearson interval from b + c, with that 0.1 % added to the p-value
-(without the restriction, implausibly high discordance rates swamp the test: 0 wins and 10
-losses in 40 would not count as a regression beyond 5 points). The test is exact: it never
-rejects more often than 5 % when the candidate is within the margin.
+test: (b, c) is trinomial with probabilities (p10, p01), and outcomes are ordered by
+T = (b − c + nΔ)/√(b + c + nΔ) (the McNemar z at Δ = 0). T rises with b and falls with c, so
+the worst case of the null d ≥ −Δ lies on its edge p10 − p01 = −Δ; there the p-value
+P(T ≤ observed) is maximised over the nuisance discordance rate p10 + p01, restricted as Berger
+and Boos (1994) propose to its 99.9 % Clopper–Pearson interval from b + c, with that 0.1 % added
+to the p-value (implausibly high discordance rates would otherwise swamp the test). The test is
+exact: it never rejects more often than 5 % when the candidate is within the margin.
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ _GRID = 200
 # Berger–Boos: the nuisance discordance rate is maximised over its 99.9 % interval only, and the
 # 0.1 % it may miss is added to the p-value, which keeps the test exact.
 _NUISANCE_MISS = 0.001
+_TIE = 1e-12  # outcomes whose statistic equals the observed one count as at least as extreme
 
 
 @dataclass(frozen=True)
@@ -128,26 +129,50 @@ def _binom_pmf(k: int, m: int, p: float) -> float:
     return math.exp(_log_binom_pmf(k, m, p))
 
 
-def _tail_at(n: int, t: int, rate: float, margin: float) -> float:
-    """P(b − c ≤ t) when (b, c) is trinomial over n items with p10 − p01 = −margin and
-    p10 + p01 = rate. Conditioning on m = b + c: b − c ≤ t ⇔ b ≤ ⌊(m + t)/2⌋, with b | m binomial
-    (m, θ), θ = p10/rate. The binomial CDF at that index is carried from m to m + 1 by
-    F(m+1, k) = F(m, k) − θ·P(m, k), so the whole sum costs O(n)."""
-    if rate <= 0.0:
-        return 1.0 if t >= 0 else 0.0
-    theta = max(0.0, (rate - margin) / 2) / rate
-    total = 0.0
-    k = t // 2  # ⌊(m + t)/2⌋ at m = 0
-    cdf = 1.0 if k >= 0 else 0.0  # P(Binomial(0, θ) ≤ k)
+def statistic(b: int, c: int, n: int, margin: float) -> float:
+    """(b − c + nΔ)/√(b + c + nΔ): the observed difference, shifted to the null's edge and scaled
+    by its spread. It rises with wins and falls with losses, which keeps the test exact."""
+    spread = b + c + n * margin
+    return 0.0 if spread <= 0 else (b - c + n * margin) / math.sqrt(spread)
+
+
+def _thresholds(n: int, observed: float, margin: float) -> list[int]:
+    """For each m = b + c, the largest b with statistic(b, m − b) ≤ observed (−1 when none): the
+    statistic rises with b at fixed m, so "at least as extreme" is b ≤ that bound."""
+    bounds = []
     for m in range(n + 1):
-        if m > 0:
-            previous = (m - 1 + t) // 2
-            cdf = cdf - theta * _binom_pmf(previous, m - 1, theta) if previous >= 0 else 0.0
-            k = (m + t) // 2
-            if k > previous and k >= 0:
-                cdf += _binom_pmf(k, m, theta)
-        if cdf > 0.0:
-            total += math.exp(_log_binom_pmf(m, n, rate)) * min(1.0, max(0.0, cdf))
+        spread = m + n * margin
+        guess = math.floor((observed * math.sqrt(spread) + m - n * margin) / 2) if spread > 0 else 0
+        k = max(-1, min(m, guess))
+        # The closed form may be off by one in floating point; settle on the exact comparison.
+        while k < m and statistic(k + 1, m - k - 1, n, margin) <= observed + _TIE:
+            k += 1
+        while k >= 0 and statistic(k, m - k, n, margin) > observed + _TIE:
+            k -= 1
+        bounds.append(k)
+    return bounds
+
+
+def _tail_at(n: int, bounds: list[int], rate: float, margin: float) -> float:
+    """P(b ≤ bounds[b + c]) when (b, c) is trinomial over n items with p10 − p01 = −margin and
+    p10 + p01 = rate. Given m = b + c, b is binomial (m, θ) with θ = p10/rate; its CDF at the
+    bound is carried from m to m + 1 by F(m+1, k) = F(m, k) − θ·P(m, k) and walked to the next
+    bound one probability at a time, so the whole sum costs O(n)."""
+    if rate <= 0.0:
+        return 1.0 if bounds[0] >= 0 else 0.0
+    theta = max(0.0, (rate - margin) / 2) / rate
+    k = bounds[0]
+    cdf = 1.0 if k >= 0 else 0.0  # P(Binomial(0, θ) ≤ k)
+    total = math.exp(_log_binom_pmf(0, n, rate)) * cdf
+    for m in range(1, n + 1):
+        cdf -= theta * _binom_pmf(k, m - 1, theta)
+        while k < bounds[m]:
+            k += 1
+            cdf += _binom_pmf(k, m, theta)
+        while k > bounds[m]:
+            cdf -= _binom_pmf(k, m, theta)
+            k -= 1
+        total += math.exp(_log_binom_pmf(m, n, rate)) * min(1.0, max(0.0, cdf))
     return min(1.0, total)
 
 
@@ -174,7 +199,7 @@ def clopper_pearson(k: int, n: int, miss: float) -> tuple[float, float]:
 def paired_p_value(b: int, c: int, n: int, margin: float) -> float:
     """One-sided exact p-value for "the candidate regressed by more than `margin`" (d < −margin)
     from b wins and c losses on n paired items; see the module docstring."""
-    t = b - c
+    t = _thresholds(n, statistic(b, c, n, margin), margin)
     low, high = clopper_pearson(b + c, n, _NUISANCE_MISS)
     low, high = max(low, margin), min(high, 1.0, 2.0 - margin)  # the null needs p01 = p10 + margin
     if low > high:  # every plausible rate is below the margin: the worst null has no wins at all

@@ -39,10 +39,12 @@ import math
 from registry.gate import (
     GateDecision,
     _tail_at,
+    _thresholds,
     clopper_pearson,
     interval_gate,
     paired_gate,
     paired_p_value,
+    statistic,
     wilson_interval,
 )
 
@@ -100,12 +102,12 @@ def test_paired_gate_refuses_results_on_different_items():
         paired_gate([True, False], [True], 0.5, 0.05)
 
 
-def trinomial_tail(n: int, t: int, p10: float, p01: float) -> float:
-    """P(b − c ≤ t) by summing every (b, c): the slow definition."""
+def trinomial_tail(n: int, observed: float, margin: float, p10: float, p01: float) -> float:
+    """P(statistic ≤ observed) by summing every (b, c): the slow definition."""
     total = 0.0
     for b in range(n + 1):
         for c in range(n + 1 - b):
-            if b - c <= t:
+            if statistic(b, c, n, margin) <= observed + 1e-12:
                 ways = math.comb(n, b) * math.comb(n - b, c)
                 total += ways * p10**b * p01**c * (1 - p10 - p01) ** (n - b - c)
     return total
@@ -113,9 +115,11 @@ def trinomial_tail(n: int, t: int, p10: float, p01: float) -> float:
 
 @pytest.mark.parametrize("n", [1, 7, 30])
 def test_the_linear_tail_equals_the_trinomial_sum(n):
-    for t, rate, margin in itertools.product(range(-n, n + 1, max(1, n // 6)), (0.05, 0.3, 0.9, 1.0), (0.0, 0.05)):
-        expected = trinomial_tail(n, t, (rate - margin) / 2, (rate + margin) / 2)
-        assert _tail_at(n, t, rate, margin) == pytest.approx(expected, abs=1e-12)
+    outcomes = [(b, c) for b in range(0, n + 1, max(1, n // 5)) for c in range(0, n + 1 - b, max(1, n // 4))]
+    for (b, c), rate, margin in itertools.product(outcomes, (0.05, 0.3, 0.9, 1.0), (0.0, 0.05)):
+        observed = statistic(b, c, n, margin)
+        expected = trinomial_tail(n, observed, margin, (rate - margin) / 2, (rate + margin) / 2)
+        assert _tail_at(n, _thresholds(n, observed, margin), rate, margin) == pytest.approx(expected, abs=1e-12)
 
 
 def test_clopper_pearson_matches_published_values():
@@ -151,10 +155,20 @@ def test_wilson_is_the_engines():
 
 
 def test_near_identical_candidates_pass_on_40_items():
-    """A candidate that differs from live on a handful of the 40 items, at most one net loss, passes
-    the paired gate whatever the split of wins and losses; an interval on 40 items spans ±15
-    points and only decides because its rule looks at the point estimate."""
+    """Differing from live on a handful of the 40 items, at most one net loss (2.5 points), passes
+    whatever the split of wins and losses."""
     for wins, extra in itertools.product(range(0, 6), (0, 1)):
         losses = wins + extra
         decision = paired_gate(*paired(wins, losses, 30 - wins - losses + 5, 5), 0.6, 0.05)
         assert decision.verdict == "pass", decision.explanation
+
+
+@pytest.mark.parametrize("n,live,wins,losses", [(200, 180, 0, 19), (200, 180, 1, 20), (300, 270, 2, 29)])
+def test_paired_test_decides_where_the_interval_straddles_the_bar(n, live, wins, losses):
+    """Live right on `live` of n items, the candidate losing `losses` of them: the candidate's own
+    interval still reaches live − 5 points, but item by item the regression is clear."""
+    k = live + wins - losses
+    assert gate_verdict(k / n, wilson_interval(k, n), live / n, 0.5, 0.05) == "inconclusive"
+    both = live - losses
+    decision = paired_gate(*paired(wins, losses, both, n - wins - losses - both), 0.5, 0.05)
+    assert decision.verdict == "fail", decision.explanation
