@@ -213,3 +213,26 @@ def demo_build(
     with progress_bar("building the demo world") as report:
         world = build_demo_world(out, progress=report)
     typer.echo(str(world.root))
+
+
+suite_app = typer.Typer(help="KPI suites from standard benchmark tasks.", no_args_is_help=True)
+
+
+@suite_app.callback()
+def _suite_group() -> None:
+    """A group even with one command, so `import` stays a subcommand wherever it is mounted."""
+
+
+@suite_app.command("import")
+@friendly
+def suite_import(
+    task: str = typer.Argument(..., help="boolq, sst2, rte, wnli, winogrande, mrpc or gsm8k"),
+    file: Path = typer.Argument(..., help="one split of the task's dataset, exported as JSON Lines or Parquet"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where to write the suite (default: TASK-SPLIT.jsonl here)"),
+) -> None:
+    """Turn a local copy of a standard task into a KPI suite with lm-evaluation-harness's prompts."""
+    from portllm_engine.suites import import_suite, write_suite
+
+    items = import_suite(task, file)
+    written = write_suite(items, out or Path(f"{task.lower()}-{file.stem}.jsonl"))
+    typer.echo(f"{written} ({len(items)} items)")

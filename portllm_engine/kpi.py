@@ -1,26 +1,29 @@
 """KPI suites (JSONL) and their evaluation.
 
 `multiple_choice` items are scored by log-likelihood exactly as lm-evaluation-harness does
-(`acc`, `acc_norm`); `generate` items by greedy decoding, `exact_match` or `contains`.
+(`acc`, `acc_norm`), each distinct context computed once; `generate` items by greedy decoding,
+`exact_match`, `contains` or `number` (the last number in the output equals the target's).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
 from portllm_engine.errors import SuiteError
-from portllm_engine.generate import context_length, cut_at_stop, greedy_batch
+from portllm_engine.generate import _cache_keyword, context_length, cut_at_stop, greedy_batch
 
 KINDS = ("multiple_choice", "generate")
-MATCHES = ("exact", "contains")
+MATCHES = ("exact", "contains", "number")
 DEFAULT_STOP = ["\n"]
 DEFAULT_MAX_NEW_TOKENS = 32
-_MC_KEYS = {"kind", "context", "choices", "gold"}
+_MC_KEYS = {"kind", "context", "choices", "contexts", "continuation", "gold"}
 _GEN_KEYS = {"kind", "prompt", "target", "match", "stop", "max_new_tokens"}
 
 Progress = Callable[[float, str], None]
@@ -33,20 +36,28 @@ def _validate(row: Any, line: int) -> dict[str, Any]:
     if kind not in KINDS:
         raise SuiteError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}", line=line)
     if kind == "multiple_choice":
-        if not isinstance(row.get("context"), str):
-            raise SuiteError("multiple_choice needs a string 'context'", line=line)
-        choices = row.get("choices")
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise SuiteError("multiple_choice needs 'choices': a list of at least two strings", line=line)
+        if "contexts" in row:  # lm-eval's multiple-input form (WinoGrande): one continuation, a context per option
+            options = row["contexts"]
+            if not isinstance(row.get("continuation"), str) or "context" in row or "choices" in row:
+                raise SuiteError("multiple_choice with 'contexts' needs a string 'continuation' (and no 'context' or 'choices')", line=line)
+        else:
+            options = row.get("choices")
+            if not isinstance(row.get("context"), str):
+                raise SuiteError("multiple_choice needs a string 'context' (or 'contexts' and a 'continuation')", line=line)
+        name = "contexts" if "contexts" in row else "choices"
+        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(c, str) for c in options):
+            raise SuiteError(f"multiple_choice needs '{name}': a list of at least two strings", line=line)
         gold = row.get("gold")
-        if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
-            raise SuiteError(f"'gold' must be an index into choices (0..{len(choices) - 1})", line=line)
+        if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(options):
+            raise SuiteError(f"'gold' must be an index into {name} (0..{len(options) - 1})", line=line)
     else:
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("target"), str):
             raise SuiteError("generate needs string 'prompt' and 'target'", line=line)
         row.setdefault("match", "exact")
         if row["match"] not in MATCHES:
             raise SuiteError(f"'match' must be one of {', '.join(MATCHES)}, got {row['match']!r}", line=line)
+        if row["match"] == "number" and last_number(row["target"]) is None:
+            raise SuiteError(f"'match': 'number' needs a number in 'target', got {row['target']!r}", line=line)
         stop = row.get("stop", DEFAULT_STOP)
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise SuiteError("'stop' must be a list of strings", line=line)
@@ -62,7 +73,9 @@ def load_suite(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise SuiteError(f"suite {path} not found")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # JSONL separates records by "\n" only: str.splitlines would also cut at U+2028 and other
+        # separators that may stand raw inside a JSON string.
+        lines = path.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise SuiteError(f"cannot read suite {path}: {exc}") from None
     items = []
@@ -80,6 +93,20 @@ def load_suite(path: str | Path) -> list[dict[str, Any]]:
     if not items:
         raise SuiteError(f"suite {path} has no items")
     return items
+
+
+# A sign, a currency sign and thousands separators may decorate a number: -$1,234.50
+_NUMBER = re.compile(r"[-+]?\$?[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+
+def last_number(text: str) -> Decimal | None:
+    """The last number written in text, as a value (so 1,000 == 1000.0), or None."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    written = found[-1].replace("$", "").replace(",", "")
+    sign = "-" if written.count("-") % 2 else ""
+    return Decimal(sign + written.lstrip("+-"))
 
 
 def suite_digest(path: str | Path) -> str:
@@ -119,7 +146,11 @@ class EvalResult:
 
 def encode(tokenizer, text: str, add_bos: bool | None = None) -> list[int]:
     """Token ids as lm-evaluation-harness gets them: the tokenizer's default special tokens,
-    unless add_bos forces a BOS on (True) or all special tokens off (False)."""
+    unless add_bos forces a BOS on (True) or all special tokens off (False). A text that already
+    starts with the prefix token's text gets no special tokens (lm-eval's `tok_encode`)."""
+    prefix = tokenizer.decode([prefix_token_id(tokenizer)])
+    if prefix and text.startswith(prefix):
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if add_bos is None:
         return list(tokenizer(text)["input_ids"])
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -154,34 +185,128 @@ def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool | None
 def loglikelihoods(
     model, requests: list[tuple[list[int], list[int]]], *, batch_size: int = 16, on_batch: Callable[[int], None] | None = None
 ) -> list[float]:
-    """Sum of log P(continuation | context) per request; inputs cut from the left to the context length."""
+    """Sum of log P(continuation | context) per request, as lm-evaluation-harness computes it.
+
+    Each distinct context runs once: its last position scores every continuation's first token,
+    and longer continuations run on from its KV cache. A request longer than the model's context
+    is cut from the left, so its window no longer starts with the shared context; it is scored
+    alone over that window.
+    """
+    limit = context_length(model)
+    scores = [0.0] * len(requests)
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    windowed = []
+    for index, (context_ids, continuation_ids) in enumerate(requests):
+        if not continuation_ids:
+            continue
+        if len(context_ids) + len(continuation_ids) > limit + 1:
+            windowed.append(index)
+        else:
+            by_context.setdefault(tuple(context_ids), []).append(index)
+    _score_shared(model, requests, by_context, scores, batch_size, on_batch)
+    _score_windowed(model, requests, windowed, scores, batch_size, on_batch)
+    if on_batch is not None:
+        on_batch(sum(1 for _, continuation_ids in requests if not continuation_ids))
+    return scores
+
+
+def _right_padded(rows: list[list[int]], device):
+    import torch
+
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([row + [0] * (width - len(row)) for row in rows], device=device)
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
+    return ids, mask
+
+
+def _score_shared(model, requests, by_context, scores, batch_size, on_batch) -> None:
+    """Contexts longest first, `batch_size` at a time, each run once with its KV cache kept."""
+    import torch
+
+    device = next(model.parameters()).device
+    contexts = sorted(by_context, key=lambda c: (-len(c), c))
+    for start in range(0, len(contexts), batch_size):
+        batch = contexts[start : start + batch_size]
+        input_ids, mask = _right_padded([list(c) for c in batch], device)
+        lengths = mask.sum(dim=1)
+        with torch.no_grad():
+            # No attention mask: right padding never reaches a real position under the causal
+            # mask, and without one attention takes its fused causal path. Logits at each
+            # context's last position only: the lm_head and a softmax over the vocabulary at
+            # every position are a large share of a small model's cost.
+            out = model(input_ids=input_ids, use_cache=True, logits_to_keep=(lengths - 1)[:, None])
+        first = torch.log_softmax(out.logits[:, 0].float(), dim=-1)
+        tails = []
+        for row, context in enumerate(batch):
+            for index in by_context[context]:
+                continuation_ids = requests[index][1]
+                scores[index] = float(first[row, continuation_ids[0]])
+                if len(continuation_ids) > 1:
+                    tails.append((row, index))
+        _score_tails(model, requests, out, mask, lengths, tails, scores, batch_size)
+        if on_batch is not None:
+            on_batch(sum(len(by_context[c]) for c in batch))
+
+
+def _score_tails(model, requests, context_out, context_mask, lengths, tails, scores, batch_size) -> None:
+    """Continuations past their first token, run from their context's KV cache, longest first."""
+    import torch
+    from transformers import DynamicCache
+
+    device = context_mask.device
+    keyword = _cache_keyword(model)
+    cache = getattr(context_out, keyword)
+    tails = sorted(tails, key=lambda t: -len(requests[t[1]][1]))
+    for start in range(0, len(tails), batch_size):
+        chunk = tails[start : start + batch_size]
+        rows = torch.tensor([row for row, _ in chunk], device=device)
+        # A fresh cache per chunk: running on from it appends to it in place.
+        layers = [(kv[0].index_select(0, rows), kv[1].index_select(0, rows), *kv[2:]) for kv in cache]
+        steps = [requests[index][1][:-1] for _, index in chunk]
+        input_ids, step_mask = _right_padded(steps, device)
+        # The cache is right-padded too: its padding is masked and positions continue each context.
+        mask = torch.cat([context_mask.index_select(0, rows), step_mask], dim=1)
+        positions = lengths.index_select(0, rows)[:, None] + torch.arange(input_ids.shape[1], device=device)
+        with torch.no_grad():
+            out = model(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **{keyword: DynamicCache(layers)},
+            )
+        logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+        for r, (_, index) in enumerate(chunk):
+            targets = torch.tensor(requests[index][1][1:], device=device)
+            scores[index] += float(logprobs[r, torch.arange(len(targets), device=device), targets].sum())
+
+
+def _score_windowed(model, requests, indices, scores, batch_size, on_batch) -> None:
+    """Requests cut from the left to the context length: each over its own window, as lm-eval."""
     import torch
 
     limit = context_length(model)
     device = next(model.parameters()).device
-    scores = [0.0] * len(requests)
     prepared = []
-    for index, (context_ids, continuation_ids) in enumerate(requests):
+    for index in indices:
+        context_ids, continuation_ids = requests[index]
         whole = (context_ids + continuation_ids)[-(limit + 1) :]
         prepared.append((index, whole[:-1], continuation_ids[-limit:]))
-    # Longest first keeps padding small; right padding leaves real positions untouched (causal mask).
     prepared.sort(key=lambda r: -len(r[1]))
     for start in range(0, len(prepared), batch_size):
         batch = prepared[start : start + batch_size]
-        width = max(len(inp) for _, inp, _ in batch)
-        input_ids = torch.tensor([inp + [0] * (width - len(inp)) for _, inp, _ in batch], device=device)
-        mask = torch.tensor([[1] * len(inp) + [0] * (width - len(inp)) for _, inp, _ in batch], device=device)
-        with torch.no_grad():
-            logprobs = torch.log_softmax(model(input_ids=input_ids, attention_mask=mask).logits.float(), dim=-1)
+        input_ids, _ = _right_padded([inp for _, inp, _ in batch], device)
+        with torch.no_grad():  # no attention mask, as above
+            logprobs = torch.log_softmax(model(input_ids=input_ids).logits.float(), dim=-1)
         for row, (index, inp, continuation) in enumerate(batch):
-            if not continuation:
-                continue
             positions = torch.arange(len(inp) - len(continuation), len(inp), device=device)
-            targets = torch.tensor(continuation, device=device)
-            scores[index] = float(logprobs[row, positions, targets].sum())
+            scores[index] = float(logprobs[row, positions, torch.tensor(continuation, device=device)].sum())
         if on_batch is not None:
             on_batch(len(batch))
-    return scores
+
+
+def _pairs(item: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (context, continuation) an item's options are scored on, in option order."""
+    if "contexts" in item:
+        return [(context, item["continuation"]) for context in item["contexts"]]
+    return [(item["context"], choice) for choice in item["choices"]]
 
 
 def _argmax(values: list[float]) -> int:
@@ -190,6 +315,25 @@ def _argmax(values: list[float]) -> int:
 
 def _extras(item: dict[str, Any], known: set[str]) -> dict[str, Any]:
     return {key: value for key, value in item.items() if key not in known}
+
+
+def _generate_result(index: int, item: dict[str, Any], output: str) -> dict[str, Any]:
+    target = item["target"].strip()
+    scores = {
+        "exact_match": output.strip() == target,
+        "contains": target in output,
+        "number": last_number(output) is not None and last_number(output) == last_number(target),
+    }
+    return {
+        **_extras(item, _GEN_KEYS),
+        "index": index,
+        "kind": "generate",
+        "target": item["target"],
+        "match": item["match"],
+        "output": output,
+        **{name: float(hit) for name, hit in scores.items()},
+        "correct": scores["exact_match" if item["match"] == "exact" else item["match"]],
+    }
 
 
 def evaluate(
@@ -209,7 +353,7 @@ def evaluate(
     model.eval()
     mc = [(i, item) for i, item in enumerate(items) if item["kind"] == "multiple_choice"]
     gen = [(i, item) for i, item in enumerate(items) if item["kind"] == "generate"]
-    total_work = sum(len(item["choices"]) for _, item in mc) + len(gen)
+    total_work = sum(len(_pairs(item)) for _, item in mc) + len(gen)
     done = 0
 
     def advance(count: int, what: str) -> None:
@@ -220,17 +364,14 @@ def evaluate(
 
     results: list[dict[str, Any] | None] = [None] * len(items)
     if mc:
-        requests, owners = [], []
-        for i, item in mc:
-            for choice in item["choices"]:
-                requests.append(encode_pair(tokenizer, item["context"], choice, add_bos))
-                owners.append(i)
+        pairs = [_pairs(item) for _, item in mc]
+        requests = [encode_pair(tokenizer, context, continuation, add_bos) for own in pairs for context, continuation in own]
         scores = loglikelihoods(model, requests, batch_size=batch_size, on_batch=lambda k: advance(k, "multiple_choice"))
         offset = 0
-        for i, item in mc:
-            own = scores[offset : offset + len(item["choices"])]
-            offset += len(item["choices"])
-            normalised = [s / len(c) if len(c) else s for s, c in zip(own, item["choices"])]
+        for (i, item), own_pairs in zip(mc, pairs):
+            own = scores[offset : offset + len(own_pairs)]
+            offset += len(own_pairs)
+            normalised = [s / len(c) if len(c) else s for s, (_, c) in zip(own, own_pairs)]
             pred, pred_norm = _argmax(own), _argmax(normalised)
             results[i] = {
                 **_extras(item, _MC_KEYS),
@@ -246,27 +387,16 @@ def evaluate(
             }
     if gen:
         limit = context_length(model)
+        prompts = {i: encode(tokenizer, item["prompt"], add_bos) for i, item in gen}
+        gen.sort(key=lambda pair: -len(prompts[pair[0]]))  # similar lengths share a batch: less padding
         for start in range(0, len(gen), batch_size):
             chunk = gen[start : start + batch_size]
             max_new = max(item.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS) for _, item in chunk)
-            prompts = [encode(tokenizer, item["prompt"], add_bos)[-max(1, limit - max_new) :] for _, item in chunk]
-            outputs = greedy_batch(model, tokenizer, prompts, max_new_tokens=max_new)
+            outputs = greedy_batch(
+                model, tokenizer, [prompts[i][-max(1, limit - max_new) :] for i, _ in chunk], max_new_tokens=max_new
+            )
             for (i, item), output in zip(chunk, outputs):
-                output = cut_at_stop(output, item.get("stop", DEFAULT_STOP))[0]
-                target = item["target"].strip()
-                exact = output.strip() == target
-                contains = target in output
-                results[i] = {
-                    **_extras(item, _GEN_KEYS),
-                    "index": i,
-                    "kind": "generate",
-                    "target": item["target"],
-                    "match": item["match"],
-                    "output": output,
-                    "exact_match": float(exact),
-                    "contains": float(contains),
-                    "correct": exact if item["match"] == "exact" else contains,
-                }
+                results[i] = _generate_result(i, item, cut_at_stop(output, item.get("stop", DEFAULT_STOP))[0])
             advance(len(chunk), "generate")
     rows = [r for r in results if r is not None]
     correct = sum(1 for r in rows if r["correct"])
@@ -275,8 +405,9 @@ def evaluate(
         metrics["acc"] = sum(results[i]["acc"] for i, _ in mc) / len(mc)
         metrics["acc_norm"] = sum(results[i]["acc_norm"] for i, _ in mc) / len(mc)
     if gen:
-        metrics["exact_match"] = sum(results[i]["exact_match"] for i, _ in gen) / len(gen)
-        metrics["contains"] = sum(results[i]["contains"] for i, _ in gen) / len(gen)
+        numeric = any(item["match"] == "number" for _, item in gen)  # text suites need no number metric
+        for name in ("exact_match", "contains") + (("number",) if numeric else ()):
+            metrics[name] = sum(results[i][name] for i, _ in gen) / len(gen)
     return EvalResult(
         n=len(rows),
         accuracy=correct / len(rows),

@@ -216,3 +216,155 @@ def test_batch_size_does_not_change_results(tiny, tokenizer):
         else:
             assert a["output"] == b["output"]
     assert math.isfinite(one.duration_s)
+
+
+# ------------------------------------------------------------------ shared contexts vs one request at a time
+
+
+def reference_loglikelihood(model, context_ids: list[int], continuation_ids: list[int]) -> float:
+    """lm-evaluation-harness's computation, one request alone: the last max_length + 1 tokens,
+    the final one dropped as input, the continuation's log-probs summed."""
+    limit = model.config.max_position_embeddings
+    window = (context_ids + continuation_ids)[-(limit + 1) :][:-1]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([window])).logits[0].float(), dim=-1)
+    n = len(continuation_ids)
+    return sum(float(logprobs[len(window) - n + i, token]) for i, token in enumerate(continuation_ids))
+
+
+WORDS = "The quick brown fox jumps over the lazy dog . Altavia makes docks hubs cameras and lamps".split()
+
+
+def random_items(seed: int, count: int, tokenizer) -> list[dict]:
+    """Multiple-choice items from a seeded generator: shared, empty, over-long and whitespace-ended
+    contexts, one-token and multi-token choices, contexts cut inside a word (the tokenization
+    changes at the boundary) and duplicate choices (ties)."""
+    import random
+
+    rng = random.Random(seed)
+    one_token = [s for s in (" ", ".", " .", "a", " a", "T", "\n", "e") if len(tokenizer(s, add_special_tokens=False)["input_ids"]) == 1]
+    shared = [" ".join(rng.choices(WORDS, k=rng.randint(2, 9))) for _ in range(3)]
+    items = []
+    for _ in range(count):
+        shape = rng.random()
+        if shape < 0.15:
+            context = ""
+        elif shape < 0.3:
+            context = " ".join(rng.choices(WORDS, k=rng.randint(40, 70)))  # beyond the 64-token window
+        elif shape < 0.55:
+            context = rng.choice(shared)
+        else:
+            context = " ".join(rng.choices(WORDS, k=rng.randint(1, 12)))
+        head = ""
+        if context and rng.random() < 0.25:  # cut inside a word: "The qu" + "ick"
+            word = rng.choice([w for w in WORDS if len(w) > 3])
+            context, head = context + " " + word[:2], word[2:]
+        else:
+            context += rng.choice(["", " ", "  ", "\n"])
+        if rng.random() < 0.3:
+            choices = rng.sample(one_token, 2)
+        else:
+            choices = [head + " " * (rng.random() < 0.7) + " ".join(rng.choices(WORDS, k=rng.randint(1, 4))) for _ in range(rng.randint(2, 4))]
+        if rng.random() < 0.1:
+            choices.append(choices[0])  # an exact tie: the first one wins
+        items.append({"kind": "multiple_choice", "context": context, "choices": choices, "gold": rng.randrange(len(choices))})
+    return items
+
+
+@pytest.mark.parametrize("seed,batch_size", [(1, 4), (2, 16)])
+def test_shared_context_scoring_equals_one_request_at_a_time(tiny, tokenizer, seed, batch_size):
+    model, _ = load_base(tiny.base, device="cpu")
+    items = random_items(seed, 40, tokenizer)
+    result = evaluate(model, tokenizer, items, batch_size=batch_size)
+    boundary_changes = one_token = truncated = 0
+    for item, row in zip(items, result.items):
+        expected = []
+        for choice in item["choices"]:
+            context_ids, continuation_ids = encode_pair(tokenizer, item["context"], choice)
+            expected.append(reference_loglikelihood(model, context_ids, continuation_ids))
+            whole = tokenizer(item["context"] + choice)["input_ids"]
+            boundary_changes += bool(item["context"]) and whole[: len(context_ids)] != context_ids
+            one_token += len(continuation_ids) == 1
+            truncated += len(context_ids) + len(continuation_ids) > model.config.max_position_embeddings + 1
+        assert row["loglikelihoods"] == pytest.approx(expected, abs=2e-4)
+        normalised = [s / len(c) for s, c in zip(expected, item["choices"])]
+        assert row["pred"] == max(range(len(expected)), key=lambda i: (expected[i], -i))
+        assert row["pred_norm"] == max(range(len(normalised)), key=lambda i: (normalised[i], -i))
+    assert min(boundary_changes, one_token, truncated) > 0, "the generator should cover every case"
+    assert any(item["context"] == "" for item in items)
+
+
+def test_ties_go_to_the_first_choice(tiny, tokenizer):
+    model, _ = load_base(tiny.base, device="cpu")
+    item = {"kind": "multiple_choice", "context": "The quick", "choices": [" fox", " fox jumps", " fox"], "gold": 2}
+    row = evaluate(model, tokenizer, [item]).items[0]
+    assert row["loglikelihoods"][0] == row["loglikelihoods"][2]
+    assert row["pred"] in (0, 1) and row["acc"] == 0.0
+
+
+def test_multiple_input_items_score_one_continuation_after_each_context(tiny, tokenizer):
+    """WinoGrande's form in lm-eval: the options fill the blank in the context, the rest of the
+    sentence is the continuation scored after each."""
+    model, _ = load_base(tiny.base, device="cpu")
+    item = {"kind": "multiple_choice", "contexts": ["The fox jumps over the", "The dog jumps over the"], "continuation": " lazy dog.", "gold": 1}
+    row = evaluate(model, tokenizer, [item]).items[0]
+    expected = [reference_loglikelihood(model, *encode_pair(tokenizer, c, " lazy dog.")) for c in item["contexts"]]
+    assert row["loglikelihoods"] == pytest.approx(expected, abs=2e-4)
+    assert row["pred"] == row["pred_norm"] == (0 if expected[0] >= expected[1] else 1)
+
+
+def test_a_context_starting_with_the_bos_text_gets_no_second_bos(tokenizer):
+    bos = tokenizer.bos_token
+    context_ids, _ = encode_pair(tokenizer, bos + "Answer:", " blue")
+    assert context_ids == tokenizer(bos + "Answer:", add_special_tokens=False)["input_ids"]
+    assert context_ids.count(tokenizer.bos_token_id) == 1
+
+
+# ------------------------------------------------------------------ numbers and JSONL lines
+
+
+@pytest.mark.parametrize(
+    ("output", "target", "same"),
+    [
+        ("So she pays $1,234.50 in total.", "1234.5", True),
+        ("The answer is 72", "#### 72", True),
+        ("3 apples, then 5, so 8.", "8", True),
+        ("It drops to -3 degrees", "-3", True),
+        ("-$5 each", "-5", True),
+        ("+7", "7", True),
+        ("7 and then 70", "7", False),
+        ("no number here", "0", False),
+        ("1,000 people", "1000", True),
+    ],
+)
+def test_last_number(output, target, same):
+    from portllm_engine.kpi import last_number
+
+    assert (last_number(output) is not None and last_number(output) == last_number(target)) is same
+
+
+def test_number_match_needs_a_number_in_the_target(tmp_path):
+    path = write_suite(tmp_path / "s.jsonl", [{"kind": "generate", "prompt": "a", "target": "none", "match": "number"}])
+    with pytest.raises(SuiteError, match="needs a number in 'target'"):
+        load_suite(path)
+
+
+def test_jsonl_lines_split_on_newline_only(tmp_path):
+    """U+2028 and U+0085 may stand raw inside a JSON string; they are not line ends in JSONL."""
+    path = tmp_path / "s.jsonl"
+    rows = [{"kind": "generate", "prompt": "first\u2028second\x85third\x1c", "target": "x"}, {"kind": "generate", "prompt": "b", "target": "y"}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", encoding="utf-8")
+    items = load_suite(path)
+    assert [item["prompt"] for item in items] == [rows[0]["prompt"], "b"]
+
+
+def test_number_items_score_the_last_number_of_the_output(tiny, tokenizer):
+    model, _ = load_base(tiny.base, device="cpu")
+    item = {"kind": "generate", "prompt": "The quick", "target": "1,000", "match": "number", "max_new_tokens": 4}
+    result = evaluate(model, tokenizer, [item, {**item, "match": "exact"}])
+    from portllm_engine.kpi import last_number
+
+    output = result.items[0]["output"]
+    assert result.items[0]["correct"] is (last_number(output) == 1000)
+    assert result.metrics["number"] == result.items[0]["number"] * 1.0
+    assert set(result.metrics) == {"exact_match", "contains", "number"}
