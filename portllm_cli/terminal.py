@@ -77,6 +77,7 @@ def run_card(card: RunCard) -> Panel:
         if card.gate:
             line.append(f" ({card.gate})")
         parts.append(line)
+        parts.extend(Text(reason, style="dim") for reason in card.gate_reasons)
     if card.rollout_state == "awaiting_approval":
         parts.append(Text(f"awaiting approval: `approve {card.run_id}` or `reject {card.run_id} [reason]`",
                           style="bold"))

@@ -183,6 +183,8 @@ def run_card_blocks(card: RunCard) -> list[dict]:
     if card.verdict:
         gate = f" ({escape(card.gate)})" if card.gate else ""
         blocks.append(section(f"{VERDICT_ICON.get(card.verdict, '')} Gate *{card.verdict}*{gate}", Block.RUN_VERDICT))
+        if card.gate_reasons:
+            blocks.append(context("\n".join(escape(reason) for reason in card.gate_reasons), Block.RUN_GATE))
     blocks.extend(_decision_blocks(card))
     return blocks[:MAX_BLOCKS]
 

@@ -12,6 +12,7 @@ class Block(StrEnum):
     RUN_DRIFT = "portllm_run_drift"
     RUN_COMPAT = "portllm_run_compat"
     RUN_VERDICT = "portllm_run_verdict"
+    RUN_GATE = "portllm_run_gate"
     RUN_ERROR = "portllm_run_error"
     RUN_ACTIONS = "portllm_run_actions"
     RUN_OUTCOME = "portllm_run_outcome"

@@ -34,6 +34,7 @@ def assistant(row) -> dict[str, Any]:
         "family": row.family,
         "suite_ref": row.suite_ref,
         "suite_digest": row.suite_digest,
+        "full_suite_digest": row.full_suite_digest,
         "min_accuracy": row.min_accuracy,
         "max_regression": row.max_regression,
         "approvers": list(row.approvers),
@@ -70,6 +71,7 @@ def patch(row) -> dict[str, Any]:
 def evaluation(row) -> dict[str, Any]:
     return {
         "subject": row.subject,
+        "stage": row.stage,
         "suite_digest": row.suite_digest,
         "n": row.n,
         "accuracy": row.accuracy,
@@ -132,6 +134,7 @@ def run(row) -> dict[str, Any]:
         "spec": row.spec,
         "compat_report": row.compat_report,
         "drift_report": row.drift_report,
+        "gate_report": row.gate_report,
         "evaluations": [evaluation(e) for e in row.evaluations],
         "rollout": rollout(row.rollout),
     }
@@ -243,7 +246,7 @@ def lineage(s: Session, assistant: str | Assistant) -> dict[str, Any]:
             "drift_overall": drift.get("overall"), "result_patch_id": run.result_patch_id,
             "evaluations": [
                 {
-                    "id": e.id, "subject": e.subject, "n": e.n, "accuracy": e.accuracy,
+                    "id": e.id, "subject": e.subject, "stage": e.stage, "n": e.n, "accuracy": e.accuracy,
                     "ci95": [e.ci_low, e.ci_high], "suite_digest": e.suite_digest,
                     "metrics": e.metrics, "duration_s": e.duration_s, "recorded_at": _iso(e.created_at),
                 }

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from registry.errors import UnknownRun
 from registry.models import (
     ACTIVE_RUN_STATUSES,
+    EvalStage,
     DECIDABLE_ROLLOUT_STATES,
     Assistant,
     BaseModel,
@@ -61,6 +62,7 @@ class RunCard:
     decision_reason: str | None = None
     compat_errors: tuple[str, ...] = ()
     error: str | None = None
+    gate_reasons: tuple[str, ...] = ()  # per stage: which test decided and why, for people
     can_retune: bool = False
     result_patch_id: int | None = None  # the patch a re-tune or train run produced
     replaced_by_run: int | None = None  # a newer run's proposal for the same base and channel retired this one
@@ -165,9 +167,10 @@ def run_card(session: Session, run_id: int) -> RunCard:
         raise UnknownRun(run_id)
     assistant = run.assistant
     rollout = run.rollout
-    rows = [_kpi_row("candidate", run.evaluation(EvalSubject.CANDIDATE)),
-            _kpi_row("target base alone", run.evaluation(EvalSubject.TARGET_BASE))]
-    kpi = [row for row in rows if row is not None]
+    kpi = [_kpi_row(label + ("" if stage == EvalStage.QUICK else f", {stage} suite"), found)
+           for stage in EvalStage for subject, label in ((EvalSubject.CANDIDATE, "candidate"),
+                                                         (EvalSubject.TARGET_BASE, "target base alone"))
+           if (found := run.evaluation(subject, stage)) is not None]
     live_accuracy = rollout.live_accuracy if rollout is not None else None
     if live_accuracy is None and run.status == RunStatus.SUCCEEDED:
         current = _live_rollout(session, run.assistant_id, run.channel)
@@ -196,6 +199,7 @@ def run_card(session: Session, run_id: int) -> RunCard:
         drift_modules=tuple((str(m), float(d)) for m, d in modules[:5]),
         verdict=verdict,
         gate=_gate_text(assistant, live_accuracy) if verdict else "",
+        gate_reasons=tuple(_gate_reason(stage) for stage in (run.gate_report or {}).get("stages", ())),
         rollout_state=rollout.state if rollout is not None else None,
         decided_by=rollout.decided_by if rollout is not None else None,
         decision_reason=rollout.reason if rollout is not None else None,
@@ -208,6 +212,11 @@ def run_card(session: Session, run_id: int) -> RunCard:
         replaced_by_run=_newest_proposal(session, rollout),
         json=records.run(run),
     )
+
+
+def _gate_reason(stage: dict) -> str:
+    test = "item by item against live" if stage.get("test") == "paired" else "on its own score"
+    return f"{stage.get('stage', 'quick').capitalize()} suite, {test}: {stage.get('verdict')}. {stage.get('explanation', '')}"
 
 
 def _newest_proposal(session: Session, rollout: Rollout | None) -> int | None:

@@ -19,6 +19,8 @@ def add(
     name: str = typer.Argument(..., help="Assistant name, e.g. `support-assistant`."),
     family: str = typer.Option(..., "--family", help="The base family it runs on (registered with `base add`)."),
     suite: Path = typer.Option(..., "--suite", help="KPI suite, JSONL (multiple_choice / generate items)."),
+    full_suite: Optional[Path] = typer.Option(
+        None, "--full-suite", help="A larger suite, scored only when the quick suite's verdict is inconclusive."),
     min_accuracy: float = typer.Option(0.5, "--min-accuracy", help="Gate: lowest acceptable accuracy (0..1)."),
     max_regression: float = typer.Option(0.05, "--max-regression", help="Gate: largest drop vs live (0..1)."),
     approvers: list[str] = typer.Option([], "--approver", help="Who may approve a rollout (repeat)."),
@@ -30,10 +32,11 @@ def add(
     from portllm_core.flows import catalog
 
     family, suite_info = catalog.add_assistant(
-        workspace(), name, family=family, suite=suite, min_accuracy=min_accuracy, max_regression=max_regression,
+        workspace(), name, family=family, suite=suite, full_suite=full_suite, min_accuracy=min_accuracy, max_regression=max_regression,
         approvers=approvers, admins=admins, system_prompt=system_prompt, owner=owner, actor=actor())
     stdout().print(
-        f"Assistant {name} added on {family}: suite of {suite_info.n_items} items ({short(suite_info.digest)}), "
+        f"Assistant {name} added on {family}: suite of {suite_info.n_items} items ({short(suite_info.digest)})"
+        f"{', a full suite for inconclusive verdicts' if full_suite else ''}, "
         f"gate min {min_accuracy:.0%} / max regression {max_regression:.0%}, "
         f"approvers: {', '.join(approvers) or 'none yet'}"
     )
@@ -68,6 +71,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP)) 
 def set_(
     name: str = typer.Argument(..., help="The assistant to change."),
     suite: Optional[Path] = typer.Option(None, "--suite", help="Replace the KPI suite."),
+    full_suite: Optional[Path] = typer.Option(None, "--full-suite", help="Set or replace the full (second-stage) suite."),
     min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Gate: lowest acceptable accuracy."),
     max_regression: Optional[float] = typer.Option(None, "--max-regression", help="Gate: largest drop vs live."),
     approvers: list[str] = typer.Option([], "--approver", help="Replace the approvers (repeat)."),
@@ -92,7 +96,7 @@ def set_(
              ("admins", _edit_people("admin", current.admins, admins, add_admins, remove_admins)))
             if value is not None
         }
-    changed = catalog.update_assistant(ws, name, actor=actor(), suite=suite, **fields)
+    changed = catalog.update_assistant(ws, name, actor=actor(), suite=suite, full_suite=full_suite, **fields)
     stdout().print(f"Assistant {name} updated: {', '.join(changed)}")
 
 

@@ -103,9 +103,11 @@ def load_suite(path: Path) -> Suite:
 
 
 def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: str,
-                  min_accuracy: float = 0.5, max_regression: float = 0.05, approvers: list[str] = (),
-                  admins: list[str] = (), system_prompt: str = "", owner: str = "") -> tuple[str, Suite]:
-    """Register an assistant with its KPI suite; returns (the family as registered, the suite)."""
+                  full_suite: Path | None = None, min_accuracy: float = 0.5, max_regression: float = 0.05,
+                  approvers: list[str] = (), admins: list[str] = (), system_prompt: str = "",
+                  owner: str = "") -> tuple[str, Suite]:
+    """Register an assistant with its quick KPI suite (and optional full one, the gate's second
+    stage); returns (the family as registered, the quick suite)."""
     check_name("assistant name", name)
     check_fraction("--min-accuracy", min_accuracy)
     check_fraction("--max-regression", max_regression)
@@ -114,33 +116,37 @@ def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: 
             raise BadInput(f"assistant {name} already exists; use `portllm assistant set {name} …` to change it")
         family = registered_family(s, family)
     loaded = load_suite(suite)
+    full = load_suite(full_suite) if full_suite is not None else None
     with staged(ws.store) as staging:
         suite_ref = staging.put_file(loaded.path)
+        full_fields = {} if full is None else {"full_suite_ref": staging.put_file(full.path),
+                                               "full_suite_digest": full.digest}
         with ws.session() as s:
             services.create_assistant(
-                s, name=name, family=family, suite_ref=suite_ref, suite_digest=loaded.digest,
+                s, name=name, family=family, suite_ref=suite_ref, suite_digest=loaded.digest, **full_fields,
                 min_accuracy=min_accuracy, max_regression=max_regression, approvers=list(approvers),
                 admins=list(admins), system_prompt=system_prompt, owner=owner or actor, actor=actor,
             )
     return family, loaded
 
 
-def update_assistant(ws: Workspace, name: str, *, actor: str, suite: Path | None = None, **fields) -> list[str]:
-    """Change an assistant's gate, people, prompt or suite; returns the names of what changed."""
+def update_assistant(ws: Workspace, name: str, *, actor: str, suite: Path | None = None,
+                     full_suite: Path | None = None, **fields) -> list[str]:
+    """Change an assistant's gate, people, prompt or suites; returns the names of what changed."""
     check_fraction("--min-accuracy", fields.get("min_accuracy"))
     check_fraction("--max-regression", fields.get("max_regression"))
-    if suite is None and not fields:
+    if suite is None and full_suite is None and not fields:
         raise BadInput(
-            "nothing to change: pass --suite, --min-accuracy, --max-regression, --approver, --add-approver, "
+            "nothing to change: pass --suite, --full-suite, --min-accuracy, --max-regression, --approver, --add-approver, "
             "--remove-approver, --admin, --add-admin, --remove-admin or --system-prompt"
         )
-    loaded = load_suite(suite) if suite is not None else None
+    loaded = {prefix: load_suite(path) for prefix, path in (("", suite), ("full_", full_suite)) if path is not None}
     with staged(ws.store) as staging:
-        if loaded is not None:
-            fields.update(suite_ref=staging.put_file(loaded.path), suite_digest=loaded.digest)
+        for prefix, found in loaded.items():
+            fields.update({f"{prefix}suite_ref": staging.put_file(found.path), f"{prefix}suite_digest": found.digest})
         with ws.session() as s:
             services.update_assistant(s, name, actor=actor, **fields)
-    return sorted(k for k in fields if k != "suite_ref")
+    return sorted(k for k in fields if not k.endswith("suite_ref"))
 
 
 def registered_family(s, family: str) -> str:

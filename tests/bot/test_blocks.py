@@ -202,3 +202,13 @@ def test_an_inconclusive_gate_offers_the_re_tune_next_to_approve_and_reject():
     message = blocks.run_card_blocks(card(verdict="inconclusive", rollout_state="awaiting_approval", can_retune=True))
     assert_valid(message)
     assert actions(message) == [Action.APPROVE, Action.REJECT, Action.RETUNE]
+
+
+def test_the_card_says_which_test_decided_each_stage_and_escapes_it():
+    reasons = ("Quick suite, on its own score: inconclusive. The candidate scored 0% <b>",
+               "Full suite, item by item against live: pass. On the same 40 questions …")
+    message = blocks.run_card_blocks(card(gate_reasons=reasons))
+    assert_valid(message)
+    [gate] = [b for b in message if b["block_id"] == Block.RUN_GATE]
+    text = gate["elements"][0]["text"]
+    assert "item by item against live: pass" in text and "&lt;b&gt;" in text and "<b>" not in text

@@ -164,3 +164,45 @@ def test_a_retune_registers_a_child_patch_and_evaluates_it_like_a_transplant(sta
         transplanted = s.scalar(select(Evaluation).join(Run).where(Run.idempotency_key == "flow-eval-v3",
                                                                    Evaluation.subject == "candidate"))
         assert run.evaluation("candidate").accuracy > transplanted.accuracy  # the re-tune helped
+
+
+def test_an_inconclusive_quick_suite_continues_on_the_full_one_and_live_is_compared_item_by_item(
+        stack, worker, demo_world, tmp_path):
+    import json
+
+    from registry.artifacts import ArtifactStore
+
+    # A quick suite of two questions nobody can answer: its verdict cannot be sure either way.
+    quick = tmp_path / "quick.jsonl"
+    quick.write_text("".join(json.dumps({"kind": "generate", "prompt": f"Say the secret code {i}.",
+                                         "target": f"zq{i}xj", "match": "exact"}) + "\n" for i in range(2)))
+    store = ArtifactStore(stack.data_dir / "artifacts")
+    from portllm_engine.kpi import suite_digest
+
+    with session_scope(stack.session_factory) as s:
+        services.update_assistant(s, ASSISTANT, actor="test", suite_ref=store.put_file(quick),
+                                  suite_digest=suite_digest(quick), full_suite_ref=store.put_file(demo_world.suite),
+                                  full_suite_digest=suite_digest(demo_world.suite), min_accuracy=0.6)
+
+    def transplant(key: str):
+        run_id = request(stack.session_factory, "v2", key=key, patch_id=stack.ids["patch"], channel="#stages")
+        stack.producer().enqueue(TRANSPLANT, run_id)
+        run = stack.wait_for(run_id, "succeeded", "failed")
+        assert run.status == "succeeded", run.error
+        return run
+
+    first = transplant("stages-1")
+    quick_score, full_score = first.evaluation("candidate", "quick"), first.evaluation("candidate", "full")
+    assert (quick_score.n, quick_score.accuracy) == (2, 0.0) and full_score.n > 2
+    assert first.evaluation("candidate") == full_score  # the full suite decided
+    stages = first.gate_report["stages"]
+    assert [(st["stage"], st["verdict"], st["test"]) for st in stages] == [
+        ("quick", "inconclusive", "interval"), ("full", first.rollout.verdict, "interval")]
+    assert first.rollout.verdict == "pass" and first.rollout.accuracy == full_score.accuracy
+
+    with session_scope(stack.session_factory) as s:
+        services.decide_rollout(s, first.id, approve=True, user="alice")
+    second = transplant("stages-2")  # the same candidate again, now against a live one scored on the same items
+    [quick_stage, full_stage] = second.gate_report["stages"]
+    assert quick_stage["test"] == full_stage["test"] == "paired"
+    assert full_stage["verdict"] == "pass" and "On the same" in full_stage["explanation"]
