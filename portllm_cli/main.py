@@ -100,10 +100,11 @@ def demo(
 def _mount() -> None:
     # Both import torch only inside their commands, so mounting them here stays cheap.
     from portllm_cli.admin import register
-    from portllm_engine.cli import demo_build, engine_app
+    from portllm_engine.cli import demo_build, engine_app, suite_app
 
     register(app)
     app.add_typer(engine_app, name="engine", help="The ML engine on folders: compat, drift, transplant, eval, generate.")
+    app.add_typer(suite_app, name="suite")
     demo_app.command("build")(demo_build)
 
 
