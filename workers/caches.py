@@ -39,6 +39,10 @@ class LRU(Generic[T]):
             value = self._items[key] = load()
             return value
 
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
     def __contains__(self, key: str) -> bool:
         return key in self._items
 
@@ -75,6 +79,10 @@ class ResidentBases:
             return PatchServer(base_dir, device=self.device)
 
         return self._lru.get(fingerprint, load)
+
+    def drop(self, fingerprint: str) -> None:
+        """Let go of a resident base, so a job that loads its own copy (training) holds only that one."""
+        self._lru.drop(fingerprint)
 
     def __contains__(self, fingerprint: str) -> bool:
         return fingerprint in self._lru

@@ -81,6 +81,7 @@ class TrainInputs:
     target_dir: Path
     target_label: str
     target_base_id: int
+    target_fingerprint: str
     train_data_ref: str
     data_path: Path
     hyper: dict  # rank, alpha, epochs, lr, seed
@@ -279,6 +280,7 @@ def retune(job: RunJob) -> Outcome:
     check_compatibility(job, inputs, inputs.patch_dir)
     measure_drift(job, inputs, inputs.patch_dir)  # of the patch it carries on
     job.step(0.15, "re-tuning the patch on the target base")
+    resident_bases().drop(inputs.target_fingerprint)  # training loads its own copy: hold one at a time
     ref, manifest, size = _trained(job, lambda out: train_patch(
         inputs.target_dir, artifact_path(inputs.train_data_ref), out,
         epochs=job.settings.retune_epochs, seed=int(inputs.patch_provenance.get("seed", 0)),
@@ -312,7 +314,7 @@ def load_train_inputs(job: RunJob) -> TrainInputs:
         return TrainInputs(
             run_id=run.id, assistant=run.assistant.name, requested_by=run.requested_by,
             target_dir=resolve_model_dir(target.source_ref), target_label=target.label,
-            target_base_id=target.id, train_data_ref=train_ref, data_path=data_path,
+            target_base_id=target.id, target_fingerprint=target.fingerprint, train_data_ref=train_ref, data_path=data_path,
             hyper={key: spec[key] for key in ("rank", "alpha", "epochs", "lr", "seed") if key in spec},
         )
 
@@ -324,6 +326,7 @@ def train(job: RunJob) -> Outcome:
 
     inputs = load_train_inputs(job)
     job.step(0.05, f"training the patch on {inputs.target_label}")
+    resident_bases().drop(inputs.target_fingerprint)  # training loads its own copy: hold one at a time
     ref, manifest, size = _trained(job, lambda out: patches.train_patch(
         inputs.target_dir, inputs.data_path, out, device=job.settings.device,
         progress=job.progress_between(0.05, 0.9, "training the patch"), **inputs.hyper,
