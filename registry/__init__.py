@@ -6,7 +6,6 @@ callers pass the database URL and artifact folder from their settings.
     registry.models     the SQLAlchemy models and state enums
     registry.services   the functions that change and read them (each change audited):
                         catalog (bases, assistants, patches), runs, rollouts, views
-    registry.gate       gate_verdict
     registry.artifacts  ArtifactStore
     registry.errors     RegistryError and the errors people see
     registry.cli        upgrade / current / check for `portllm db ...`

@@ -234,7 +234,7 @@ class Run(Base):
     channel: Mapped[str] = mapped_column(String(200))
     compat_report: Mapped[dict[str, Any] | None]
     drift_report: Mapped[dict[str, Any] | None]
-    # Which test decided the gate and why, in words for people (registry.gate.GateDecision, per stage).
+    # Which test decided the gate and why, in words for people (portllm_core.gate.GateDecision, per stage).
     gate_report: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))

@@ -218,7 +218,7 @@ def live_score(job: RunJob, inputs: RunInputs, digest: str) -> LiveScore | None:
 
 def decide(inputs: RunInputs, candidate, live: LiveScore | None):
     """Item by item against live when both were scored on the same items; else the interval."""
-    from registry.gate import interval_gate, paired_gate
+    from portllm_core.gate import interval_gate, paired_gate
 
     mine = [bool(item["correct"]) for item in candidate.items]
     if live is not None and live.correct is not None and len(live.correct) == len(mine):

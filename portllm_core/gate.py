@@ -32,13 +32,14 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from portllm_engine.kpi import wilson_interval
+
 GateVerdict = Literal["pass", "fail", "inconclusive"]
 GateTest = Literal["paired", "interval"]
 
 # Thresholds like 0.9 - 0.05 are not exact in binary floating point; 0.85 must still clear 0.85.
 _TOLERANCE = 1e-9
 ALPHA = 0.05  # one-sided: "clearly below" means 95 % confident
-Z95 = 1.96  # the Wilson interval's two-sided 95 %, as the evaluations store it
 # Discordance rates tried when maximising the p-value; between grid points the p-value is
 # smooth, and a golden-section polish around the best point closes the remaining gap.
 _GRID = 200
@@ -100,18 +101,6 @@ def interval_gate(
         "inconclusive": "below the bar, but its range reaches it, so more questions are needed to be sure",
     }[verdict]
     return GateDecision(verdict, "interval", f"{said}: {reason}.")
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval. The same formula as portllm_engine.kpi.wilson_interval (a test pins
-    them equal): the registry may not import the engine, which would pull in torch."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _log_binom_pmf(k: int, m: int, p: float) -> float:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry.gate import gate_verdict
+from portllm_core.gate import gate_verdict
 
 # (accuracy, ci95, live_accuracy, min_accuracy, max_regression) -> verdict
 CASES = [
@@ -36,7 +36,7 @@ def test_gate_verdict(accuracy, ci95, live, min_accuracy, max_regression, expect
 import itertools
 import math
 
-from registry.gate import (
+from portllm_core.gate import (
     GateDecision,
     _tail_at,
     _thresholds,
@@ -145,13 +145,6 @@ def test_the_paired_test_is_exact(margin):
             math.comb(n, b) * math.comb(n - b, c) * p10**b * p01**c * (1 - p10 - p01) ** (n - b - c) for b, c in rejects
         )
         assert size <= 0.05
-
-
-def test_wilson_is_the_engines():
-    from portllm_engine.kpi import wilson_interval as engine_wilson
-
-    for k, n in [(0, 10), (7, 40), (40, 40), (123, 200)]:
-        assert wilson_interval(k, n) == engine_wilson(k, n)
 
 
 def test_near_identical_candidates_pass_on_40_items():
