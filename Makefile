@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-eval clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) bench/transplant.py
+	$(PY) bench/run_memory.py
 	$(PY) bench/serve.py
 	$(PY) bench/ack.py
+
+# lm-evaluation-harness side by side with our scoring; it needs the bench extra (torch stays pinned).
+bench-eval: $(INSTALLED)
+	$(PY) -m pip install -q torch==2.13.0 -e '.[bench]'
+	$(PY) bench/eval.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
