@@ -104,7 +104,8 @@ def load_suite(path: Path) -> Suite:
 
 def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: str,
                   min_accuracy: float = 0.5, max_regression: float = 0.05, approvers: list[str] = (),
-                  admins: list[str] = (), system_prompt: str = "", owner: str = "") -> tuple[str, Suite]:
+                  admins: list[str] = (), requesters: list[str] = (), four_eyes: bool = False,
+                  system_prompt: str = "", owner: str = "") -> tuple[str, Suite]:
     """Register an assistant with its KPI suite; returns (the family as registered, the suite)."""
     check_name("assistant name", name)
     check_fraction("--min-accuracy", min_accuracy)
@@ -120,7 +121,8 @@ def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: 
             services.create_assistant(
                 s, name=name, family=family, suite_ref=suite_ref, suite_digest=loaded.digest,
                 min_accuracy=min_accuracy, max_regression=max_regression, approvers=list(approvers),
-                admins=list(admins), system_prompt=system_prompt, owner=owner or actor, actor=actor,
+                admins=list(admins), requesters=list(requesters), four_eyes=four_eyes,
+                system_prompt=system_prompt, owner=owner or actor, actor=actor,
             )
     return family, loaded
 
@@ -132,7 +134,8 @@ def update_assistant(ws: Workspace, name: str, *, actor: str, suite: Path | None
     if suite is None and not fields:
         raise BadInput(
             "nothing to change: pass --suite, --min-accuracy, --max-regression, --approver, --add-approver, "
-            "--remove-approver, --admin, --add-admin, --remove-admin or --system-prompt"
+            "--remove-approver, --admin, --add-admin, --remove-admin, --requester, --add-requester, "
+            "--remove-requester, --four-eyes/--no-four-eyes or --system-prompt"
         )
     loaded = load_suite(suite) if suite is not None else None
     with staged(ws.store) as staging:
