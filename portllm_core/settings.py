@@ -101,7 +101,7 @@ class SettingsError(Exception):
 
 # The values .env.example ships with: a copied file left unedited must not start a server that
 # accepts requests signed with a secret everyone can read (tests/core checks the two agree).
-PLACEHOLDER_SECRETS = frozenset({"xoxb-your-bot-token", "your-signing-secret", "xapp-your-app-token"})
+PLACEHOLDER_SECRETS = frozenset({"xoxb-your-bot-token", "your-signing-secret"})
 
 
 def require(value: SecretStr | None, variable: str, why: str) -> str:
