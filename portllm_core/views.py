@@ -306,16 +306,18 @@ def bases_table(bases: list[BaseModel], family: str | None) -> Table:
     return Table(title, ("family", "version", "fingerprint", "registered"), rows, "No base registered yet.")
 
 
-def assistants_table(session: Session, assistants: list[Assistant]) -> Table:
+def assistants_table(session: Session, assistants: list[Assistant], channel: str) -> Table:
+    """The assistants, and which version of each is live in `channel` (other channels may be private)."""
     live: dict[int, list[str]] = {}
-    for rollout in session.scalars(select(Rollout).where(Rollout.state == RolloutState.LIVE)):
-        live.setdefault(rollout.assistant_id, []).append(f"{rollout.run.target_base.version} in {rollout.channel}")
+    live_here = select(Rollout).where(Rollout.state == RolloutState.LIVE, Rollout.channel == channel)
+    for rollout in session.scalars(live_here):
+        live.setdefault(rollout.assistant_id, []).append(rollout.run.target_base.version)
     rows = tuple(
         (a.name, a.family, f"≥{a.min_accuracy * 100:.0f}%, −{a.max_regression * 100:.0f} pts",
          ", ".join(a.approvers) or "–", "; ".join(live.get(a.id, [])) or "–")
         for a in assistants
     )
-    return Table("Assistants", ("name", "family", "gate", "approvers", "live"), rows,
+    return Table("Assistants", ("name", "family", "gate", "approvers", "live here"), rows,
                  "No assistant registered yet.")
 
 

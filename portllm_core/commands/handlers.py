@@ -170,7 +170,7 @@ def _bases(cmd: grammar.Bases, ctx: Context) -> Reply:
 
 def _assistants(cmd: grammar.Assistants, ctx: Context) -> Reply:
     with ctx.session_factory() as s:
-        table = views.assistants_table(s, list(services.list_assistants(s)))
+        table = views.assistants_table(s, list(services.list_assistants(s)), ctx.channel)
     return Reply(f"{len(table.rows)} assistant(s).", view=table)
 
 

@@ -125,7 +125,9 @@ def test_reads(world):
     bases = handle("bases", ctx(world))
     assert isinstance(bases.view, Table) and [r[1] for r in bases.view.rows] == ["v1", "v2", "v3"]
     assistants = handle("assistants", ctx(world))
-    assert assistants.view.rows[0][0] == ASSISTANT and "v1 in" in assistants.view.rows[0][4]
+    assert assistants.view.rows[0][0] == ASSISTANT and assistants.view.rows[0][4] == "v1"
+    elsewhere = handle("assistants", ctx(world, channel="COTHER1"))  # where it lives is this channel's business
+    assert elsewhere.view.rows[0][4] == "–"
     assert "patch <assistant> onto <version>" in handle("help", ctx(world)).text
 
 
