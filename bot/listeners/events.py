@@ -27,7 +27,7 @@ def register(app: App, deps: Deps) -> None:
                            reply_to={"thread_ts": thread_ts, "ts": ts, "team": team})
         if not deps.seen.first_time(ctx.request_id):  # the other delivery of this message
             return
-        deps.seen.first_time(f"thread:{channel}:{thread_ts}")
+        deps.seen.first_time(f"thread:{channel}:{thread_ts}")  # replies in this thread are for us now
         text = " ".join(_MENTION.sub(" ", event.get("text", "")).split())
         command = _command_for(text, channel)
         reply = command if isinstance(command, Reply) else run_command(command, ctx)

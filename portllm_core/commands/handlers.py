@@ -77,11 +77,17 @@ def _closest(name: str, known: list[str]) -> list[str]:
 
 # -- handlers --------------------------------------------------------------------------------
 
+# How a run's status reads after "it": "Run #12 was already requested (…); it is running."
+_STATUS_PHRASES = {"queued": "is queued", "running": "is running", "succeeded": "has finished",
+                   "failed": "failed", "cancelled": "was cancelled"}
+
+
 def _queued(requested: runs.RunRequested) -> Reply:
     what = {RunKind.TRANSPLANT: "transplant", RunKind.EVAL: "evaluation", RunKind.RETUNE: "re-tune"}[requested.kind]
     onto = f"{what} of {requested.assistant} onto {requested.version}"
     if not requested.created:  # the same request arrived again: it was enqueued the first time
-        return Reply(f"Run #{requested.run_id} was already requested ({onto}); it is {requested.status}.",
+        return Reply(f"Run #{requested.run_id} was already requested ({onto}); "
+                     f"it {_STATUS_PHRASES.get(requested.status, requested.status)}.",
                      run_id=requested.run_id)
     return Reply(f"Run #{requested.run_id} queued: {onto}.", run_id=requested.run_id)
 
