@@ -132,8 +132,9 @@ class NotRequester(RegistryError):
 class WrongChannel(RegistryError):
     """A decision typed or clicked outside the channel its run or rollout belongs to."""
 
-    def __init__(self, what: str, verb: str, channel: str):
-        super().__init__(f"{what} belongs to {channel_label(channel)}: {verb} it there.")
+    def __init__(self, what: str, channels: Sequence[str], action: str):
+        where = " or ".join(channel_label(c) for c in channels)
+        super().__init__(f"{what} {'belongs to' if len(channels) == 1 else 'is in'} {where}: {action} there.")
 
 
 class OwnRunUnderFourEyes(RegistryError):

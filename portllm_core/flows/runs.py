@@ -94,7 +94,8 @@ def decide(session_factory: sessionmaker[Session], run_id: int, *, approve: bool
     """Approve or reject a run's rollout, in the run's channel; the registry lets one click win."""
     with session_scope(session_factory) as s:
         run = services.get_run(s, run_id)
-        permissions.require_decider(run, user, channel, verb="approve" if approve else "reject", approving=approve)
+        permissions.require_decider(run, user, channel, action="approve it" if approve else "reject it",
+                                    approving=approve)
         services.decide_rollout(s, run_id, approve=approve, user=user, reason=reason)
 
 
@@ -107,7 +108,7 @@ def request_retune(session_factory: sessionmaker[Session], enqueue: Enqueue, run
     """
     with session_scope(session_factory) as s:
         run = services.get_run(s, run_id)
-        permissions.require_decider(run, user, channel, verb="re-tune", approving=False)
+        permissions.require_decider(run, user, channel, action="re-tune it", approving=False)
         assistant, version, patch_id = run.assistant.name, run.target_base.version, run.patch_id
         key = services.retune_key(s, run_id)
     return request_run(session_factory, enqueue, kind=RunKind.RETUNE, assistant=assistant, version=version,
@@ -121,5 +122,6 @@ def rollback(session_factory: sessionmaker[Session], assistant: str, channel: st
     """
     with session_scope(session_factory) as s:
         owner = services.get_assistant(s, assistant)
+        permissions.require_rollback_here(s, owner, user, channel)
         restored: Rollout = services.rollback(s, owner.name, channel, user)
         return owner.name, restored.run.target_base.version, restored.run_id

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry.errors import NotRequester, OwnRunUnderFourEyes, RateLimited, WrongChannel
-from registry.models import Assistant, Run, utcnow
+from registry.models import Assistant, Rollout, RolloutState, Run, utcnow
 from registry.services.catalog import require_approver, same_user
 
 
@@ -26,18 +26,23 @@ def require_requester(assistant: Assistant, user: str) -> None:
         raise NotRequester(user, assistant.name, assistant.requesters)
 
 
-def require_channel(what: str, verb: str, belongs_to: str, channel: str) -> None:
-    """Decisions happen where everyone who follows the run sees them: in its own channel."""
-    if belongs_to != channel:
-        raise WrongChannel(what, verb, belongs_to)
-
-
-def require_decider(run: Run, user: str, channel: str, *, verb: str, approving: bool) -> None:
-    """An approver of the run's assistant, in the run's channel; under four-eyes not its requester."""
+def require_decider(run: Run, user: str, channel: str, *, action: str, approving: bool) -> None:
+    """An approver of the run's assistant, in the run's channel (where everyone who follows the
+    run sees the decision); under four-eyes, not the run's requester."""
     require_approver(run.assistant, user)
-    require_channel(f"Run #{run.id}", verb, run.channel, channel)
+    if run.channel != channel:
+        raise WrongChannel(f"Run #{run.id}", [run.channel], action)
     if approving and run.assistant.four_eyes and same_user(user, run.requested_by):
         raise OwnRunUnderFourEyes(run.id, run.assistant.name)
+
+
+def require_rollback_here(s: Session, assistant: Assistant, user: str, channel: str) -> None:
+    """An approver, in a channel where the assistant is live; elsewhere the refusal names where it is."""
+    require_approver(assistant, user)
+    live_in = list(s.scalars(select(Rollout.channel).where(
+        Rollout.assistant_id == assistant.id, Rollout.state == RolloutState.LIVE).order_by(Rollout.channel)))
+    if live_in and channel not in live_in:
+        raise WrongChannel(f"The live {assistant.name}", live_in, "roll it back")
 
 
 def require_run_quota(s: Session, assistant: Assistant, user: str, *, per_user: int, per_assistant: int,

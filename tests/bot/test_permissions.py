@@ -78,8 +78,12 @@ def test_rollback_acts_on_the_channel_it_is_typed_in(world):
     live_run(world.session_factory, key="k1", version="v1")
     newer = live_run(world.session_factory, key="k2", version="v2")
     elsewhere = handle(f"rollback {ASSISTANT}", ctx(world, channel=OTHER_CHANNEL))
-    assert not elsewhere.ok and OTHER_CHANNEL in elsewhere.text
+    assert not elsewhere.ok
+    assert elsewhere.text == f"The live support-assistant belongs to #{CHANNEL}: roll it back there."
     assert rollout_state(world, newer) == "live"
+    outsider = handle(f"rollback {ASSISTANT}", ctx(world, user=OUTSIDER, channel=OTHER_CHANNEL))
+    assert "not an approver" in outsider.text  # where it is live is no outsider's business
+    assert handle(f"rollback {ASSISTANT}", ctx(world)).ok
 
 
 def test_four_eyes_keeps_a_requester_from_approving_their_own_run(world):
