@@ -122,7 +122,9 @@ def main() -> int:
         fake = FakeSlack().start()
         env = {"PORTLLM_DATA_DIR": str(data_dir), "PORTLLM_DATABASE_URL": database_url,
                "SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-               "SLACK_API_URL": fake.url}
+               "SLACK_API_URL": fake.url,
+               # one bench "person" queues far more runs than a real one may in an hour
+               "PORTLLM_RUNS_PER_USER_PER_HOUR": "1000000", "PORTLLM_RUNS_PER_ASSISTANT_PER_HOUR": "1000000"}
         server = start_server(env, data_dir / "server.log", workers=args.workers, threads=args.threads)
         timings = Timings(fake)
         try:

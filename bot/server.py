@@ -7,9 +7,12 @@ and broker connections are never shared between processes.
 """
 from __future__ import annotations
 
+import io
 import logging
 
 from gunicorn.app.base import BaseApplication
+from slack_bolt.request.internals import parse_body
+from slack_sdk.signature import SignatureVerifier
 
 from portllm_core.settings import Settings, require
 
@@ -31,11 +34,74 @@ class _Gunicorn(BaseApplication):
         from slack_bolt.adapter.wsgi import SlackRequestHandler
 
         from portllm_core.tasks import TaskQueue
-        from bot.slack_app import build_app
+        from bot.slack_app import build_app, signing_secret
 
         queue = TaskQueue(self.settings)
         queue.connect()  # before the first command, not during it
-        return with_health_check(SlackRequestHandler(build_app(self.settings, enqueue=queue), path=EVENTS_PATH))
+        bolt = SlackRequestHandler(build_app(self.settings, enqueue=queue), path=EVENTS_PATH)
+        return with_health_check(with_request_guard(bolt, signing_secret=signing_secret(self.settings),
+                                                    max_body_bytes=self.settings.max_request_bytes))
+
+
+def with_request_guard(handler, *, signing_secret: str, max_body_bytes: int):
+    """Refuse what Bolt should never see, before it reads or parses anything.
+
+    A body over `max_body_bytes` is refused with 413 by its Content-Length, unread (one without
+    a length is read only up to the limit); an unsigned, stale or badly signed request gets 401,
+    and so does a signed body Bolt could not parse (it would escape as a 500).
+    """
+    verifier = SignatureVerifier(signing_secret)
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") != EVENTS_PATH or environ.get("REQUEST_METHOD") != "POST":
+            return handler(environ, start_response)
+        body = _bounded_body(environ, max_body_bytes)
+        if body is None:
+            return _refuse(start_response, "413 Request Entity Too Large",
+                           f"request body over {max_body_bytes} bytes")
+        content_type = (environ.get("CONTENT_TYPE") or "").split(";")[0].strip() or None
+        if not _signed(verifier, body, environ) or not _parses(body, content_type):
+            return _refuse(start_response, "401 Unauthorized", "invalid request")
+        environ["wsgi.input"] = io.BytesIO(body)  # what Bolt reads: the bytes already checked
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return handler(environ, start_response)
+
+    return app
+
+
+def _bounded_body(environ, limit: int) -> bytes | None:
+    """The request body, or None when it is longer than `limit` bytes."""
+    try:
+        declared = int(environ.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        return None
+    if declared > limit:
+        return None
+    body = environ["wsgi.input"].read(declared if declared >= 0 else limit + 1)
+    return body if len(body) <= limit else None
+
+
+def _signed(verifier: SignatureVerifier, body: bytes, environ) -> bool:
+    timestamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
+    signature = environ.get("HTTP_X_SLACK_SIGNATURE", "")
+    if not timestamp.isdigit() or not signature:  # the verifier would raise on a non-number
+        return False
+    return verifier.is_valid(body, timestamp, signature)
+
+
+def _parses(body: bytes, content_type: str | None) -> bool:
+    try:
+        parse_body(body.decode("utf-8"), content_type)  # Bolt's own parser: what it would choke on
+        return True
+    except ValueError:  # bad UTF-8 and bad JSON are both ValueErrors
+        return False
+
+
+def _refuse(start_response, status: str, reason: str):
+    body = reason.encode()
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                            ("Connection", "close")])
+    return [body]
 
 
 def with_health_check(handler):
@@ -73,9 +139,10 @@ def gunicorn_options(port: int, host: str, workers: int, threads: int) -> dict:
 def serve_http(port: int, host: str = "0.0.0.0", *, settings: Settings | None = None,
                workers: int = 2, threads: int = 32) -> None:
     """Serve commands, interactivity and events on http://host:port/slack/events until stopped."""
+    from bot.slack_app import signing_secret
+
     settings = settings or Settings()
-    require(settings.slack_signing_secret, "SLACK_SIGNING_SECRET",
-            "Slack's signing secret, to verify that requests come from Slack")
+    signing_secret(settings)  # refuse to start without real secrets, before forking workers
     require(settings.slack_bot_token, "SLACK_BOT_TOKEN", "the bot token (xoxb-…) from the Slack app")
     _Gunicorn(settings, gunicorn_options(port, host, workers, threads)).run()
 

@@ -7,13 +7,20 @@ from slack_bolt import App
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import listeners
+from bot.dedupe import shared_keys
 from bot.listeners.deps import Deps
+from portllm_core.flows.runs import RateLimits
 from portllm_core.tasks import Enqueue, TaskQueue
 from portllm_core.settings import Settings, require
 from portllm_core.slack import make_client
 
 # Listener threads per process: Bolt's default of 5 turns a burst of slow listeners into timeouts.
 LISTENER_THREADS = 32
+
+
+def signing_secret(settings: Settings) -> str:
+    return require(settings.slack_signing_secret, "SLACK_SIGNING_SECRET",
+                   "Slack's signing secret, to verify that requests come from Slack")
 
 
 def build_app(settings: Settings, session_factory: sessionmaker[Session] | None = None,
@@ -25,16 +32,14 @@ def build_app(settings: Settings, session_factory: sessionmaker[Session] | None 
         session_factory = make_session_factory(settings.resolved_database_url())
     if enqueue is None:
         enqueue = TaskQueue(settings)
-    signing_secret = None
-    if not socket_mode:
-        signing_secret = require(settings.slack_signing_secret, "SLACK_SIGNING_SECRET",
-                                 "Slack's signing secret, to verify that requests come from Slack")
     app = App(
         client=make_client(settings),
-        signing_secret=signing_secret or "",
+        signing_secret="" if socket_mode else signing_secret(settings),
         request_verification_enabled=not socket_mode,
         listener_executor=ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="portllm-listener"),
         name="portllm",
     )
-    listeners.register(app, Deps(session_factory=session_factory, enqueue=enqueue))
+    seen = shared_keys(settings, session_factory)
+    listeners.register(app, Deps(session_factory=session_factory, enqueue=enqueue,
+                                 limits=RateLimits.from_settings(settings), seen=seen))
     return app

@@ -1,5 +1,8 @@
 """The console channel: the Slack commands in a terminal, on the embedded defaults.
 
+For operators on the server, not a way to act as someone else: whatever is done here is
+audited as `console:<name>`, never as a Slack user.
+
 One command a line (typed, or piped on stdin), replies in order. After `patch`/`eval` it
 follows the run in the registry until it ends and prints its card; after `ask` it prints the
 answer the workers stream into <data_dir>/console/outbox.jsonl for this request.
@@ -22,9 +25,11 @@ from portllm_cli import terminal
 from portllm_core import views
 from portllm_core.commands.handlers import Context, handle
 from portllm_core.commands.replies import Reply
+from portllm_core.flows.runs import RateLimits
 from portllm_core.tasks import Enqueue
 from portllm_core.workspace import Workspace
 from portllm_core.settings import Settings
+from registry.services.catalog import CONSOLE_ACTOR_PREFIX
 
 PROMPT = "portllm> "
 QUEUED_HINT_AFTER_S = 10.0  # say that a worker is needed when a run sits queued this long
@@ -52,8 +57,9 @@ class ConsoleSession:
     def run_line(self, line: str) -> Reply:
         outbox = self.settings.outbox_path
         offset = outbox.stat().st_size if outbox.exists() else 0
-        ctx = Context(user=self.user, channel=self.channel, session_factory=self.session_factory,
-                      enqueue=self.enqueue, request_id=f"console:{uuid.uuid4().hex}",
+        ctx = Context(user=f"{CONSOLE_ACTOR_PREFIX}{self.user}", channel=self.channel,
+                      session_factory=self.session_factory, enqueue=self.enqueue,
+                      request_id=f"console:{uuid.uuid4().hex}", limits=RateLimits.from_settings(self.settings),
                       reply_to={"via": "console"})
         reply = handle(line, ctx)
         self.out.print(terminal.render(reply))

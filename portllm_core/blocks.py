@@ -48,8 +48,17 @@ def clip(text: str, limit: int) -> str:
 
 
 def escape(text: str) -> str:
-    """Escape the three characters Slack's mrkdwn treats as control characters."""
+    """Escape the three characters Slack's mrkdwn treats as control characters.
+
+    Everything a person or a model wrote goes through here before Slack sees it: `<!channel>`
+    would ping the channel and `<https://evil|reset your password>` would disguise a link.
+    """
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def fallback_text(text: str) -> str:
+    """A message's top-level `text` (notifications, screen readers): escaped like blocks, clipped."""
+    return clip(escape(text), MAX_MESSAGE_TEXT)
 
 
 def who(user: str | None) -> str:
@@ -137,6 +146,11 @@ def run_summary(card: RunCard) -> str:
     if card.rollout_state:
         state += f", {ROLLOUT_TEXT.get(card.rollout_state, card.rollout_state)}"
     return f"{run_title(card)}: {state}"
+
+
+def run_card_message(card: RunCard) -> dict:
+    """The `text` and `blocks` of a run's card message, wherever it is posted or updated."""
+    return {"text": fallback_text(run_summary(card)), "blocks": run_card_blocks(card)}
 
 
 def kpi_rows(card: RunCard) -> list[tuple[str, ...]]:

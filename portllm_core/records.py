@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.models import ACTIVE_RUN_STATUSES, DECIDABLE_ROLLOUT_STATES, Assistant, AuditEvent, BaseModel, Patch, Rollout, RolloutState, Run
-from registry.services.catalog import get_assistant, resolve_assistant
+from registry.services.catalog import get_assistant, is_approver, resolve_assistant, same_user
 
 
 def base(row) -> dict[str, Any]:
@@ -39,6 +39,8 @@ def assistant(row) -> dict[str, Any]:
         "max_regression": row.max_regression,
         "approvers": list(row.approvers),
         "admins": list(row.admins),
+        "requesters": list(row.requesters),
+        "four_eyes": row.four_eyes,
         "system_prompt": row.system_prompt,
         "owner": row.owner,
         "created_by": row.created_by,
@@ -144,23 +146,38 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def status(s: Session, assistant: str | None = None) -> dict[str, Any]:
+def visible(run: Run, *, channel: str | None = None, viewer: str | None = None) -> bool:
+    """Whether a status shown in `channel`, or to `viewer` (App Home), includes this run.
+
+    A channel's status shows that channel only (others may be private); a person's App Home
+    shows the runs they requested or may decide. None: no such restriction (the operators' CLI).
+    """
+    if channel is not None and run.channel != channel:
+        return False
+    return viewer is None or same_user(viewer, run.requested_by) or is_approver(run.assistant, viewer)
+
+
+def status(s: Session, assistant: str | None = None, *, channel: str | None = None,
+           viewer: str | None = None) -> dict[str, Any]:
     """What is live per channel, what awaits a decision, and which runs are queued or running."""
     owner = None if assistant is None else get_assistant(s, assistant)
 
     def scoped(query, column):
         return query if owner is None else query.where(column == owner.id)
 
-    live = s.scalars(scoped(
+    def shown(rows, run_of=lambda row: row.run):
+        return [row for row in rows if visible(run_of(row), channel=channel, viewer=viewer)]
+
+    live = shown(s.scalars(scoped(
         select(Rollout).where(Rollout.state == RolloutState.LIVE), Rollout.assistant_id
-    ).order_by(Rollout.assistant_id, Rollout.channel))
-    pending = s.scalars(scoped(
+    ).order_by(Rollout.assistant_id, Rollout.channel)))
+    pending = shown(s.scalars(scoped(
         select(Rollout).where(Rollout.state.in_(DECIDABLE_ROLLOUT_STATES)),
         Rollout.assistant_id,
-    ).order_by(Rollout.created_at, Rollout.id))
-    runs = s.scalars(scoped(
+    ).order_by(Rollout.created_at, Rollout.id)))
+    runs = shown(s.scalars(scoped(
         select(Run).where(Run.status.in_(ACTIVE_RUN_STATUSES)), Run.assistant_id
-    ).order_by(Run.created_at, Run.id))
+    ).order_by(Run.created_at, Run.id)), run_of=lambda run: run)
     return {
         "assistant": None if owner is None else owner.name,
         "live": [

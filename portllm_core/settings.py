@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = Field(default=None, validation_alias="SLACK_APP_TOKEN")
     slack_api_url: str | None = Field(default=None, validation_alias="SLACK_API_URL")
     slack_update_interval_s: float = 1.0  # Slack allows about one chat.update per second
+    # Slack's own payloads are a few kB; anything larger is refused (413) before it is read.
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # How long an event, command or click id is remembered, so a redelivery is not answered twice.
+    dedupe_ttl_s: int = Field(default=3600, ge=60)
+
+    # -- who may use the GPUs how often (runs requested in the last hour) -----------------
+    runs_per_user_per_hour: int = Field(default=10, ge=1)
+    runs_per_assistant_per_hour: int = Field(default=30, ge=1)
 
     @field_validator("data_dir")
     @classmethod
@@ -67,6 +75,10 @@ class Settings(BaseSettings):
 
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"{SQLITE_QUEUE_PREFIX}:///{self.data_dir / 'queue.db'}"
+
+    def redis_url(self) -> str | None:
+        """The broker's Redis, when the broker is Redis: shared state (dedupe) lives there too."""
+        return self.broker_url if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")) else None
 
     @property
     def artifacts_dir(self) -> Path:
@@ -87,7 +99,16 @@ class SettingsError(Exception):
     """A required setting is missing; the message names the variable to set."""
 
 
+# The values .env.example ships with: a copied file left unedited must not start a server that
+# accepts requests signed with a secret everyone can read (tests/core checks the two agree).
+PLACEHOLDER_SECRETS = frozenset({"xoxb-your-bot-token", "your-signing-secret"})
+
+
 def require(value: SecretStr | None, variable: str, why: str) -> str:
-    if value is None or not value.get_secret_value():
+    """The secret's value; refused when it is empty or still the placeholder from .env.example."""
+    secret = "" if value is None else value.get_secret_value().strip()
+    if not secret:
         raise SettingsError(f"{variable} is not set: {why}.")
-    return value.get_secret_value()
+    if secret in PLACEHOLDER_SECRETS:
+        raise SettingsError(f"{variable} is still the placeholder from .env.example: set it to {why}.")
+    return secret

@@ -258,8 +258,10 @@ def _gate_text(assistant: Assistant, live_accuracy: float | None) -> str:
     return text
 
 
-def status_view(session: Session, assistant: str | None = None, *, limit: int = 25) -> StatusView:
-    """What is live where, runs in flight and rollouts awaiting a decision (newest first)."""
+def status_view(session: Session, assistant: str | None = None, *, channel: str | None = None,
+                viewer: str | None = None, limit: int = 25) -> StatusView:
+    """What is live where, runs in flight and rollouts awaiting a decision (newest first);
+    only `channel`'s, or only what `viewer` requested or may decide (records.visible)."""
     live_q = select(Rollout).join(Rollout.assistant).where(Rollout.state == RolloutState.LIVE)
     runs_q = (select(Run).join(Run.assistant).outerjoin(Run.rollout)
               .where(or_(Run.status.in_(ACTIVE_RUN_STATUSES), Rollout.state.in_(DECIDABLE_ROLLOUT_STATES))))
@@ -269,13 +271,19 @@ def status_view(session: Session, assistant: str | None = None, *, limit: int = 
     live = tuple(
         LiveRow(r.assistant.name, r.channel, r.run.target_base.version, r.run_id, r.accuracy)
         for r in session.scalars(live_q.order_by(Assistant.name, Rollout.channel))
+        if records.visible(r.run, channel=channel, viewer=viewer)
     )
+    if channel is not None:  # the channel filter in SQL too, so `limit` counts this channel's runs
+        runs_q = runs_q.where(Run.channel == channel)
+    shown = (run for run in session.scalars(runs_q.order_by(Run.id.desc()))
+             if records.visible(run, channel=channel, viewer=viewer))
     pending = tuple(
         PendingRow(run.id, run.assistant.name, run.target_base.version, run.status, run.progress or 0.0,
                    run.rollout.state if run.rollout else None, run.rollout.verdict if run.rollout else None)
-        for run in session.scalars(runs_q.order_by(Run.id.desc()).limit(limit))
+        for run, _ in zip(shown, range(limit))
     )
-    return StatusView(assistant, live, pending, json=records.status(session, assistant))
+    return StatusView(assistant, live, pending,
+                      json=records.status(session, assistant, channel=channel, viewer=viewer))
 
 
 def lineage_view(session: Session, assistant: Assistant) -> LineageView:
@@ -320,16 +328,18 @@ def bases_table(bases: list[BaseModel], family: str | None) -> Table:
     return Table(title, ("family", "version", "fingerprint", "registered"), rows, "No base registered yet.")
 
 
-def assistants_table(session: Session, assistants: list[Assistant]) -> Table:
+def assistants_table(session: Session, assistants: list[Assistant], channel: str) -> Table:
+    """The assistants, and which version of each is live in `channel` (other channels may be private)."""
     live: dict[int, list[str]] = {}
-    for rollout in session.scalars(select(Rollout).where(Rollout.state == RolloutState.LIVE)):
-        live.setdefault(rollout.assistant_id, []).append(f"{rollout.run.target_base.version} in {rollout.channel}")
+    live_here = select(Rollout).where(Rollout.state == RolloutState.LIVE, Rollout.channel == channel)
+    for rollout in session.scalars(live_here):
+        live.setdefault(rollout.assistant_id, []).append(rollout.run.target_base.version)
     rows = tuple(
         (a.name, a.family, f"≥{a.min_accuracy * 100:.0f}%, −{a.max_regression * 100:.0f} pts",
          ", ".join(a.approvers) or "–", "; ".join(live.get(a.id, [])) or "–")
         for a in assistants
     )
-    return Table("Assistants", ("name", "family", "gate", "approvers", "live"), rows,
+    return Table("Assistants", ("name", "family", "gate", "approvers", "live here"), rows,
                  "No assistant registered yet.")
 
 

@@ -141,3 +141,31 @@ class GateFailedNeedsAdmin(RegistryError):
 
 class ConcurrentUpdate(RegistryError):
     """Someone else changed the same thing at the same moment; retrying reads the new state."""
+
+
+class NotRequester(RegistryError):
+    def __init__(self, user: str, assistant: str, requesters: Sequence[str]):
+        listed = ", ".join(mention(r) for r in requesters)
+        super().__init__(f"Only {listed} may request runs of {assistant}; ask one of them, or an operator "
+                         f"to add you (`portllm assistant set {assistant} --add-requester <you>`).")
+
+
+class WrongChannel(RegistryError):
+    """A decision typed or clicked outside the channel its run or rollout belongs to."""
+
+    def __init__(self, what: str, channels: Sequence[str], action: str):
+        where = " or ".join(channel_label(c) for c in channels)
+        super().__init__(f"{what} {'belongs to' if len(channels) == 1 else 'is in'} {where}: {action} there.")
+
+
+class OwnRunUnderFourEyes(RegistryError):
+    def __init__(self, run_id: int, assistant: str):
+        super().__init__(f"You requested run #{run_id}, and {assistant} follows the four-eyes rule: "
+                         "another approver has to approve it.")
+
+
+class RateLimited(RegistryError):
+    def __init__(self, whose: str, count: int, window_s: int, retry_after_s: float, retry_at: str):
+        minutes = max(1, round(retry_after_s / 60))
+        super().__init__(f"{whose}: {count} requested in the last {window_s // 60} minutes, the most allowed. "
+                         f"Try again in {minutes} min (after {retry_at} UTC).")

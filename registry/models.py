@@ -168,6 +168,8 @@ class Assistant(Base):
     max_regression: Mapped[float] = mapped_column(Float)
     approvers: Mapped[list[str]]  # Slack user ids (or console user names)
     admins: Mapped[list[str]]  # may approve a failed gate, with a reason
+    requesters: Mapped[list[str]] = mapped_column(default=list)  # who may request runs; empty: anyone
+    four_eyes: Mapped[bool] = mapped_column(default=False)  # a requester may not approve their own run
     system_prompt: Mapped[str] = mapped_column(Text, default="")
     owner: Mapped[str] = mapped_column(String(200), default="")
     created_by: Mapped[str] = mapped_column(String(200))
@@ -362,3 +364,12 @@ class AuditEvent(Base):
     entity_id: Mapped[int] = mapped_column(Integer)
     assistant_id: Mapped[int | None] = mapped_column(ForeignKey("assistants.id"), index=True)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class SeenKey(Base):
+    """A Slack event, command or click one process claimed: the others skip it until it expires."""
+
+    __tablename__ = "seen_keys"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -17,6 +17,7 @@ from typing import Protocol
 from slack_sdk.errors import SlackClientError
 from sqlalchemy.orm import Session, sessionmaker
 
+from portllm_core.blocks import escape, run_card_message
 from registry.models import FINAL_RUN_STATUSES
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,6 @@ class SlackNotifier:
     def run_changed(self, run_id: int, *, final: bool = False) -> None:
         if not self._throttle.allow(run_id, final=final):
             return
-        from portllm_core.blocks import run_card_blocks, run_summary
         from registry import services
         from registry.models import Run
 
@@ -158,13 +158,14 @@ class SlackNotifier:
             if card is None:
                 return
             run = session.get(Run, run_id)
-            blocks, text = run_card_blocks(card), run_summary(card)
+            message = run_card_message(card)
             try:
                 if run.notify_ref:
                     ref = run.notify_ref
-                    self.client.chat_update(channel=ref["channel"], ts=ref["ts"], text=text, blocks=blocks)
+                    self.client.chat_update(channel=ref["channel"], ts=ref["ts"], **message)
                     return
-                posted = self.client.chat_postMessage(channel=run.channel, text=text, blocks=blocks)
+                # Only ever to the run's own channel: the card shows KPIs and who asked.
+                posted = self.client.chat_postMessage(channel=run.channel, **message)
             except DELIVERY_ERRORS as exc:
                 log.warning("Slack update for run %s failed: %s", run_id, _reason(exc))
                 return
@@ -172,7 +173,12 @@ class SlackNotifier:
             session.commit()
 
     def answer_stream(self, reply_to: dict, chunks: Iterable[str]) -> str:
-        """chat_stream into the thread; where streaming is refused, a message updated in place."""
+        """chat_stream into the thread; where streaming is refused, a message updated in place.
+
+        What is posted is escaped (the model may echo `<!channel>` or write a disguised link);
+        what is returned is the answer as generated. Escaping maps each character on its own,
+        so escaping piece by piece equals escaping the whole.
+        """
         sent: list[str] = []
         pieces = _coalesce(chunks, self.interval)
         channel, thread_ts = reply_to["channel"], reply_to.get("thread_ts")
@@ -184,7 +190,7 @@ class SlackNotifier:
             try:
                 for piece in pieces:
                     sent.append(piece)  # before sending: a refused start falls back with it
-                    stream.append(markdown_text=piece)
+                    stream.append(markdown_text=escape(piece))
                 stream.stop()
                 return "".join(sent)
             except DELIVERY_ERRORS as exc:
@@ -198,11 +204,12 @@ class SlackNotifier:
             for piece in pieces:
                 text += piece
                 if ts is None:
-                    ts = self.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)["ts"]
+                    ts = self.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=escape(text))["ts"]
                 else:
-                    self.client.chat_update(channel=channel, ts=ts, text=text)
+                    self.client.chat_update(channel=channel, ts=ts, text=escape(text))
             if ts is None:
-                self.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text or "(no answer)")
+                self.client.chat_postMessage(channel=channel, thread_ts=thread_ts,
+                                             text=escape(text) or "(no answer)")
         except DELIVERY_ERRORS as exc:
             log.warning("Slack answer in %s failed: %s", channel, _reason(exc))
         return text

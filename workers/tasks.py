@@ -9,10 +9,13 @@ import logging
 from collections.abc import Iterator
 
 from celery import Task
+from celery.exceptions import TimeLimitExceeded
 
 from portllm_core import tasks as contract
 from registry import services
-from registry.errors import RegistryError
+from registry.db import session_scope
+from registry.errors import InvalidTransition, RegistryError
+from registry.models import RunStatus
 from workers import context
 from workers.celery_app import app
 from workers.protocol import run_task
@@ -22,22 +25,49 @@ from workers.sweeper import sweep_once
 log = logging.getLogger("portllm.tasks")
 
 
-@app.task(name=contract.TRANSPLANT_AND_EVALUATE, bind=True)
+class RunTask(Task):
+    """A task that works on one run (its first argument)."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        """Past its hard time limit Celery kills the pool process and calls this in the main one.
+
+        The run ends `failed` here, once: left `running`, the sweeper would take the silence for
+        a dead worker and start it again, each attempt hitting the same limit.
+        """
+        if isinstance(exc, TimeLimitExceeded) and args:
+            fail_over_time(args[0], exc.args[0] if exc.args else self.time_limit)
+
+
+def fail_over_time(run_id: int, limit_s: float) -> None:
+    ctx = context.current()
+    error = (f"Run #{run_id} exceeded the time limit of {limit_s:.0f} s and was stopped; raise "
+             "PORTLLM_JOB_TIME_LIMIT_S (below PORTLLM_VISIBILITY_TIMEOUT_S) or use a smaller suite, "
+             "then request it again.")
+    try:
+        with session_scope(ctx.session_factory) as s:
+            services.finish_run(s, run_id, status=RunStatus.FAILED, error=error, actor="system:time-limit")
+    except InvalidTransition:  # it ended in the meantime
+        return
+    log.warning("run #%s exceeded the time limit of %.0f s", run_id, limit_s)
+    ctx.notifier.run_changed(run_id, final=True)
+
+
+@app.task(name=contract.TRANSPLANT_AND_EVALUATE, bind=True, base=RunTask)
 def transplant_and_evaluate(self: Task, run_id: int) -> str:
     return run_task(self, run_id, steps.transplant)
 
 
-@app.task(name=contract.EVAL_ONLY, bind=True)
+@app.task(name=contract.EVAL_ONLY, bind=True, base=RunTask)
 def eval_only(self: Task, run_id: int) -> str:
     return run_task(self, run_id, steps.eval_only)
 
 
-@app.task(name=contract.RETUNE, bind=True)
+@app.task(name=contract.RETUNE, bind=True, base=RunTask)
 def retune(self: Task, run_id: int) -> str:
     return run_task(self, run_id, steps.retune)
 
 
-@app.task(name=contract.TRAIN_PATCH, bind=True)
+@app.task(name=contract.TRAIN_PATCH, bind=True, base=RunTask)
 def train_patch(self: Task, run_id: int) -> str:
     return run_task(self, run_id, steps.train)
 

@@ -1,4 +1,7 @@
-"""Card buttons: Approve, Reject, Re-tune. Ack first; the registry checks who may decide."""
+"""Card buttons: Approve, Reject, Re-tune. Ack first; the registry checks who may decide.
+
+A click is handled once, by whichever process claims it first (a double delivery does nothing).
+"""
 from __future__ import annotations
 
 from slack_bolt import Ack, App, Respond
@@ -24,30 +27,32 @@ def register(app: App, deps: Deps) -> None:
     def show(reply: Reply, client: WebClient, respond: Respond, ctx, container: dict) -> None:
         """Replace the card in place (buttons become the outcome), or tell only the clicker why not."""
         if not reply.ok or not isinstance(reply.view, RunCard):
-            client.chat_postEphemeral(channel=ctx.channel, user=ctx.user, text=reply.text)
+            client.chat_postEphemeral(channel=ctx.channel, user=ctx.user, text=blocks.fallback_text(reply.text))
             return
-        card_blocks = blocks.run_card_blocks(reply.view)
-        text = blocks.run_summary(reply.view)
+        message = blocks.run_card_message(reply.view)
         if container.get("is_ephemeral") or not container.get("message_ts"):
-            respond(replace_original=True, text=text, blocks=card_blocks)
+            respond(replace_original=True, **message)
         else:
-            client.chat_update(channel=ctx.channel, ts=container["message_ts"], text=text, blocks=card_blocks)
+            client.chat_update(channel=ctx.channel, ts=container["message_ts"], **message)
 
     @app.action(Action.APPROVE.value)
     def approve_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
         ctx, run_id, container = context_of(body)
-        show(decide(run_id, True, ctx), client, respond, ctx, container)
+        if deps.seen.first_time(ctx.request_id):
+            show(decide(run_id, True, ctx), client, respond, ctx, container)
 
     @app.action(Action.REJECT.value)
     def reject_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
         ctx, run_id, container = context_of(body)
-        show(decide(run_id, False, ctx), client, respond, ctx, container)
+        if deps.seen.first_time(ctx.request_id):
+            show(decide(run_id, False, ctx), client, respond, ctx, container)
 
     @app.action(Action.RETUNE.value)
     def retune_clicked(ack: Ack, body: dict, client: WebClient) -> None:
         ack()
         ctx, run_id, _ = context_of(body)
-        reply = retune(run_id, ctx)
-        client.chat_postEphemeral(channel=ctx.channel, user=ctx.user, text=reply.text)
+        if deps.seen.first_time(ctx.request_id):
+            reply = retune(run_id, ctx)
+            client.chat_postEphemeral(channel=ctx.channel, user=ctx.user, text=blocks.fallback_text(reply.text))

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def _message(reply: Reply) -> dict:
-    return {"text": blocks.clip(reply.text, blocks.MAX_MESSAGE_TEXT), "blocks": blocks.reply_blocks(reply),
+    return {"text": blocks.fallback_text(reply.text), "blocks": blocks.reply_blocks(reply),
             "response_type": "in_channel" if reply.in_channel else "ephemeral"}
 
 
@@ -52,6 +52,8 @@ def _run_and_respond(deps: Deps, parsed: grammar.Command, command: dict, respond
         ctx = deps.context(user=command["user_id"], channel=command["channel_id"],
                            request_id=f"slack:{team}:{invocation}",
                            reply_to={"response_url": command.get("response_url"), "team": team})
+        if not deps.seen.first_time(ctx.request_id):  # a redelivery another process answers
+            return
         reply = run_command(parsed, ctx)
         respond(**_message(reply))
         if reply.ok and isinstance(reply.view, RunCard):  # a typed approve/reject: update the posted card

@@ -1,4 +1,4 @@
-"""What every listener needs: the registry, the queue, dedupe memory, a way to build a Context."""
+"""What every listener needs: the registry, the queue, shared dedupe keys, a way to build a Context."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from portllm_core import blocks, views
 from portllm_core.commands.handlers import Context
-from bot.dedupe import Seen
+from portllm_core.flows.runs import RateLimits
+from bot.dedupe import SharedKeys
 from portllm_core.tasks import Enqueue
 from registry.models import Run
 
@@ -21,15 +22,17 @@ AFTER_ACK_THREADS = 2
 class Deps:
     session_factory: sessionmaker[Session]
     enqueue: Enqueue
-    seen: Seen = field(default_factory=Seen)  # event ids and (channel, ts) already handled
-    threads: Seen = field(default_factory=Seen)  # threads this process answered in
+    limits: RateLimits
+    # Events, messages, commands and clicks already handled, and threads the bot answered in,
+    # by any process (bot.dedupe).
+    seen: SharedKeys
     # Work that follows an ack (database, queue, respond). Few threads on purpose: see commands.py.
     after_ack: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=AFTER_ACK_THREADS, thread_name_prefix="portllm-work"))
 
     def context(self, *, user: str, channel: str, request_id: str, reply_to: dict | None = None) -> Context:
         return Context(user=user, channel=channel, session_factory=self.session_factory,
-                       enqueue=self.enqueue, request_id=request_id,
+                       enqueue=self.enqueue, request_id=request_id, limits=self.limits,
                        reply_to={"via": "slack", **(reply_to or {})})
 
     def refresh_run_message(self, client: WebClient, run_id: int) -> None:
@@ -40,5 +43,4 @@ class Deps:
             if not ref or "ts" not in ref or "channel" not in ref:
                 return
             card = views.run_card(s, run_id)
-        client.chat_update(channel=ref["channel"], ts=ref["ts"], text=blocks.run_summary(card),
-                           blocks=blocks.run_card_blocks(card))
+        client.chat_update(channel=ref["channel"], ts=ref["ts"], **blocks.run_card_message(card))

@@ -22,18 +22,18 @@ _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 def register(app: App, deps: Deps) -> None:
     def answer(event: dict, client: WebClient, team: str | None) -> None:
         channel, ts = event["channel"], event["ts"]
-        if not deps.seen.first_time(f"message:{channel}:{ts}"):
-            return
         thread_ts = event.get("thread_ts") or ts
-        deps.threads.first_time(f"{channel}:{thread_ts}")
         ctx = deps.context(user=event.get("user", ""), channel=channel, request_id=f"slack-msg:{channel}:{ts}",
                            reply_to={"thread_ts": thread_ts, "ts": ts, "team": team})
+        if not deps.seen.first_time(ctx.request_id):  # the other delivery of this message
+            return
+        deps.seen.first_time(f"thread:{channel}:{thread_ts}")  # replies in this thread are for us now
         text = " ".join(_MENTION.sub(" ", event.get("text", "")).split())
         command = _command_for(text, channel)
         reply = command if isinstance(command, Reply) else run_command(command, ctx)
         if reply.reply_to is not None:  # a question was queued: the worker answers in the thread
             return
-        client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=blocks.clip(reply.text, 3000),
+        client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=blocks.fallback_text(reply.text),
                                 blocks=blocks.reply_blocks(reply))
 
     def _command_for(text: str, channel: str) -> grammar.Command | Reply:
@@ -65,7 +65,7 @@ def register(app: App, deps: Deps) -> None:
             return
         bot_user = context.bot_user_id or ""
         in_our_thread = (event.get("parent_user_id") == bot_user
-                         or f"{event['channel']}:{event['thread_ts']}" in deps.threads)
+                         or f"thread:{event['channel']}:{event['thread_ts']}" in deps.seen)
         if in_our_thread or f"<@{bot_user}>" in event.get("text", ""):
             answer(event, client, context.team_id)
 

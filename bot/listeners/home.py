@@ -1,4 +1,8 @@
-"""The App Home tab: what is live where, and what awaits approval."""
+"""The App Home tab: of what is live and what awaits approval, only the viewer's part.
+
+App Home is private to the viewer but not to a channel, so it shows only the runs they
+requested or may decide: nothing from channels they may not be in.
+"""
 from __future__ import annotations
 
 from slack_bolt import App
@@ -14,5 +18,5 @@ def register(app: App, deps: Deps) -> None:
         if event.get("tab", "home") != "home":
             return
         with deps.session_factory() as s:
-            view = views.status_view(s)
+            view = views.status_view(s, viewer=event["user"])
         client.views_publish(user_id=event["user"], view=blocks.home_view(view))

@@ -10,6 +10,9 @@ from portllm_core import records
 from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, short, stdout, table
 from portllm_cli.admin.runtime import BadInput, workspace, actor, admin_command
 
+REQUESTER_HELP = "Who may request runs (repeat); none: everyone in the channel. Approvers always may."
+FOUR_EYES_HELP = "Four-eyes rule: whoever requested a run cannot approve it."
+
 app = typer.Typer(help="Assistants: a family, a KPI suite, a gate and the people who approve.", no_args_is_help=True)
 
 
@@ -25,6 +28,8 @@ def add(
     max_regression: float = typer.Option(0.05, "--max-regression", help="Gate: largest drop vs live (0..1)."),
     approvers: list[str] = typer.Option([], "--approver", help="Who may approve a rollout (repeat)."),
     admins: list[str] = typer.Option([], "--admin", help="Who may override a failed gate with a reason (repeat)."),
+    requesters: list[str] = typer.Option([], "--requester", help=REQUESTER_HELP),
+    four_eyes: bool = typer.Option(False, "--four-eyes", help=FOUR_EYES_HELP),
     system_prompt: str = typer.Option("", "--system-prompt", help="Prepended to every question."),
     owner: str = typer.Option("", "--owner", help="Who owns the assistant (default: you)."),
 ) -> None:
@@ -32,20 +37,23 @@ def add(
     from portllm_core.flows import catalog
 
     family, suite_info = catalog.add_assistant(
-        workspace(), name, family=family, suite=suite, full_suite=full_suite, min_accuracy=min_accuracy, max_regression=max_regression,
-        approvers=approvers, admins=admins, system_prompt=system_prompt, owner=owner, actor=actor())
+        workspace(), name, family=family, suite=suite, full_suite=full_suite, min_accuracy=min_accuracy,
+        max_regression=max_regression, approvers=approvers, admins=admins, requesters=requesters,
+        four_eyes=four_eyes, system_prompt=system_prompt, owner=owner, actor=actor())
     stdout().print(
         f"Assistant {name} added on {family}: suite of {suite_info.n_items} items ({short(suite_info.digest)})"
         f"{', a full suite for inconclusive verdicts' if full_suite else ''}, "
         f"gate min {min_accuracy:.0%} / max regression {max_regression:.0%}, "
-        f"approvers: {', '.join(approvers) or 'none yet'}"
+        f"approvers: {', '.join(approvers) or 'none yet'}, "
+        f"requesters: {', '.join(requesters) or 'everyone in the channel'}"
+        + (", four-eyes" if four_eyes else "")
     )
 
 
 @app.command("list")
 @admin_command
 def list_(as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP)) -> None:
-    """List assistants with their gates and approvers."""
+    """List assistants with their gates and approvers (`--json` adds requesters and the four-eyes rule)."""
     from registry import services
 
     with workspace().session() as session:
@@ -80,9 +88,14 @@ def set_(
     admins: list[str] = typer.Option([], "--admin", help="Replace the admins (repeat)."),
     add_admins: list[str] = typer.Option([], "--add-admin", help="Add an admin (repeat)."),
     remove_admins: list[str] = typer.Option([], "--remove-admin", help="Remove an admin (repeat)."),
+    requesters: list[str] = typer.Option([], "--requester", help="Replace who may request runs (repeat)."),
+    add_requesters: list[str] = typer.Option([], "--add-requester", help="Add a requester (repeat)."),
+    remove_requesters: list[str] = typer.Option([], "--remove-requester",
+                                                help="Remove a requester (repeat); none left: everyone may."),
+    four_eyes: Optional[bool] = typer.Option(None, "--four-eyes/--no-four-eyes", help=FOUR_EYES_HELP),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Replace the system prompt."),
 ) -> None:
-    """Change an assistant's gate, approvers, admins, system prompt or KPI suite."""
+    """Change an assistant's gate, approvers, admins, requesters, four-eyes rule, system prompt or KPI suite."""
     from portllm_core.flows import catalog
     from registry import services
 
@@ -92,8 +105,11 @@ def set_(
         fields: dict[str, object] = {
             key: value for key, value in
             (("min_accuracy", min_accuracy), ("max_regression", max_regression), ("system_prompt", system_prompt),
+             ("four_eyes", four_eyes),
              ("approvers", _edit_people("approver", current.approvers, approvers, add_approvers, remove_approvers)),
-             ("admins", _edit_people("admin", current.admins, admins, add_admins, remove_admins)))
+             ("admins", _edit_people("admin", current.admins, admins, add_admins, remove_admins)),
+             ("requesters", _edit_people("requester", current.requesters, requesters, add_requesters,
+                                         remove_requesters)))
             if value is not None
         }
     changed = catalog.update_assistant(ws, name, actor=actor(), suite=suite, full_suite=full_suite, **fields)
@@ -110,7 +126,7 @@ def _edit_people(
     people = list(replace) if replace else list(current)
     for user in remove:
         if user not in people:
-            raise BadInput(f"{user} is not an {what} of this assistant (current: {', '.join(current) or 'none'})")
+            raise BadInput(f"{user} is not {'an' if what[0] in 'aeiou' else 'a'} {what} of this assistant (current: {', '.join(current) or 'none'})")
         people.remove(user)
     people.extend(u for u in add if u not in people)
     return people

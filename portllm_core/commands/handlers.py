@@ -22,7 +22,7 @@ from portllm_core.flows import runs
 from portllm_core.tasks import ANSWER_QUESTION, Enqueue
 from registry import services
 from registry.errors import RegistryError
-from registry.models import ACTIVE_RUN_STATUSES, DECIDABLE_ROLLOUT_STATES, Run, RunKind
+from registry.models import ACTIVE_RUN_STATUSES, DECIDABLE_ROLLOUT_STATES, RunKind
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Context:
     session_factory: sessionmaker[Session]
     enqueue: Enqueue
     request_id: str  # unique per incoming request: the idempotency key of what it creates
+    limits: runs.RateLimits  # how many runs a person and an assistant may request per hour
     reply_to: dict = field(default_factory=dict)  # where answers go, beyond channel and user
 
 
@@ -76,17 +77,25 @@ def _closest(name: str, known: list[str]) -> list[str]:
 
 # -- handlers --------------------------------------------------------------------------------
 
-def _request(kind: str, assistant: str, version: str, ctx: Context,
-             *, idempotency_key: str | None = None, patch_id: int | None = None,
-             channel: str | None = None) -> Reply:
-    requested = runs.request_run(
-        ctx.session_factory, ctx.enqueue, kind=kind, assistant=assistant, version=version, user=ctx.user,
-        channel=channel or ctx.channel, idempotency_key=idempotency_key or ctx.request_id, patch_id=patch_id)
-    what = {RunKind.TRANSPLANT: "transplant", RunKind.EVAL: "evaluation", RunKind.RETUNE: "re-tune"}[kind]
+# How a run's status reads after "it": "Run #12 was already requested (…); it is running."
+_STATUS_PHRASES = {"queued": "is queued", "running": "is running", "succeeded": "has finished",
+                   "failed": "failed", "cancelled": "was cancelled"}
+
+
+def _queued(requested: runs.RunRequested) -> Reply:
+    what = {RunKind.TRANSPLANT: "transplant", RunKind.EVAL: "evaluation", RunKind.RETUNE: "re-tune"}[requested.kind]
     onto = f"{what} of {requested.assistant} onto {requested.version}"
     if not requested.created:  # the same request arrived again: it was enqueued the first time
-        return Reply(f"Run #{requested.run_id} is already queued ({onto}).", run_id=requested.run_id)
+        return Reply(f"Run #{requested.run_id} was already requested ({onto}); "
+                     f"it {_STATUS_PHRASES.get(requested.status, requested.status)}.",
+                     run_id=requested.run_id)
     return Reply(f"Run #{requested.run_id} queued: {onto}.", run_id=requested.run_id)
+
+
+def _request(kind: str, assistant: str, version: str, ctx: Context) -> Reply:
+    return _queued(runs.request_run(
+        ctx.session_factory, ctx.enqueue, kind=kind, assistant=assistant, version=version, user=ctx.user,
+        channel=ctx.channel, idempotency_key=ctx.request_id, limits=ctx.limits))
 
 
 def _patch(cmd: grammar.Patch, ctx: Context) -> Reply:
@@ -99,8 +108,8 @@ def _eval(cmd: grammar.Eval, ctx: Context) -> Reply:
 
 @replies
 def decide(run_id: int, approve: bool, ctx: Context, reason: str | None = None) -> Reply:
-    """Approve or reject a run's rollout (typed command or button); the registry checks who may."""
-    runs.decide(ctx.session_factory, run_id, approve=approve, user=ctx.user, reason=reason)
+    """Approve or reject a run's rollout (typed command or button) in the run's channel."""
+    runs.decide(ctx.session_factory, run_id, approve=approve, user=ctx.user, channel=ctx.channel, reason=reason)
     with ctx.session_factory() as s:
         card = views.run_card(s, run_id)
     if approve:
@@ -115,12 +124,11 @@ def retune(run_id: int, ctx: Context) -> Reply:
     """Re-tune the patch of a run whose gate failed, on that run's target base (card button)."""
     with ctx.session_factory() as s:
         card = views.run_card(s, run_id)
-        patch_id = s.get(Run, run_id).patch_id
     if not card.can_retune:
         return Reply(f"Run #{run_id} cannot be re-tuned: that needs an undecided run whose gate did not pass "
                      "(fail or inconclusive) and the patch's training data registered.", ok=False)
-    return _request(RunKind.RETUNE, card.assistant, card.target_version, ctx,
-                    idempotency_key=f"retune-of-run-{run_id}", patch_id=patch_id, channel=card.channel)
+    return _queued(runs.request_retune(ctx.session_factory, ctx.enqueue, run_id, user=ctx.user,
+                                       channel=ctx.channel, limits=ctx.limits))
 
 
 def _approve(cmd: grammar.Approve, ctx: Context) -> Reply:
@@ -140,8 +148,8 @@ def _rollback(cmd: grammar.Rollback, ctx: Context) -> Reply:
 def _status(cmd: grammar.Status, ctx: Context) -> Reply:
     with ctx.session_factory() as s:
         name = services.get_assistant(s, cmd.assistant).name if cmd.assistant else None
-        view = views.status_view(s, name)
-    live = ", ".join(f"{r.assistant} {r.version} in {r.channel}" for r in view.live) or "nothing live"
+        view = views.status_view(s, name, channel=ctx.channel)  # this channel's; others may be private
+    live = ", ".join(f"{r.assistant} {r.version}" for r in view.live) or "nothing live"
     waiting = sum(1 for r in view.pending if r.rollout_state in DECIDABLE_ROLLOUT_STATES)
     running = sum(1 for r in view.pending if r.status in ACTIVE_RUN_STATUSES)
     return Reply(f"Live: {live}. {running} run(s) in flight, {waiting} awaiting a decision.", view=view)
@@ -168,7 +176,7 @@ def _bases(cmd: grammar.Bases, ctx: Context) -> Reply:
 
 def _assistants(cmd: grammar.Assistants, ctx: Context) -> Reply:
     with ctx.session_factory() as s:
-        table = views.assistants_table(s, list(services.list_assistants(s)))
+        table = views.assistants_table(s, list(services.list_assistants(s)), ctx.channel)
     return Reply(f"{len(table.rows)} assistant(s).", view=table)
 
 

@@ -104,8 +104,8 @@ def load_suite(path: Path) -> Suite:
 
 def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: str,
                   full_suite: Path | None = None, min_accuracy: float = 0.5, max_regression: float = 0.05,
-                  approvers: list[str] = (), admins: list[str] = (), system_prompt: str = "",
-                  owner: str = "") -> tuple[str, Suite]:
+                  approvers: list[str] = (), admins: list[str] = (), requesters: list[str] = (),
+                  four_eyes: bool = False, system_prompt: str = "", owner: str = "") -> tuple[str, Suite]:
     """Register an assistant with its quick KPI suite (and optional full one, the gate's second
     stage); returns (the family as registered, the quick suite)."""
     check_name("assistant name", name)
@@ -125,7 +125,8 @@ def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: 
             services.create_assistant(
                 s, name=name, family=family, suite_ref=suite_ref, suite_digest=loaded.digest, **full_fields,
                 min_accuracy=min_accuracy, max_regression=max_regression, approvers=list(approvers),
-                admins=list(admins), system_prompt=system_prompt, owner=owner or actor, actor=actor,
+                admins=list(admins), requesters=list(requesters), four_eyes=four_eyes,
+                system_prompt=system_prompt, owner=owner or actor, actor=actor,
             )
     return family, loaded
 
@@ -137,8 +138,9 @@ def update_assistant(ws: Workspace, name: str, *, actor: str, suite: Path | None
     check_fraction("--max-regression", fields.get("max_regression"))
     if suite is None and full_suite is None and not fields:
         raise BadInput(
-            "nothing to change: pass --suite, --full-suite, --min-accuracy, --max-regression, --approver, --add-approver, "
-            "--remove-approver, --admin, --add-admin, --remove-admin or --system-prompt"
+            "nothing to change: pass --suite, --full-suite, --min-accuracy, --max-regression, --approver, "
+            "--add-approver, --remove-approver, --admin, --add-admin, --remove-admin, --requester, --add-requester, "
+            "--remove-requester, --four-eyes/--no-four-eyes or --system-prompt"
         )
     loaded = {prefix: load_suite(path) for prefix, path in (("", suite), ("full_", full_suite)) if path is not None}
     with staged(ws.store) as staging:

@@ -2,7 +2,9 @@
 
 A run is enqueued only after its row is committed, so a worker always finds it; an enqueue
 lost in between is re-sent by the sweeper. Requests are idempotent per key: the same Slack
-request (or a retried CLI call) never queues a run twice.
+request (or a retried CLI call) never queues a run twice. Requests from chat pass who may
+request and the rate limits; decisions pass the role, channel and four-eyes checks
+(registry.services.permissions), in the same transaction as what they change.
 """
 from __future__ import annotations
 
@@ -13,15 +15,33 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from portllm_core.flows.catalog import PatchTarget
+from portllm_core.settings import Settings
 from portllm_core.staging import staged
 from portllm_core.tasks import TASK_FOR_RUN_KIND, Enqueue
 from portllm_core.workspace import Workspace
 from registry import services
 from registry.db import session_scope
 from registry.models import Rollout, RunKind
+from registry.services import permissions
 
 # Runs requested from the admin CLI are not tied to a chat channel.
 CLI_CHANNEL = "cli"
+
+
+# Rate limits count the runs requested within this window.
+RATE_WINDOW_S = 3600
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """How many runs one person, and one assistant, may have requested within RATE_WINDOW_S."""
+
+    per_user: int
+    per_assistant: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimits:
+        return cls(settings.runs_per_user_per_hour, settings.runs_per_assistant_per_hour)
 
 
 @dataclass(frozen=True)
@@ -31,19 +51,28 @@ class RunRequested:
     kind: str
     assistant: str
     version: str
+    status: str
 
 
 def request_run(session_factory: sessionmaker[Session], enqueue: Enqueue, *, kind: str, assistant: str,
                 version: str, user: str, channel: str, idempotency_key: str, patch_id: int | None = None,
-                spec: dict | None = None) -> RunRequested:
-    """Record a run of `kind` and put it on its queue (once per idempotency key)."""
+                spec: dict | None = None, limits: RateLimits | None = None) -> RunRequested:
+    """Record a run of `kind` and put it on its queue (once per idempotency key).
+
+    With `limits` (a request from chat) the person must be one of the assistant's requesters
+    and within the rate limits; a repeated request is answered before it is counted.
+    """
     with session_scope(session_factory) as s:
         owner = services.get_assistant(s, assistant)
         base = services.get_base(s, owner.family, version)
+        if limits is not None and services.find_run_by_key(s, idempotency_key) is None:
+            permissions.require_requester(owner, user)
+            permissions.require_run_quota(s, owner, user, per_user=limits.per_user,
+                                          per_assistant=limits.per_assistant, window_s=RATE_WINDOW_S)
         run, created = services.request_run(
             s, assistant=owner.name, version=base.version, kind=kind, idempotency_key=idempotency_key,
             requested_by=user, channel=channel, patch_id=patch_id, spec=spec)
-        requested = RunRequested(run.id, created, kind, owner.name, base.version)
+        requested = RunRequested(run.id, created, kind, owner.name, base.version, run.status)
     if created:
         enqueue(TASK_FOR_RUN_KIND[kind], requested.run_id)
     return requested
@@ -60,16 +89,39 @@ def request_training(ws: Workspace, target: PatchTarget, data: Path, hyper: dict
     return requested.run_id
 
 
-def decide(session_factory: sessionmaker[Session], run_id: int, *, approve: bool, user: str,
+def decide(session_factory: sessionmaker[Session], run_id: int, *, approve: bool, user: str, channel: str,
            reason: str | None = None) -> None:
-    """Approve or reject a run's rollout; the registry checks who may and lets one click win."""
+    """Approve or reject a run's rollout, in the run's channel; the registry lets one click win."""
     with session_scope(session_factory) as s:
+        run = services.get_run(s, run_id)
+        permissions.require_decider(run, user, channel, action="approve it" if approve else "reject it",
+                                    approving=approve)
         services.decide_rollout(s, run_id, approve=approve, user=user, reason=reason)
 
 
+def request_retune(session_factory: sessionmaker[Session], enqueue: Enqueue, run_id: int, *, user: str,
+                   channel: str, limits: RateLimits) -> RunRequested:
+    """Queue a re-tune of a run's patch on its target base: an approver's call, in the run's channel.
+
+    One re-tune per attempt: asking again while one is queued or running (or after it
+    succeeded) returns it; after it failed or was cancelled a new one is queued.
+    """
+    with session_scope(session_factory) as s:
+        run = services.get_run(s, run_id)
+        permissions.require_decider(run, user, channel, action="re-tune it", approving=False)
+        assistant, version, patch_id = run.assistant.name, run.target_base.version, run.patch_id
+        key = services.retune_key(s, run_id)
+    return request_run(session_factory, enqueue, kind=RunKind.RETUNE, assistant=assistant, version=version,
+                       user=user, channel=run.channel, idempotency_key=key, patch_id=patch_id, limits=limits)
+
+
 def rollback(session_factory: sessionmaker[Session], assistant: str, channel: str, user: str) -> tuple[str, str, int]:
-    """Make the previous live rollout live again; (assistant, its base version, its run id)."""
+    """Make the previous live rollout live again; (assistant, its base version, its run id).
+
+    Only in the channel it is typed in: rollouts of other channels are theirs to roll back.
+    """
     with session_scope(session_factory) as s:
         owner = services.get_assistant(s, assistant)
+        permissions.require_rollback_here(s, owner, user, channel)
         restored: Rollout = services.rollback(s, owner.name, channel, user)
         return owner.name, restored.run.target_base.version, restored.run_id

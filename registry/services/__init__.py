@@ -26,6 +26,8 @@ from registry.services.catalog import (
 from registry.services.runs import (
     RUN_TRANSITIONS,
     get_run,
+    find_run_by_key,
+    retune_key,
     request_run,
     claim_run,
     heartbeat,
@@ -66,6 +68,8 @@ __all__ = [
     "current_patch",
     "RUN_TRANSITIONS",
     "get_run",
+    "find_run_by_key",
+    "retune_key",
     "request_run",
     "claim_run",
     "heartbeat",

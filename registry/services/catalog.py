@@ -84,8 +84,8 @@ def _close(word: str, known: list[str]) -> list[str]:
 
 
 _ASSISTANT_FIELDS = frozenset(
-    {"family", "suite_ref", "suite_digest", "full_suite_ref", "full_suite_digest", "min_accuracy", "max_regression", "approvers",
-     "admins", "system_prompt", "owner"}
+    {"family", "suite_ref", "suite_digest", "full_suite_ref", "full_suite_digest", "min_accuracy",
+     "max_regression", "approvers", "admins", "requesters", "four_eyes", "system_prompt", "owner"}
 )
 
 
@@ -108,6 +108,8 @@ def create_assistant(
     max_regression: float = 0.05,
     approvers: list[str] | None = None,
     admins: list[str] | None = None,
+    requesters: list[str] | None = None,
+    four_eyes: bool = False,
     system_prompt: str = "",
     owner: str = "",
     actor: str,
@@ -127,6 +129,8 @@ def create_assistant(
         max_regression=max_regression,
         approvers=list(approvers or []),
         admins=list(admins or []),
+        requesters=list(requesters or []),
+        four_eyes=four_eyes,
         system_prompt=system_prompt,
         owner=owner,
         created_by=actor,
@@ -136,7 +140,8 @@ def create_assistant(
     audit(s, actor=actor, action="assistant.created", entity_type="assistant",
           entity_id=assistant.id, assistant_id=assistant.id, name=name, family=assistant.family,
           min_accuracy=min_accuracy, max_regression=max_regression,
-          approvers=assistant.approvers, admins=assistant.admins)
+          approvers=assistant.approvers, admins=assistant.admins, requesters=assistant.requesters,
+          four_eyes=four_eyes)
     return assistant
 
 
@@ -159,7 +164,7 @@ def list_assistants(s: Session) -> list[Assistant]:
 
 def update_assistant(s: Session, name: str, /, *, actor: str, **fields: Any) -> Assistant:
     """Change any of family, suite_ref, suite_digest, min_accuracy, max_regression, approvers,
-    admins, system_prompt, owner; the audit event records old and new values."""
+    admins, requesters, four_eyes, system_prompt, owner; the audit event records old and new values."""
     unknown = sorted(set(fields) - _ASSISTANT_FIELDS)
     if unknown:
         raise RegistryError(
@@ -186,9 +191,16 @@ def update_assistant(s: Session, name: str, /, *, actor: str, **fields: Any) -> 
     return assistant
 
 
+CONSOLE_ACTOR_PREFIX = "console:"
+
+
 def _user_key(user: str) -> str:
-    """Compare users leniently: `@alice`, `alice`, `<@U123>`, `<@U123|alice>` and case all match."""
-    key = user.strip()
+    """Compare users leniently: `@alice`, `alice`, `<@U123>`, `<@U123|alice>` and case all match.
+
+    `console:alice` is alice typing in the operators' console: the audit trail keeps the prefix,
+    roles go by the name (an operator on the server could change the roles anyway).
+    """
+    key = user.strip().removeprefix(CONSOLE_ACTOR_PREFIX)
     if key.startswith("<@") and key.endswith(">"):
         key = key[2:-1].split("|")[0]
     return key.lstrip("@").lower()

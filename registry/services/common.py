@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from registry.errors import DuplicateError
+from registry.errors import DuplicateError, RegistryError
 from registry.models import AuditEvent
 
 
@@ -48,3 +49,16 @@ def conditional_update(s: Session, model, where, **values) -> int:
         execution_options={"synchronize_session": False},
     )
     return result.rowcount
+
+
+def insert_unless_exists(s: Session, model, values: dict[str, Any], *, key: str, returning):
+    """INSERT … ON CONFLICT (key) DO NOTHING RETURNING `returning`: None when the key existed.
+
+    Race-safe without a savepoint: of concurrent inserts of one key exactly one returns it.
+    """
+    dialect = s.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert is None:
+        raise RegistryError(f"The registry supports SQLite and PostgreSQL, not {dialect}.")
+    statement = insert(model).values(**values).on_conflict_do_nothing(index_elements=[key]).returning(returning)
+    return s.scalar(statement)

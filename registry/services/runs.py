@@ -5,7 +5,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from registry.errors import InvalidTransition, RegistryError, UnknownPatch, UnknownRun
@@ -29,7 +28,7 @@ from registry.services.catalog import (
     resolve_base,
     same_user,
 )
-from registry.services.common import audit, conditional_update
+from registry.services.common import audit, conditional_update, insert_unless_exists
 
 
 # The run lifecycle. running -> queued is the sweeper handing a vanished worker's run to another.
@@ -51,6 +50,23 @@ def get_run(s: Session, run_id: int) -> Run:
     if run is None:
         raise UnknownRun(run_id)
     return run
+
+
+def find_run_by_key(s: Session, idempotency_key: str) -> Run | None:
+    return s.scalar(select(Run).where(Run.idempotency_key == idempotency_key))
+
+
+def retune_key(s: Session, run_id: int) -> str:
+    """The idempotency key of the next re-tune of run `run_id`: one key per attempt.
+
+    While a re-tune is queued, running or has succeeded, its key is returned (asking again
+    returns that run); once it failed or was cancelled, the next attempt gets a new key.
+    """
+    prefix = f"retune-of-run-{run_id}/attempt-"
+    ended_without_result = s.scalar(select(func.count(Run.id)).where(
+        Run.idempotency_key.startswith(prefix, autoescape=True),
+        Run.status.in_((RunStatus.FAILED, RunStatus.CANCELLED))))
+    return f"{prefix}{ended_without_result + 1}"
 
 
 def _reload(s: Session, run_id: int) -> Run:
@@ -78,7 +94,7 @@ def request_run(
     The same idempotency key always returns the same run, also under concurrent requests: the
     insert is `ON CONFLICT DO NOTHING` and the loser re-reads the winner's row.
     """
-    existing = s.scalar(select(Run).where(Run.idempotency_key == idempotency_key))
+    existing = find_run_by_key(s, idempotency_key)
     if existing is not None:
         return existing, False
     if kind not in RunKind.__members__.values():
@@ -108,26 +124,14 @@ def request_run(
         requested_by=requested_by, channel=channel, attempts=0, notify_ref=notify_ref,
         created_at=utcnow(),
     )
-    run_id = s.scalar(_insert_unless_key_exists(s, values))
+    run_id = insert_unless_exists(s, Run, values, key="idempotency_key", returning=Run.id)
     if run_id is None:  # a concurrent request with the same key won
-        return s.scalar(select(Run).where(Run.idempotency_key == idempotency_key)), False
+        return find_run_by_key(s, idempotency_key), False
     run = _reload(s, run_id)
     audit(s, actor=requested_by, action="run.requested", entity_type="run", entity_id=run.id,
           assistant_id=owner.id, kind=run.kind, patch_id=run.patch_id, target_base=target.label,
           channel=channel, idempotency_key=idempotency_key)
     return run, True
-
-
-def _insert_unless_key_exists(s: Session, values: dict[str, Any]):
-    dialect = s.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if insert is None:
-        raise RegistryError(f"The registry supports SQLite and PostgreSQL, not {dialect}.")
-    return (
-        insert(Run).values(**values)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(Run.id)
-    )
 
 
 def claim_run(s: Session, run_id: int, worker: str) -> Run | None:

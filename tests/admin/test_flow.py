@@ -29,7 +29,7 @@ def test_a_peft_adapter_goes_from_registration_to_live_through_the_cli_and_the_c
 
     run = cli.json("run", "show", "1")
     assert (run["status"], run["kind"], run["assistant"], run["requested_by"], run["channel"]) == (
-        "succeeded", "transplant", "support", "alice", "#support")
+        "succeeded", "transplant", "support", "console:alice", "#support")  # audited as the console
     assert run["origin_base"]["version"] == "v1" and run["target_base"]["version"] == "v2"
     assert run["progress"] == 1.0
     assert run["compat_report"]["compatible"] is True
@@ -54,10 +54,10 @@ def test_a_peft_adapter_goes_from_registration_to_live_through_the_cli_and_the_c
     status = cli.json("status")
     [live] = status["live"]
     assert (live["assistant"], live["channel"], live["run_id"], live["base"], live["approved_by"]) == (
-        "support", "#support", 1, "tiny/v2", "alice")
+        "support", "#support", 1, "tiny/v2", "console:alice")
     assert status["awaiting_approval"] == [] and status["runs"] == []
     [rollout] = cli.json("lineage", "support")["patches"][0]["runs"][0]["rollouts"]
-    assert (rollout["state"], rollout["decided_by"]) == ("live", "alice")
+    assert (rollout["state"], rollout["decided_by"]) == ("live", "console:alice")
     assert "live" in cli.ok("status").stdout and "v2" in cli.ok("lineage", "support").stdout
 
 

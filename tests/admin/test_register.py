@@ -57,6 +57,20 @@ def test_an_assistant_keeps_its_suite_content_addressed_and_can_be_changed(regis
     assert registered.ok("assistant", "list").stdout.count("support") == 1
 
 
+def test_who_may_request_runs_and_the_four_eyes_rule_are_set_per_assistant(registered):
+    [support] = registered.json("assistant", "list")
+    assert (support["requesters"], support["four_eyes"]) == ([], False)  # everyone; no four-eyes rule
+    registered.ok("assistant", "set", "support", "--add-requester", "U0ML00001", "--add-requester", "dave",
+                  "--four-eyes")
+    [changed] = registered.json("assistant", "list")
+    assert (changed["requesters"], changed["four_eyes"]) == (["U0ML00001", "dave"], True)
+    registered.ok("assistant", "set", "support", "--remove-requester", "dave", "--no-four-eyes")
+    [changed] = registered.json("assistant", "list")
+    assert (changed["requesters"], changed["four_eyes"]) == (["U0ML00001"], False)
+    refused = registered("assistant", "set", "support", "--remove-requester", "mallory")
+    assert refused.exit_code == 2 and "mallory is not a requester" in refused.stderr
+
+
 def test_a_peft_adapter_trained_elsewhere_is_imported_listed_and_exported_loadable(registered, tiny_world, tmp_path):
     import torch
     from peft import PeftModel

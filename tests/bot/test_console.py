@@ -99,3 +99,15 @@ def test_ask_prints_the_streamed_answer_for_its_own_request(world, data_dir):
     thread.join(5)
     assert code == 0 and not thread.errors
     assert "Hold the power button 10 s." in out and "WRONG" not in out
+
+
+def test_the_console_acts_as_a_console_user_in_the_audit_trail(world, data_dir):
+    from registry.models import AuditEvent
+    from tests.bot.conftest import APPROVER, awaiting_run
+
+    run_id = awaiting_run(world.session_factory, key="k-console", channel="#support")
+    code, out = console(world, data_dir, f"approve {run_id}\n", user=APPROVER)
+    assert code == 0, out
+    with world.session_factory() as s:
+        [approved] = s.query(AuditEvent).filter_by(action="rollout.approved").all()
+    assert approved.actor == f"console:{APPROVER}"  # never indistinguishable from the Slack user

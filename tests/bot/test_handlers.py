@@ -4,6 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portllm_core.commands.handlers import Context, handle, retune
+from portllm_core.flows.runs import RateLimits
 from portllm_core.views import LineageView, RunCard, StatusView, Table
 from registry.models import Rollout, Run
 from tests.bot.conftest import (
@@ -17,9 +18,9 @@ from tests.bot.conftest import (
 )
 
 
-def ctx(world, user=APPROVER, channel=CHANNEL, request_id="req-1"):
+def ctx(world, user=APPROVER, channel=CHANNEL, request_id="req-1", limits=RateLimits(100, 100)):
     return Context(user=user, channel=channel, session_factory=world.session_factory, enqueue=world.queue,
-                   request_id=request_id, reply_to={"via": "test"})
+                   request_id=request_id, limits=limits, reply_to={"via": "test"})
 
 
 def test_patch_creates_a_run_and_enqueues_it_by_name(world):
@@ -36,7 +37,7 @@ def test_patch_creates_a_run_and_enqueues_it_by_name(world):
 def test_the_same_request_twice_queues_one_run(world):
     first = handle("patch support-assistant onto v2", ctx(world))
     again = handle("patch support-assistant onto v2", ctx(world))
-    assert again.ok and again.run_id == first.run_id and "already queued" in again.text
+    assert again.ok and again.run_id == first.run_id and "already requested" in again.text
     assert len(world.messages("gpu")) == 1
 
 
@@ -91,7 +92,7 @@ def test_failed_gate_offers_a_retune_and_needs_an_admin_with_a_reason(world):
     run_id = awaiting_run(world.session_factory, key="k1", verdict="fail")
     assert not retune(passed, ctx(world)).ok
     first, again = retune(run_id, ctx(world, request_id="click-1")), retune(run_id, ctx(world, request_id="click-2"))
-    assert first.ok and again.run_id == first.run_id and "already queued" in again.text
+    assert first.ok and again.run_id == first.run_id and "already requested" in again.text
     with world.session_factory() as s:
         assert s.get(Run, first.run_id).kind == "retune"
     assert world.messages("gpu") == [("portllm.retune", [first.run_id])]
@@ -124,7 +125,9 @@ def test_reads(world):
     bases = handle("bases", ctx(world))
     assert isinstance(bases.view, Table) and [r[1] for r in bases.view.rows] == ["v1", "v2", "v3"]
     assistants = handle("assistants", ctx(world))
-    assert assistants.view.rows[0][0] == ASSISTANT and "v1 in" in assistants.view.rows[0][4]
+    assert assistants.view.rows[0][0] == ASSISTANT and assistants.view.rows[0][4] == "v1"
+    elsewhere = handle("assistants", ctx(world, channel="COTHER1"))  # where it lives is this channel's business
+    assert elsewhere.view.rows[0][4] == "–"
     assert "patch <assistant> onto <version>" in handle("help", ctx(world)).text
 
 

@@ -18,7 +18,9 @@ from tests.fixtures.fake_slack import BOT_USER_ID
 def server(world, fake_slack, migrated_url, data_dir, tmp_path):
     env = {"PORTLLM_DATA_DIR": str(data_dir), "PORTLLM_DATABASE_URL": migrated_url,
            "SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_SIGNING_SECRET": slack_http.SIGNING_SECRET,
-           "SLACK_API_URL": fake_slack.url}
+           "SLACK_API_URL": fake_slack.url,
+           # the burst below is one person's 50 runs; the limits have their own tests
+           "PORTLLM_RUNS_PER_USER_PER_HOUR": "100", "PORTLLM_RUNS_PER_ASSISTANT_PER_HOUR": "100"}
     running = slack_http.start_server(env, tmp_path / "server.log", workers=1, threads=16)
     yield running
     running.stop()
@@ -76,10 +78,11 @@ def test_reads_reply_through_respond_and_typos_in_the_ack(server, world, fake_sl
     assert reply.body["blocks"][0]["block_id"] == Block.STATUS_HEADER
     bad = slack_http.slash(server.url, "pacth support-assistant onto v2", user=OUTSIDER, channel=CHANNEL,
                            trigger_id="t3", response_url=response_url(fake_slack, "typo")).json()
-    assert "patch <assistant> onto <version>" in bad["text"] and bad["response_type"] == "ephemeral"
+    # escaped like everything posted, so Slack shows `<assistant>` rather than taking it for markup
+    assert "patch &lt;assistant&gt; onto &lt;version&gt;" in bad["text"] and bad["response_type"] == "ephemeral"
     helped = slack_http.slash(server.url, "HELP", user=OUTSIDER, channel=CHANNEL, trigger_id="t5",
                               response_url=response_url(fake_slack, "help")).json()
-    assert "ask <assistant> <question>" in helped["text"]
+    assert "ask &lt;assistant&gt; &lt;question&gt;" in helped["text"]
     approved = slack_http.slash(server.url, "approve 1", user=OUTSIDER, channel=CHANNEL, trigger_id="t4",
                                 response_url=response_url(fake_slack, "approve"))
     assert approved.status_code == 200
@@ -185,15 +188,21 @@ def wait_for_answers(world, count: int) -> list:
     return answers + broker_messages(world.broker_url, "serve")
 
 
-def test_app_home_shows_live_and_awaiting(server, world, fake_slack):
+def test_app_home_shows_only_what_the_viewer_requested_or_may_decide(server, world, fake_slack):
     live_run(world.session_factory, key="k-live")
     waiting = awaiting_run(world.session_factory, key="k-wait", version="v2")
-    response = slack_http.event(server.url, {"type": "app_home_opened", "user": OUTSIDER, "channel": "D0HOME",
-                                             "tab": "home", "event_ts": "1.0"},
-                                event_id="EvHome", bot_user=BOT_USER_ID)
-    assert response.status_code == 200
-    [publish] = fake_slack.wait_for("views.publish", 1)
-    view = publish.body["view"]
-    assert publish.body["user_id"] == OUTSIDER and view["type"] == "home"
-    text = str(view["blocks"])
-    assert f"#{waiting}" in text and "awaiting approval" in text
+
+    def home_of(user: str, n: int) -> str:
+        response = slack_http.event(server.url, {"type": "app_home_opened", "user": user, "channel": "D0HOME",
+                                                 "tab": "home", "event_ts": f"{n}.0"},
+                                    event_id=f"EvHome{n}", bot_user=BOT_USER_ID)
+        assert response.status_code == 200
+        publish = fake_slack.wait_for("views.publish", n)[-1]
+        assert publish.body["user_id"] == user and publish.body["view"]["type"] == "home"
+        return str(publish.body["view"]["blocks"])
+
+    seen_by_approver = home_of(APPROVER, 1)
+    assert f"#{waiting}" in seen_by_approver and "awaiting approval" in seen_by_approver
+    seen_by_outsider = home_of(OUTSIDER, 2)  # neither asked for these runs nor may decide them
+    assert f"#{waiting}" not in seen_by_outsider and CHANNEL not in seen_by_outsider
+    assert "Nothing is live yet" in seen_by_outsider and "Nothing waiting" in seen_by_outsider

@@ -85,3 +85,10 @@ def test_env_example_lists_each_setting_with_its_default(variable):
 
 def test_a_wrong_default_in_the_readme_is_caught():
     assert not same(8, "2") and same(8, "8") and same(30.0, "30") and same(Path.home() / ".portllm", "~/.portllm")
+
+
+def test_every_secret_placeholder_in_env_example_is_refused():
+    from portllm_core.settings import PLACEHOLDER_SECRETS
+
+    shipped = {value for variable, value in env_example_defaults().items() if variable.startswith("SLACK_") and value}
+    assert shipped and shipped <= PLACEHOLDER_SECRETS

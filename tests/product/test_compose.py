@@ -68,12 +68,23 @@ def test_every_variable_is_listed_in_env_example():
     assert not missing, f"add to .env.example: {sorted(missing)}"
 
 
+def test_only_the_bot_publishes_a_port():
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == {"bot"}
+
+
+def test_flower_requires_basic_auth_from_the_environment():
+    command = " ".join(SERVICES["flower"]["command"])
+    assert "--basic-auth=${FLOWER_BASIC_AUTH:?" in command  # compose refuses to start it unset
+    assert re.search(r"^FLOWER_BASIC_AUTH=$", (ROOT / ".env.example").read_text(), re.M)
+
+
 @pytest.mark.skipif(shutil.which("docker") is None, reason="docker client not installed")
 def test_docker_compose_config_passes_where_compose_is_installed(tmp_path):
     if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("the docker compose plugin is not installed here")
     env = tmp_path / ".env"
-    env.write_text((ROOT / ".env.example").read_text())
+    env.write_text((ROOT / ".env.example").read_text() + "\nFLOWER_BASIC_AUTH=ops:secret\n")
     result = subprocess.run(
         ["docker", "compose", "--env-file", str(env), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
         capture_output=True, text=True, cwd=ROOT,

@@ -57,7 +57,7 @@ def test_demo_plays_the_whole_story(demo_env, production_flags, demo_world, data
         runs = {r.target_base.version: r for r in s.scalars(select(models.Run).order_by(models.Run.id))}
         v1, v2, v3, other = runs["v1"], runs["v2"], runs["v3"], runs["other"]
         # v2 went live on an approval, then the rollback put the v1 rollout back.
-        assert v2.rollout.decided_by == "alice" and v2.rollout.live_since is not None
+        assert v2.rollout.decided_by == "console:alice" and v2.rollout.live_since is not None
         assert v2.rollout.state == models.RolloutState.ROLLED_BACK
         assert services.live_rollout(s, "support-assistant", "#support").run_id == v1.id
         # v3 was evaluated and gated but nobody approved it.

@@ -150,3 +150,26 @@ def test_slack_being_unreachable_never_breaks_a_run(session_factory):
     notifier.run_changed(seed_fake(session_factory), final=True)  # logged, not raised
     reply_to = {"channel": "C1", "thread_ts": "1.000001", "user": "U1", "team": "T1"}
     assert notifier.answer_stream(reply_to, iter(["still ", "returns"])) == "still returns"
+
+
+HOSTILE = ["Sure. <!channel> see ", "<https://evil.example|reset your password>", " & more"]
+ESCAPED = "Sure. &lt;!channel&gt; see &lt;https://evil.example|reset your password&gt; &amp; more"
+
+
+def test_a_streamed_answer_cannot_ping_the_channel_or_disguise_a_link(session_factory, fake_slack):
+    notifier = slack(fake_slack, session_factory, interval=0.0)
+    reply_to = {"channel": "C1", "thread_ts": "1.000001", "user": "U1", "team": "T1"}
+    assert notifier.answer_stream(reply_to, iter(HOSTILE)) == "".join(HOSTILE)  # the answer as generated
+    streamed = "".join(chunk["text"] if isinstance(chunk, dict) else ""
+                       for method in ("chat.startStream", "chat.appendStream", "chat.stopStream")
+                       for call in fake_slack.calls_to(method)
+                       for chunk in [*call.body.get("chunks", []), {"text": call.body.get("markdown_text", "")}])
+    assert streamed == ESCAPED
+
+
+def test_an_answer_posted_by_updates_is_escaped_too(session_factory, fake_slack):
+    notifier = slack(fake_slack, session_factory, interval=0.0)
+    fake_slack.fail("chat.startStream", "unknown_method")
+    notifier.answer_stream({"channel": "C1", "thread_ts": "1.000001"}, iter(HOSTILE))
+    texts = [c.body["text"] for c in fake_slack.calls_to("chat.postMessage") + fake_slack.calls_to("chat.update")]
+    assert texts[-1] == ESCAPED and not any("<!channel>" in text for text in texts)

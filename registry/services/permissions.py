@@ -1,0 +1,59 @@
+"""Who may do what, where: requesters, the run's channel, the four-eyes rule, run quotas.
+
+Roles themselves (approver, admin) live in catalog; these are the rules around them that the
+chat commands apply before a request or a decision.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from registry.errors import NotRequester, OwnRunUnderFourEyes, RateLimited, WrongChannel
+from registry.models import Assistant, Rollout, RolloutState, Run, utcnow
+from registry.services.catalog import require_approver, same_user
+
+
+def may_request(assistant: Assistant, user: str) -> bool:
+    """Everyone in the channel, unless the assistant names its requesters (approvers always may)."""
+    people = [*assistant.requesters, *assistant.approvers, *assistant.admins]
+    return not assistant.requesters or any(same_user(user, person) for person in people)
+
+
+def require_requester(assistant: Assistant, user: str) -> None:
+    if not may_request(assistant, user):
+        raise NotRequester(user, assistant.name, assistant.requesters)
+
+
+def require_decider(run: Run, user: str, channel: str, *, action: str, approving: bool) -> None:
+    """An approver of the run's assistant, in the run's channel (where everyone who follows the
+    run sees the decision); under four-eyes, not the run's requester."""
+    require_approver(run.assistant, user)
+    if run.channel != channel:
+        raise WrongChannel(f"Run #{run.id}", [run.channel], action)
+    if approving and run.assistant.four_eyes and same_user(user, run.requested_by):
+        raise OwnRunUnderFourEyes(run.id, run.assistant.name)
+
+
+def require_rollback_here(s: Session, assistant: Assistant, user: str, channel: str) -> None:
+    """An approver, in a channel where the assistant is live; elsewhere the refusal names where it is."""
+    require_approver(assistant, user)
+    live_in = list(s.scalars(select(Rollout.channel).where(
+        Rollout.assistant_id == assistant.id, Rollout.state == RolloutState.LIVE).order_by(Rollout.channel)))
+    if live_in and channel not in live_in:
+        raise WrongChannel(f"The live {assistant.name}", live_in, "roll it back")
+
+
+def require_run_quota(s: Session, assistant: Assistant, user: str, *, per_user: int, per_assistant: int,
+                      window_s: int) -> None:
+    """At most `per_user` runs by one person and `per_assistant` runs of one assistant per window."""
+    since = utcnow() - timedelta(seconds=window_s)
+    for whose, limit, where in (("Your runs", per_user, Run.requested_by == user),
+                                (f"Runs of {assistant.name}", per_assistant, Run.assistant_id == assistant.id)):
+        count, oldest = s.execute(select(func.count(Run.id), func.min(Run.created_at))
+                                  .where(where, Run.created_at > since)).one()
+        if count >= limit:
+            free_at = oldest + timedelta(seconds=window_s)  # when the oldest counted run ages out
+            raise RateLimited(whose, count, window_s, (free_at - utcnow()).total_seconds(),
+                              free_at.strftime("%H:%M"))

@@ -1,0 +1,172 @@
+"""Issue 12 through the real edge: gunicorn serving the Bolt app, signed requests, a fake Web API,
+and two app processes sharing one dedupe store."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import requests
+
+from portllm_core.ids import Action
+from portllm_core.settings import Settings, SettingsError
+from registry.models import Rollout, Run
+from tests.bot import slack_http
+from tests.bot.conftest import APPROVER, ASSISTANT, CHANNEL, OUTSIDER, awaiting_run
+from tests.fixtures.fake_slack import BOT_USER_ID
+
+SMALL_LIMIT = 4096  # bytes; Slack's payloads are far below PORTLLM_MAX_REQUEST_BYTES' default
+
+
+@pytest.fixture
+def serve(world, fake_slack, migrated_url, data_dir, tmp_path):
+    """Start app processes (gunicorn, one worker each) on the test's registry; all stopped after."""
+    started: list[slack_http.Server] = []
+
+    def start(**env: str) -> slack_http.Server:
+        full = {"PORTLLM_DATA_DIR": str(data_dir), "PORTLLM_DATABASE_URL": migrated_url,
+                "SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_SIGNING_SECRET": slack_http.SIGNING_SECRET,
+                "SLACK_API_URL": fake_slack.url, "PORTLLM_MAX_REQUEST_BYTES": str(SMALL_LIMIT), **env}
+        server = slack_http.start_server(full, tmp_path / f"server-{len(started)}.log", workers=1, threads=8)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def response_url(fake_slack, name: str) -> str:
+    return fake_slack.url + f"response/{name}"
+
+
+# -- 1. bounded bodies, 401 for anything unsigned or malformed -----------------------------------
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(serve):
+    server = serve()
+    host, port = urlsplit(server.url).hostname, urlsplit(server.url).port
+    with socket.create_connection((host, port), timeout=5) as conn:
+        # Announces 200 MB and sends none of it: the answer must not wait for the body.
+        conn.sendall(b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 209715200\r\n\r\n")
+        started = time.monotonic()
+        status_line = conn.recv(4096).split(b"\r\n", 1)[0]
+    assert b" 413 " in status_line and time.monotonic() - started < 2
+    signed = slack_http.post(server.url, json.dumps({"pad": "x" * 2 * SMALL_LIMIT}), "application/json")
+    assert signed.status_code == 413  # a valid signature does not buy a bigger body
+    chunked = requests.post(server.url, data=iter([b"x" * 1024] * 8), timeout=10,
+                            headers={"Content-Type": "application/json"})  # no length: read to the limit
+    assert chunked.status_code == 413
+
+
+def test_unsigned_or_malformed_requests_get_401_never_500(serve, world, fake_slack):
+    server = serve()
+    unsigned = requests.post(server.url, data="payload=garbage", timeout=10,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    signed_garbage = slack_http.post(server.url, "payload=garbage", "application/x-www-form-urlencoded")
+    signed_bad_json = slack_http.post(server.url, "{not json", "application/json")
+    bad_timestamp = requests.post(server.url, data="{}", timeout=10, headers={
+        "Content-Type": "application/json", "X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=00"})
+    assert [r.status_code for r in (unsigned, signed_garbage, signed_bad_json, bad_timestamp)] == [401] * 4
+    ok = slack_http.slash(server.url, "status", user=OUTSIDER, channel=CHANNEL, trigger_id="t-after",
+                          response_url=response_url(fake_slack, "after"))
+    assert ok.status_code == 200 and fake_slack.wait_for("response/after", 1)
+
+
+@pytest.mark.parametrize("variable, value, says", [
+    ("SLACK_SIGNING_SECRET", "your-signing-secret", "still the placeholder from .env.example"),
+    ("SLACK_SIGNING_SECRET", "", "SLACK_SIGNING_SECRET is not set"),
+    ("SLACK_BOT_TOKEN", "xoxb-your-bot-token", "SLACK_BOT_TOKEN is still the placeholder"),
+    ("SLACK_BOT_TOKEN", "  ", "SLACK_BOT_TOKEN is not set"),
+])
+def test_the_server_refuses_to_start_with_empty_or_placeholder_secrets(monkeypatch, variable, value, says):
+    from bot.server import serve_http
+
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", slack_http.SIGNING_SECRET)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-a-real-looking-token")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=says):
+        serve_http(slack_http.free_port(), "127.0.0.1", settings=Settings())
+
+
+# -- 4. one reply per event and per command, across processes -------------------------------------
+
+@pytest.fixture(params=["database", "redis"])
+def shared_store(request) -> dict[str, str]:
+    """The env that selects the dedupe store: the registry database (embedded default) or Redis."""
+    if request.param == "database":
+        return {}
+    url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/13"
+    redis.Redis.from_url(url).flushdb()
+    return {"PORTLLM_BROKER_URL": url}
+
+
+def test_two_app_processes_answer_each_event_and_command_once(serve, fake_slack, shared_store):
+    first, second = serve(**shared_store), serve(**shared_store)
+    thread_ts, ts = "1700000001.000100", f"1700000001.{uuid.uuid4().int % 10**6:06d}"
+    mention = {"type": "app_mention", "channel": CHANNEL, "user": OUTSIDER, "text": f"<@{BOT_USER_ID}> help",
+               "ts": ts, "thread_ts": thread_ts, "event_ts": ts}
+    as_message = {**mention, "type": "message"}  # Slack's second delivery of the same @mention
+    event_id = f"Ev{uuid.uuid4().hex[:10]}"
+    retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_error"}
+    assert slack_http.event(first.url, mention, event_id=event_id, bot_user=BOT_USER_ID).status_code == 200
+    assert slack_http.event(second.url, as_message, event_id=event_id + "m", bot_user=BOT_USER_ID).status_code == 200
+    assert slack_http.event(second.url, mention, event_id=event_id, bot_user=BOT_USER_ID,
+                            headers=retry).status_code == 200
+    fake_slack.wait_for("chat.postMessage", 1)
+
+    trigger = f"trig-{uuid.uuid4().hex[:8]}"
+    for server in (first, second):  # one slash command delivered to both processes
+        slack_http.slash(server.url, "status", user=OUTSIDER, channel=CHANNEL, trigger_id=trigger,
+                         response_url=response_url(fake_slack, "once"))
+    fake_slack.wait_for("response/once", 1)
+    time.sleep(1.5)  # time for a duplicate to show up
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+    assert len(fake_slack.calls_to("response/once")) == 1
+
+
+# -- 2, 3, 5. roles, channel scope, rate limits and escaping as Slack sees them -------------------
+
+def test_a_click_in_another_channel_or_by_an_outsider_changes_nothing(serve, world, fake_slack):
+    server = serve()
+    run_id = awaiting_run(world.session_factory, key="k-scope", verdict="fail")
+    slack_http.click(server.url, Action.RETUNE, run_id, user=OUTSIDER, channel=CHANNEL,
+                     message_ts="1700000000.000100", response_url=response_url(fake_slack, "c1"))
+    slack_http.click(server.url, Action.REJECT, run_id, user=APPROVER, channel="COTHER1",
+                     message_ts="1700000000.000100", response_url=response_url(fake_slack, "c2"))
+    refusals = {call.body["user"]: call.body for call in fake_slack.wait_for("chat.postEphemeral", 2)}
+    outsider, elsewhere = refusals[OUTSIDER], refusals[APPROVER]
+    assert "not an approver" in outsider["text"]
+    assert elsewhere["channel"] == "COTHER1" and f"belongs to #{CHANNEL}" in elsewhere["text"]
+    assert not fake_slack.calls_to("chat.update")  # no card rendered anywhere
+    with world.session_factory() as s:
+        assert s.query(Rollout).filter_by(run_id=run_id).one().state == "blocked"
+        assert s.query(Run).filter_by(kind="retune").count() == 0
+
+
+def test_a_person_over_the_rate_limit_is_told_when_to_try_again(serve, world, fake_slack):
+    server = serve(PORTLLM_RUNS_PER_USER_PER_HOUR="1")
+    for n in (1, 2):
+        slack_http.slash(server.url, f"patch {ASSISTANT} onto v2", user=OUTSIDER, channel=CHANNEL,
+                         trigger_id=f"rl-{n}", response_url=response_url(fake_slack, f"rl-{n}"))
+        fake_slack.wait_for(f"response/rl-{n}", 1)
+    [refused] = fake_slack.calls_to("response/rl-2")
+    assert "Your runs: 1 requested in the last 60 minutes" in refused.body["text"]
+    assert "Try again in 60 min" in refused.body["text"]
+    with world.session_factory() as s:
+        assert s.query(Run).count() == 1
+
+
+def test_what_a_person_typed_is_escaped_in_the_reply(serve, fake_slack):
+    server = serve()
+    hostile = "patch <!channel> onto <https://evil.example|v2>"
+    slack_http.slash(server.url, hostile, user=OUTSIDER, channel=CHANNEL, trigger_id="t-hostile",
+                     response_url=response_url(fake_slack, "hostile"))
+    [reply] = fake_slack.wait_for("response/hostile", 1)
+    everything = json.dumps(reply.body)
+    assert "<!channel>" not in everything and "<https://evil" not in everything
+    assert "&lt;!channel&gt;" in reply.body["text"]  # the fallback text too, not only the blocks
