@@ -105,7 +105,8 @@ class ConsoleNotifier:
             parts.append(chunk)
             self._write({"type": "answer_chunk", "reply_to": reply_to, "text": chunk})
         text = "".join(parts)
-        self._write({"type": "answer_done", "reply_to": reply_to, "text": text})
+        self._write({"type": "answer_done", "reply_to": reply_to, "text": text,
+                     "answer_id": reply_to.get("answer_id")})
         return text
 
 
@@ -186,12 +187,26 @@ class SlackNotifier:
                     sent.append(piece)  # before sending: a refused start falls back with it
                     stream.append(markdown_text=piece)
                 stream.stop()
+                self._remember_answer(reply_to, channel, stream.ts)
                 return "".join(sent)
             except DELIVERY_ERRORS as exc:
                 log.info("chat_stream unavailable (%s); falling back to chat.update", _reason(exc))
-        return self._answer_by_update(channel, thread_ts, sent, pieces)
+        text, ts = self._answer_by_update(channel, thread_ts, sent, pieces)
+        self._remember_answer(reply_to, channel, ts)
+        return text
 
-    def _answer_by_update(self, channel: str, thread_ts: str | None, sent: list[str], pieces: Iterator[str]) -> str:
+    def _remember_answer(self, reply_to: dict, channel: str, ts: str | None) -> None:
+        """Tie the posted message to the answer's row, so 👍/👎 reactions on it rate the answer."""
+        if ts is None or reply_to.get("answer_id") is None:
+            return
+        from registry import services
+        from registry.db import session_scope
+
+        with session_scope(self.session_factory) as session:
+            services.set_answer_message(session, reply_to["answer_id"], ts)
+
+    def _answer_by_update(self, channel: str, thread_ts: str | None, sent: list[str],
+                          pieces: Iterator[str]) -> tuple[str, str | None]:
         text = "".join(sent)
         ts = None
         try:
@@ -202,10 +217,11 @@ class SlackNotifier:
                 else:
                     self.client.chat_update(channel=channel, ts=ts, text=text)
             if ts is None:
-                self.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text or "(no answer)")
+                ts = self.client.chat_postMessage(channel=channel, thread_ts=thread_ts,
+                                                  text=text or "(no answer)")["ts"]
         except DELIVERY_ERRORS as exc:
             log.warning("Slack answer in %s failed: %s", channel, _reason(exc))
-        return text
+        return text, ts
 
 
 def make_notifier(settings, session_factory: sessionmaker) -> Notifier:

@@ -71,11 +71,18 @@ class Ask:
 
 
 @dataclass(frozen=True)
+class Rate:
+    answer_id: int
+    up: bool
+
+
+@dataclass(frozen=True)
 class Help:
     pass
 
 
-Command = Patch | Eval | Approve | Reject | Retune | Rollback | Status | Lineage | Bases | Assistants | Ask | Help
+Command = (Patch | Eval | Approve | Reject | Retune | Rollback | Status | Lineage | Bases | Assistants | Ask | Rate
+           | Help)
 
 USAGE: dict[str, str] = {
     "patch": "patch <assistant> onto <version>",
@@ -89,6 +96,7 @@ USAGE: dict[str, str] = {
     "bases": "bases [family]",
     "assistants": "assistants",
     "ask": "ask <assistant> <question>",
+    "rate": "rate <answer> up|down",
     "help": "help",
 }
 
@@ -231,6 +239,22 @@ def _parse_ask(rest: str) -> Command | ParseError:
     return Ask(words[0], " ".join(words[1].split()))
 
 
+_RATINGS = {"up": True, "down": False, "+1": True, "-1": False, "👍": True, "👎": False}
+
+
+def _parse_rate(rest: str) -> Command | ParseError:
+    words = rest.split()
+    if len(words) != 2:
+        return _usage_error("rate", "`rate` takes an answer number and `up` or `down`.")
+    match = _RUN_REF.match(words[0])
+    if not match:
+        return _usage_error("rate", f"`{_clip(words[0])}` is not an answer number (it is shown under each answer).")
+    up = _RATINGS.get(words[1].lower())
+    if up is None:
+        return _usage_error("rate", f"rate an answer `up` or `down`, not `{_clip(words[1])}`.")
+    return Rate(int(match.group(1)), up)
+
+
 _PARSERS = {
     "patch": _parse_patch,
     "eval": _parse_eval,
@@ -243,5 +267,6 @@ _PARSERS = {
     "bases": _parse_bases,
     "assistants": _parse_assistants,
     "ask": _parse_ask,
+    "rate": _parse_rate,
     "help": _parse_help,
 }

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from portllm_core.errors import BadInput
+from portllm_core.flows.releases import ReleaseStarted, start_release
 from portllm_core.staging import staged
 from portllm_core.validate import check_fraction, check_name, existing_dir, existing_file
 from portllm_core.workspace import Workspace
@@ -29,12 +30,14 @@ class BaseRegistered:
     label: str
     signature: dict
     fingerprint: str
+    release: ReleaseStarted
     warnings: list[str] = field(default_factory=list)
 
 
 def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: str,
                   description: str = "") -> BaseRegistered:
-    """Fingerprint a local model folder (or a hub id in the local cache) and register it."""
+    """Fingerprint a local model folder (or a hub id in the local cache), register it, and start
+    its release: the assistants live on the family get their runs (or offers) per their policy."""
     from portllm_engine.models import resolve_model_dir
 
     check_name("family", family)
@@ -58,7 +61,9 @@ def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: 
             signature=signature, tokenizer_fingerprint=tokenizer_fp, actor=actor,
             **({"description": description} if description else {}),
         )
-        return BaseRegistered(f"{base.family} {base.version}", signature, fingerprint, warnings)
+        family, version = base.family, base.version
+    release = start_release(ws.session_factory, ws.queue, family, version, actor=actor)
+    return BaseRegistered(f"{family} {version}", signature, fingerprint, release, warnings)
 
 
 def describe_base(model_dir: Path) -> tuple[dict, str, str]:
