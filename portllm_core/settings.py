@@ -52,12 +52,19 @@ class Settings(BaseSettings):
     slack_api_url: str | None = Field(default=None, validation_alias="SLACK_API_URL")
     slack_update_interval_s: float = 1.0  # Slack allows about one chat.update per second
 
+    # -- releases ------------------------------------------------------------------------
+    # The operations channel that gets each release's summary (updated as verdicts land);
+    # None: the summary is only in `portllm base add`'s output and `portllm release show`.
+    release_channel: str | None = None
+    # `portllm base watch`: seconds between looks at the model store.
+    watch_interval_s: float = Field(default=60.0, gt=0)
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("database_url", "broker_url", "slack_api_url")
+    @field_validator("database_url", "broker_url", "slack_api_url", "release_channel")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None  # `VAR=` in an .env file means "use the default"

@@ -103,6 +103,13 @@ def live_patch_for(ctx, assistant: str, channel: str):
                 resolve_model_dir(base.source_ref), base.label, found.system_prompt, live.id)
 
 
+@app.task(name=contract.ANNOUNCE_RELEASE)
+def announce_release(release_id: int) -> str:
+    """Post a new release's summary (operations channel) and its offer cards (policy `ask`)."""
+    context.current().notifier.release_changed(release_id, announce=True)
+    return "announced"
+
+
 @app.task(name=contract.SWEEP)
 def sweep() -> dict:
     report = sweep_once(context.current())

@@ -10,6 +10,11 @@ from portllm_core import records
 from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, short, stdout, table
 from portllm_cli.admin.runtime import BadInput, workspace, actor, admin_command
 
+ON_RELEASE_HELP = ("When a new base version of the family is registered: auto queues a transplant run per live "
+                   "channel, ask posts a card offering it, off does nothing.")
+LIVE_GUARD_HELP = ("After MIN_N ratings of the live rollout's answers, propose a rollback when the share of 👍 is "
+                   "below MIN_RATE (e.g. 20:0.7); `off` removes it.")
+
 app = typer.Typer(help="Assistants: a family, a KPI suite, a gate and the people who approve.", no_args_is_help=True)
 
 
@@ -25,13 +30,16 @@ def add(
     admins: list[str] = typer.Option([], "--admin", help="Who may override a failed gate with a reason (repeat)."),
     system_prompt: str = typer.Option("", "--system-prompt", help="Prepended to every question."),
     owner: str = typer.Option("", "--owner", help="Who owns the assistant (default: you)."),
+    on_release: str = typer.Option("auto", "--on-release", help=ON_RELEASE_HELP),
+    live_guard: Optional[str] = typer.Option(None, "--live-guard", metavar="MIN_N:MIN_RATE", help=LIVE_GUARD_HELP),
 ) -> None:
     """Register an assistant with its KPI suite (validated line by line, stored content-addressed)."""
     from portllm_core.flows import catalog
 
     family, suite_info = catalog.add_assistant(
         workspace(), name, family=family, suite=suite, min_accuracy=min_accuracy, max_regression=max_regression,
-        approvers=approvers, admins=admins, system_prompt=system_prompt, owner=owner, actor=actor())
+        approvers=approvers, admins=admins, system_prompt=system_prompt, owner=owner, on_release=on_release,
+        live_guard=live_guard, actor=actor())
     stdout().print(
         f"Assistant {name} added on {family}: suite of {suite_info.n_items} items ({short(suite_info.digest)}), "
         f"gate min {min_accuracy:.0%} / max regression {max_regression:.0%}, "
@@ -77,6 +85,8 @@ def set_(
     add_admins: list[str] = typer.Option([], "--add-admin", help="Add an admin (repeat)."),
     remove_admins: list[str] = typer.Option([], "--remove-admin", help="Remove an admin (repeat)."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Replace the system prompt."),
+    on_release: Optional[str] = typer.Option(None, "--on-release", help=ON_RELEASE_HELP),
+    live_guard: Optional[str] = typer.Option(None, "--live-guard", metavar="MIN_N:MIN_RATE", help=LIVE_GUARD_HELP),
 ) -> None:
     """Change an assistant's gate, approvers, admins, system prompt or KPI suite."""
     from portllm_core.flows import catalog
@@ -88,11 +98,12 @@ def set_(
         fields: dict[str, object] = {
             key: value for key, value in
             (("min_accuracy", min_accuracy), ("max_regression", max_regression), ("system_prompt", system_prompt),
+             ("on_release", on_release),
              ("approvers", _edit_people("approver", current.approvers, approvers, add_approvers, remove_approvers)),
              ("admins", _edit_people("admin", current.admins, admins, add_admins, remove_admins)))
             if value is not None
         }
-    changed = catalog.update_assistant(ws, name, actor=actor(), suite=suite, **fields)
+    changed = catalog.update_assistant(ws, name, actor=actor(), suite=suite, live_guard=live_guard, **fields)
     stdout().print(f"Assistant {name} updated: {', '.join(changed)}")
 
 

@@ -11,9 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from portllm_core.errors import BadInput
-from portllm_core.flows.releases import ReleaseStarted, start_release
+from portllm_core.flows.releases import ReleaseStarted, enqueue_release, open_release
 from portllm_core.staging import staged
-from portllm_core.validate import check_fraction, check_name, existing_dir, existing_file
+from portllm_core.validate import (
+    check_fraction,
+    check_name,
+    check_on_release,
+    existing_dir,
+    existing_file,
+    parse_live_guard,
+)
 from portllm_core.workspace import Workspace
 from registry import services
 from registry.errors import UnknownAssistant, UnknownBase
@@ -61,9 +68,9 @@ def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: 
             signature=signature, tokenizer_fingerprint=tokenizer_fp, actor=actor,
             **({"description": description} if description else {}),
         )
-        family, version = base.family, base.version
-    release = start_release(ws.session_factory, ws.queue, family, version, actor=actor)
-    return BaseRegistered(f"{family} {version}", signature, fingerprint, release, warnings)
+        release = open_release(s, base, actor=actor)
+    enqueue_release(ws.queue, release)
+    return BaseRegistered(release.label, signature, fingerprint, release, warnings)
 
 
 def describe_base(model_dir: Path) -> tuple[dict, str, str]:
@@ -109,9 +116,13 @@ def load_suite(path: Path) -> Suite:
 
 def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: str,
                   min_accuracy: float = 0.5, max_regression: float = 0.05, approvers: list[str] = (),
-                  admins: list[str] = (), system_prompt: str = "", owner: str = "") -> tuple[str, Suite]:
-    """Register an assistant with its KPI suite; returns (the family as registered, the suite)."""
+                  admins: list[str] = (), system_prompt: str = "", owner: str = "", on_release: str = "auto",
+                  live_guard: str | None = None) -> tuple[str, Suite]:
+    """Register an assistant with its KPI suite; returns (the family as registered, the suite).
+    `live_guard` is `MIN_RATINGS:MIN_SATISFACTION` (validate.parse_live_guard)."""
     check_name("assistant name", name)
+    on_release = check_on_release(on_release)
+    guard_n, guard_rate = parse_live_guard(live_guard) if live_guard else (None, None)
     check_fraction("--min-accuracy", min_accuracy)
     check_fraction("--max-regression", max_regression)
     with ws.session() as s:
@@ -125,19 +136,26 @@ def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: 
             services.create_assistant(
                 s, name=name, family=family, suite_ref=suite_ref, suite_digest=loaded.digest,
                 min_accuracy=min_accuracy, max_regression=max_regression, approvers=list(approvers),
-                admins=list(admins), system_prompt=system_prompt, owner=owner or actor, actor=actor,
+                admins=list(admins), system_prompt=system_prompt, owner=owner or actor, on_release=on_release,
+                guard_min_ratings=guard_n, guard_min_satisfaction=guard_rate, actor=actor,
             )
     return family, loaded
 
 
-def update_assistant(ws: Workspace, name: str, *, actor: str, suite: Path | None = None, **fields) -> list[str]:
-    """Change an assistant's gate, people, prompt or suite; returns the names of what changed."""
+def update_assistant(ws: Workspace, name: str, *, actor: str, suite: Path | None = None,
+                     live_guard: str | None = None, **fields) -> list[str]:
+    """Change an assistant's gate, people, prompt, suite, on-release policy or live guard
+    (`MIN_RATINGS:MIN_SATISFACTION`, or `off`); returns the names of what changed."""
     check_fraction("--min-accuracy", fields.get("min_accuracy"))
     check_fraction("--max-regression", fields.get("max_regression"))
+    if fields.get("on_release") is not None:
+        fields["on_release"] = check_on_release(fields["on_release"])
+    if live_guard is not None:
+        fields["guard_min_ratings"], fields["guard_min_satisfaction"] = parse_live_guard(live_guard)
     if suite is None and not fields:
         raise BadInput(
             "nothing to change: pass --suite, --min-accuracy, --max-regression, --approver, --add-approver, "
-            "--remove-approver, --admin, --add-admin, --remove-admin or --system-prompt"
+            "--remove-approver, --admin, --add-admin, --remove-admin, --system-prompt, --on-release or --live-guard"
         )
     loaded = load_suite(suite) if suite is not None else None
     with staged(ws.store) as staging:

@@ -1,8 +1,8 @@
 """Releases: a new base version reaches every assistant live on its family, per their policy.
 
-`start_release` runs after a base is registered (by `portllm base add`, `base watch` and the
-demo, through flows.catalog.register_base) and again whenever someone retries it: the registry
-keeps one release per base, so a second call queues nothing. Runs are enqueued after the
+A release opens in the transaction that registers its base (`portllm base add`, `base watch`
+and the demo, through flows.catalog.register_base); `start_release` opens one for a base
+registered earlier. The registry keeps one release per base, so a retry queues nothing. Runs are enqueued after the
 commit; the announcement (summary to the operations channel, offer cards) goes through the
 workers' notifier, like every other card.
 """
@@ -29,20 +29,31 @@ class ReleaseStarted:
 
 def start_release(session_factory: sessionmaker[Session], enqueue: Enqueue, family: str, version: str,
                   *, actor: str) -> ReleaseStarted:
-    """Open the release of a registered base (once) and queue its runs."""
+    """Open the release of a registered base (once) and queue its runs: for a base registered
+    before releases existed, or to see that a release started (a second call queues nothing)."""
     with session_scope(session_factory) as s:
-        base = services.get_base(s, family, version)
-        existed = services.get_release(s, base) is not None
-        release, runs = services.open_release(s, base, actor=actor)
-        started = ReleaseStarted(
-            release.id, f"{base.family} {base.version}",
-            tuple((r.id, r.assistant.name, r.channel) for r in runs),
-            tuple((o["assistant"], o["channel"]) for o in release.offers), not existed)
+        started = open_release(s, services.get_base(s, family, version), actor=actor)
+    enqueue_release(enqueue, started)
+    return started
+
+
+def open_release(s: Session, base, *, actor: str) -> ReleaseStarted:
+    """Open the base's release in the caller's transaction (registration opens it in its own, so
+    no crash can leave a base registered and unreleased); enqueue_release after the commit."""
+    existed = services.get_release(s, base) is not None
+    release, runs = services.open_release(s, base, actor=actor)
+    return ReleaseStarted(
+        release.id, f"{base.family} {base.version}",
+        tuple((r.id, r.assistant.name, r.channel) for r in runs),
+        tuple((o["assistant"], o["channel"]) for o in release.offers), not existed)
+
+
+def enqueue_release(enqueue: Enqueue, started: ReleaseStarted) -> None:
+    """Put the release's runs on the queue (a lost enqueue is re-sent by the sweeper), and its announcement."""
     for run_id, _, _ in started.queued:
         enqueue(TASK_FOR_RUN_KIND[RunKind.TRANSPLANT], run_id)
     if started.created and (started.queued or started.offers):  # a release that reaches nobody says nothing
         enqueue(ANNOUNCE_RELEASE, started.release_id)
-    return started
 
 
 def accept_offer(session_factory: sessionmaker[Session], enqueue: Enqueue, release_id: int, assistant: str,
