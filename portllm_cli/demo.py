@@ -70,7 +70,7 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
             except (StoryStopped, WaitTimedOut) as stop:
                 console.print(f"[red]The demo stopped at `{stop}`. The worker log and `portllm status` say more.[/]")
                 return 1
-        chart = _write_chart(ws, out or ws.settings.data_dir)
+        chart = _write_chart(ws, world, out or ws.settings.data_dir)
         return _summarise(outcomes, chart, console)
     finally:
         ws.close()
@@ -259,8 +259,9 @@ def _check(factory, setup_run: int, v2_run: int, v3_run: int, other_run: int, re
         ]
 
 
-def _write_chart(ws, out_dir: Path) -> Path:
-    """Per base version: the base alone, the transplanted v1 patch, and a re-tuned patch if any."""
+def _write_chart(ws, world, out_dir: Path) -> Path:
+    """The paper's bars per base version: the base alone, the transplanted v1 patch, a patch trained
+    fresh on that base (measured when the demo world was built), and the re-tuned patch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,12 +282,14 @@ def _write_chart(ws, out_dir: Path) -> Path:
             series = bars.setdefault(run.target_base.version, {})
             series["base alone"] = accuracy.get("target_base", 0.0)
             series["re-tuned patch" if run.kind == "retune" else "transplanted patch"] = accuracy["candidate"]
+    for version, accuracy in world.fresh_accuracy.items():
+        bars.setdefault(version, {})["patch trained fresh"] = accuracy
     versions = sorted(bars)
-    names = ("base alone", "transplanted patch", "re-tuned patch")
-    width = 0.27
+    names = ("base alone", "transplanted patch", "patch trained fresh", "re-tuned patch")
+    width = 0.2
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, name in enumerate(names):
-        xs = [x + (i - 1) * width for x, v in enumerate(versions) if name in bars[v]]
+        xs = [x + (i - 1.5) * width for x, v in enumerate(versions) if name in bars[v]]
         ys = [100 * bars[v][name] for v in versions if name in bars[v]]
         if xs:
             ax.bar(xs, ys, width, label=name)
