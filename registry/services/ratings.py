@@ -77,6 +77,9 @@ def rate(s: Session, answer: Answer, *, user: str, up: bool) -> Rating:
     """One rating per person and answer; rating again changes it."""
     if not user:
         raise RegistryError("A rating needs the person who gives it.")
+    # Ratings of one rollout take turns until commit: two people reacting at once must each count
+    # the other's rating, or neither would see the guard's threshold crossed.
+    s.execute(select(Rollout.id).where(Rollout.id == answer.rollout_id).with_for_update())
     rating = s.scalar(select(Rating).where(Rating.answer_id == answer.id, Rating.user == user))
     if rating is None:
         rating = Rating(answer_id=answer.id, user=user, up=up)
