@@ -203,7 +203,7 @@ def _release(ws, world, chat, console: Console, say) -> int:
                   "requested by the system, as if someone had asked.")
     chat.follow_run(mine[0])  # the card #support gets
     with ws.session_factory() as s:
-        console.print(release_table(views.release_view(s, views.find_release(s, FAMILY, RELEASED))))
+        console.print(release_table(views.release_view(views.find_release(s, FAMILY, RELEASED))))
     return mine[0]
 
 

@@ -386,15 +386,14 @@ def live_assistants(session: Session, channel: str) -> list[str]:
     return list(session.scalars(query))
 
 
-def release_view(session: Session, release: Release) -> ReleaseView:
+def release_view(release: Release) -> ReleaseView:
     """The release's runs with their verdicts, and the offers nobody has taken up yet."""
-    rows = [ReleaseRow(r.assistant.name, r.channel, r.id, r.status, r.rollout.verdict if r.rollout else None,
-                       r.rollout.state if r.rollout else None) for r in release.runs]
-    taken = {(row.assistant, row.channel) for row in rows}
-    rows += [ReleaseRow(o["assistant"], o["channel"], None, None, None, None)
-             for o in release.offers if (o["assistant"], o["channel"]) not in taken]
+    data = records.release(release)
+    rows = [ReleaseRow(r["assistant"], r["channel"], r["run_id"], r["status"], r["verdict"], r["rollout_state"])
+            for r in data["runs"]]
+    rows += [ReleaseRow(o["assistant"], o["channel"], None, None, None, None) for o in data["offers"]]
     return ReleaseView(release.id, release.base.family, release.base.version, release.created_by, tuple(rows),
-                       json=records.release(release))
+                       json=data)
 
 
 def find_release(session: Session, family: str, version: str) -> Release:

@@ -61,7 +61,7 @@ def _release(session: Session, release_id: int):
     from registry.models import Release
 
     release = session.get(Release, release_id)
-    return None if release is None else (release, release_view(session, release))
+    return None if release is None else (release, release_view(release))
 
 
 def release_text(view) -> str:

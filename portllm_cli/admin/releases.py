@@ -41,7 +41,7 @@ def show(
     from portllm_core.views import find_release, release_view
 
     with workspace().session() as session:
-        view = release_view(session, find_release(session, family, version))
+        view = release_view(find_release(session, family, version))
     if as_json:
         print_json(view.to_json())
         return

@@ -101,7 +101,7 @@ def test_a_release_queues_one_run_per_live_channel_and_a_second_registration_non
     assert not again.created and again.queued == () and run_count(stack) == before + 3
 
     with stack.session_factory() as s:
-        summary = release_view(s, find_release(s, "demo", "v4")).to_json()
+        summary = release_view(find_release(s, "demo", "v4")).to_json()
     assert len(summary["runs"]) == 3 and all(r["verdict"] in ("pass", "fail", "inconclusive") for r in summary["runs"])
     released = [e for e in stack.outbox() if e["type"] == "release"]
     assert released and all(f"run #{r['run_id']}" in released[-1]["text"]
