@@ -69,5 +69,5 @@ def test_bad_policy_and_guard_say_what_would_be_right(registered):
     registered.ok("assistant", "set", "support", "--live-guard", "20:70%")
     [assistant] = registered.json("assistant", "list")
     assert assistant["live_guard"] == {"min_ratings": 20, "min_satisfaction": 0.7}
-    missing = registered("release", "show", "tiny", "v1")
-    assert missing.exit_code == 2 and "portllm release start tiny v1" in missing.stderr
+    quiet = registered.ok("release", "show", "tiny", "v1").stdout  # every registered base has its release
+    assert "no assistant is live on this family" in quiet
