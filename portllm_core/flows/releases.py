@@ -2,9 +2,9 @@
 
 A release opens in the transaction that registers its base (`portllm base add`, `base watch`
 and the demo, through flows.catalog.register_base); `start_release` opens one for a base
-registered earlier. The registry keeps one release per base, so a retry queues nothing. Runs are enqueued after the
-commit; the announcement (summary to the operations channel, offer cards) goes through the
-workers' notifier, like every other card.
+registered earlier. The registry keeps one release per base, so a retry queues nothing. Runs
+are enqueued after the commit; the announcement (summary to the operations channel, offer
+cards) goes through the workers' notifier, like every other card.
 """
 from __future__ import annotations
 
