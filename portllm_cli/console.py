@@ -115,10 +115,11 @@ class ConsoleSession:
                 if record.get("text") and not printed:  # a notifier that sends the whole answer at the end
                     self.out.print(record["text"], end="", markup=False, highlight=False, soft_wrap=True)
                 self.out.print()
-                if record.get("answer_id") is not None:
-                    answer = record["answer_id"]
+                # The worker numbers the answer (reply_to["answer_id"]) before generating it.
+                self.last_answer_id = (record.get("reply_to") or {}).get("answer_id")
+                if self.last_answer_id is not None:
+                    answer = self.last_answer_id
                     self.out.print(f"(answer #{answer} · `rate {answer} up` or `rate {answer} down`)", markup=False)
-                self.last_answer_id = record.get("answer_id")
                 return
 
 

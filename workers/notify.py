@@ -144,8 +144,7 @@ class ConsoleNotifier:
             parts.append(chunk)
             self._write({"type": "answer_chunk", "reply_to": reply_to, "text": chunk})
         text = "".join(parts)
-        self._write({"type": "answer_done", "reply_to": reply_to, "text": text,
-                     "answer_id": reply_to.get("answer_id")})
+        self._write({"type": "answer_done", "reply_to": reply_to, "text": text})
         return text
 
 
