@@ -301,7 +301,7 @@ def _write_chart(ws, world, out_dir: Path) -> Path:
     ax.set_xticks(range(len(versions)), versions)
     ax.set_ylabel("KPI accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{ASSISTANT}: its v1 patch carried onto each base")
+    ax.set_title(f"{ASSISTANT} on each base: transplanted v1 patch vs trained fresh vs re-tuned")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
