@@ -53,6 +53,7 @@ class ConsoleSession:
         self.channel, self.user, self.settings = channel, user, settings
         self.session_factory, self.enqueue, self.out = session_factory, enqueue, out
         self.poll_s, self.wait_s = poll_s, wait_s
+        self.last_answer_id: int | None = None  # the last answer printed, for scripts that rate it
 
     def run_line(self, line: str) -> Reply:
         outbox = self.settings.outbox_path
@@ -120,6 +121,11 @@ class ConsoleSession:
                 if record.get("text") and not printed:  # a notifier that sends the whole answer at the end
                     self.out.print(record["text"], end="", markup=False, highlight=False, soft_wrap=True)
                 self.out.print()
+                # The worker numbers the answer (reply_to["answer_id"]) before generating it.
+                self.last_answer_id = (record.get("reply_to") or {}).get("answer_id")
+                if self.last_answer_id is not None:
+                    answer = self.last_answer_id
+                    self.out.print(f"(answer #{answer} · `rate {answer} up` or `rate {answer} down`)", markup=False)
                 return
 
 

@@ -11,15 +11,20 @@ from portllm_core.blocks import (
     LIVE_COLUMNS,
     PENDING_COLUMNS,
     ROLLOUT_TEXT,
+    RELEASE_COLUMNS,
+    guard_text,
     kpi_rows,
     pct,
+    release_rows,
+    release_title,
+    satisfaction_text,
     produced,
     progress_bar,
     run_title,
     status_rows,
 )
 from portllm_core.commands.replies import Reply
-from portllm_core.views import LineageView, RunCard, StatusView, Table
+from portllm_core.views import GuardProposal, LineageView, ReleaseView, RunCard, StatusView, Table
 
 VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "inconclusive": "bold yellow"}
 MAX_COMPAT_LINES = 5  # a wrong-shape base fails every module; the first few say why
@@ -37,6 +42,10 @@ def render(reply: Reply) -> RenderableType:
         return lineage(view)
     if isinstance(view, Table):
         return table(view)
+    if isinstance(view, GuardProposal):
+        return Group(text, guard(view))
+    if isinstance(view, ReleaseView):
+        return release(view)
     return text
 
 
@@ -71,6 +80,8 @@ def run_card(card: RunCard) -> Panel:
     if card.drift_overall is not None:
         worst = ", ".join(f"{m} {d:.3f}" for m, d in card.drift_modules[:5])
         parts.append(Text(f"drift {card.drift_overall:.3f} overall" + (f" · most changed: {worst}" if worst else "")))
+    if card.live_satisfaction is not None:
+        parts.append(Text(f"live in {card.channel}: {satisfaction_text(card.live_satisfaction)} from ratings"))
     if card.verdict:
         line = Text("gate ")
         line.append(card.verdict, style=VERDICT_STYLE.get(card.verdict))
@@ -126,8 +137,24 @@ def lineage(view: LineageView) -> Tree:
                 where = f" in {run.channel}" if run.channel else ""
                 by = f" ({run.decided_by})" if run.decided_by else ""
                 bits.append(f"{ROLLOUT_TEXT.get(run.rollout_state, run.rollout_state)}{where}{by}")
+            if run.satisfaction is not None:
+                bits.append(f"rated {satisfaction_text(run.satisfaction)}")
             node.add(Text(", ".join(bits)))
     return tree
+
+
+def guard(proposal: GuardProposal) -> Panel:
+    hint = (f"`rollback {proposal.assistant}` puts {proposal.previous_version} back (an approver)"
+            if proposal.previous_version else "nothing to roll back to: this is the first rollout here")
+    return Panel(Group(Text(guard_text(proposal)), Text(hint, style="bold")), title="live guard",
+                 title_align="left", border_style="red")
+
+
+def release(view: ReleaseView) -> RenderableType:
+    rows = release_rows(view)
+    if not rows:
+        return Text(f"{release_title(view)}: no assistant is live on this family.")
+    return _table(release_title(view), RELEASE_COLUMNS, rows)
 
 
 def table(view: Table) -> RenderableType:

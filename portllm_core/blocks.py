@@ -7,7 +7,8 @@ from slack_sdk.models.blocks import ButtonElement, ConfirmObject, HeaderBlock, S
 
 from portllm_core.commands.replies import Reply
 from portllm_core.ids import Action, Block
-from portllm_core.views import LineageView, RunCard, StatusView, Table
+from portllm_core.views import GuardProposal, LineageView, ReleaseView, RunCard, StatusView, Table
+from registry.services.ratings import Satisfaction
 
 # Slack's limits for the fields used here, as slack_sdk's Block Kit models define them; the
 # block count and context text are limits Slack publishes that slack_sdk does not encode.
@@ -75,6 +76,14 @@ def where(channel: str | None) -> str:
 
 def pct(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def satisfaction_text(score: Satisfaction | None) -> str:
+    """'4/5 👍 80% (38–96%)': the live KPI in a few characters; '–' before the first rating."""
+    if score is None or not score.n:
+        return "–"
+    low, high = score.ci95
+    return f"{score.up}/{score.n} 👍 {score.rate * 100:.0f}% ({low * 100:.0f}–{high * 100:.0f}%)"
 
 
 def progress_bar(progress: float, width: int = 20) -> str:
@@ -194,6 +203,9 @@ def run_card_blocks(card: RunCard) -> list[dict]:
         worst = ", ".join(f"`{escape(m)}` {d:.3f}" for m, d in card.drift_modules[:5])
         text = f"*Drift* {card.drift_overall:.3f} overall" + (f" · most changed: {worst}" if worst else "")
         blocks.append(section(text, Block.RUN_DRIFT))
+    if card.live_satisfaction is not None:
+        blocks.append(context(f"Live in {where(card.channel)}: {satisfaction_text(card.live_satisfaction)} "
+                              "from people rating its answers", Block.RUN_LIVE_KPI))
     if card.verdict:
         gate = f" ({escape(card.gate)})" if card.gate else ""
         blocks.append(section(f"{VERDICT_ICON.get(card.verdict, '')} Gate *{card.verdict}*{gate}", Block.RUN_VERDICT))
@@ -260,8 +272,8 @@ def outcome_block(card: RunCard) -> dict:
 # -- status, lineage, lists, home ------------------------------------------------------------
 
 def status_rows(view: StatusView) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
-    live = [(r.assistant, r.channel, r.version, f"#{r.run_id}" if r.run_id else "–", pct(r.accuracy))
-            for r in view.live]
+    live = [(r.assistant, r.channel, r.version, f"#{r.run_id}" if r.run_id else "–", pct(r.accuracy),
+             satisfaction_text(r.satisfaction)) for r in view.live]
     pending = []
     for r in view.pending:
         state = r.status + (f" {round(r.progress * 100)}%" if r.status == "running" else "")
@@ -271,7 +283,7 @@ def status_rows(view: StatusView) -> tuple[list[tuple[str, ...]], list[tuple[str
     return live, pending
 
 
-LIVE_COLUMNS = ("assistant", "channel", "version", "run", "accuracy")
+LIVE_COLUMNS = ("assistant", "channel", "version", "run", "accuracy", "rated")
 PENDING_COLUMNS = ("run", "assistant", "version", "state", "gate")
 
 
@@ -311,6 +323,8 @@ def lineage_blocks(view: LineageView) -> list[dict]:
                     rollout += f" in {where(run.channel)}"
                 if run.decided_by:
                     rollout += f" ({who(run.decided_by)})"
+            if run.satisfaction is not None:
+                rollout += f", rated {satisfaction_text(run.satisfaction)}"
             lines.append(f"  → run #{run.run_id} {run.kind} onto *{escape(run.target_version)}*: "
                          f"{run.status}{acc}{verdict}{rollout}")
         blocks.append(section(_fit_lines(lines), f"{Block.LINEAGE_PATCH}_{patch.patch_id}"))
@@ -333,6 +347,62 @@ def table_blocks(table: Table) -> list[dict]:
     return [section(f"*{escape(table.title)}*\n{body}", Block.LIST)]
 
 
+# -- live guard, releases -------------------------------------------------------------------
+
+def guard_text(proposal: GuardProposal) -> str:
+    return (f"{proposal.assistant} {proposal.version} in {proposal.channel}: "
+            f"{satisfaction_text(proposal.satisfaction)}, below the guard's {proposal.min_satisfaction:.0%} "
+            f"after {proposal.satisfaction.n} ratings (it watches from {proposal.min_ratings})")
+
+
+def guard_blocks(proposal: GuardProposal) -> list[dict]:
+    """The live guard's card: satisfaction fell; one click for an approver rolls back."""
+    blocks = [section(f":rotating_light: *Live guard* · {escape(guard_text(proposal))}", Block.GUARD)]
+    if proposal.previous_version is None:
+        blocks.append(context("Nothing to roll back to: this is the first rollout here. Reject it by proposing "
+                              "another run (`/portllm patch …`).", Block.GUARD_ACTIONS))
+        return blocks
+    blocks.append({"type": "actions", "block_id": Block.GUARD_ACTIONS.value, "elements": [
+        _button(f"Roll back to {proposal.previous_version}", Action.ROLLBACK, proposal.assistant, "danger", _confirm(
+            f"Roll back {proposal.assistant}?",
+            f"{escape(proposal.previous_version)} goes live again in {where(proposal.channel)}, replacing "
+            f"{escape(proposal.version)}.", "Roll back", "danger"))]})
+    return blocks
+
+
+RELEASE_COLUMNS = ("assistant", "channel", "run", "state", "gate")
+
+
+def release_rows(view: ReleaseView) -> list[tuple[str, ...]]:
+    rows = []
+    for r in view.rows:
+        if r.run_id is None:
+            rows.append((r.assistant, r.channel, "–", "offered", "–"))
+            continue
+        state = ROLLOUT_TEXT.get(r.rollout_state, r.rollout_state) if r.rollout_state else r.status
+        rows.append((r.assistant, r.channel, f"#{r.run_id}", state, r.verdict or "–"))
+    return rows
+
+
+def release_title(view: ReleaseView) -> str:
+    return f"Release {view.family} {view.version}"
+
+
+def release_blocks(view: ReleaseView) -> list[dict]:
+    rows = [tuple(escape(c) for c in row) for row in release_rows(view)]
+    body = code_table(RELEASE_COLUMNS, rows, MAX_SECTION_TEXT - 10) if rows else "No assistant is live on this family."
+    return [header(release_title(view), Block.RELEASE), section(body, f"{Block.RELEASE}_rows")]
+
+
+def offer_blocks(release_id: int, version: str, assistant: str, channel: str) -> list[dict]:
+    """The `ask` policy's card: a new base is out; one click queues its transplant here."""
+    return [section(f":package: *{escape(version)}* is out. Carry *{escape(assistant)}*'s patch onto it here? "
+                    "The run is gated and waits for approval like any other.", Block.OFFER),
+            {"type": "actions", "block_id": Block.OFFER_ACTIONS.value, "elements": [
+                _button(f"Transplant onto {version}", Action.ACCEPT_OFFER, f"{release_id}:{assistant}", "primary",
+                        None)]}]
+
+
 def reply_blocks(reply: Reply) -> list[dict]:
     """The blocks of a command's reply: its card when it has one, else its text."""
     view = reply.view
@@ -344,6 +414,10 @@ def reply_blocks(reply: Reply) -> list[dict]:
         blocks = lineage_blocks(view)
     elif isinstance(view, Table):
         blocks = table_blocks(view)
+    elif isinstance(view, GuardProposal):
+        blocks = guard_blocks(view)
+    elif isinstance(view, ReleaseView):
+        blocks = release_blocks(view)
     else:
         blocks = [section(escape(reply.text), Block.MESSAGE)]
     return blocks[:MAX_BLOCKS]

@@ -26,9 +26,17 @@ class Block(StrEnum):
     HOME_LIVE = "portllm_home_live"
     HOME_AWAITING = "portllm_home_awaiting"
     HOME_HELP = "portllm_home_help"
+    RUN_LIVE_KPI = "portllm_run_live_kpi"
+    GUARD = "portllm_guard"
+    GUARD_ACTIONS = "portllm_guard_actions"
+    RELEASE = "portllm_release"
+    OFFER = "portllm_offer"
+    OFFER_ACTIONS = "portllm_offer_actions"
 
 
 class Action(StrEnum):
     APPROVE = "portllm_approve"
     REJECT = "portllm_reject"
     RETUNE = "portllm_retune"
+    ROLLBACK = "portllm_rollback"  # value: the assistant; rolls back in the card's channel
+    ACCEPT_OFFER = "portllm_accept_offer"  # value: "<release id>:<assistant>"

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from registry.models import ACTIVE_RUN_STATUSES, DECIDABLE_ROLLOUT_STATES, Assistant, AuditEvent, BaseModel, Patch, Rollout, RolloutState, Run
 from registry.services.catalog import get_assistant, is_approver, resolve_assistant, same_user
+from registry.services.ratings import satisfaction
 
 
 def base(row) -> dict[str, Any]:
@@ -43,6 +44,9 @@ def assistant(row) -> dict[str, Any]:
         "four_eyes": row.four_eyes,
         "system_prompt": row.system_prompt,
         "owner": row.owner,
+        "on_release": row.on_release,
+        "live_guard": None if row.guard_min_ratings is None else {
+            "min_ratings": row.guard_min_ratings, "min_satisfaction": row.guard_min_satisfaction},
         "created_by": row.created_by,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
@@ -123,6 +127,7 @@ def run_summary(row) -> dict[str, Any]:
         "finished_at": row.finished_at,
         "verdict": row.rollout.verdict if row.rollout else None,
         "rollout_state": row.rollout.state if row.rollout else None,
+        "release_id": row.release_id,
     }
 
 
@@ -178,6 +183,7 @@ def status(s: Session, assistant: str | None = None, *, channel: str | None = No
     runs = shown(s.scalars(scoped(
         select(Run).where(Run.status.in_(ACTIVE_RUN_STATUSES)), Run.assistant_id
     ).order_by(Run.created_at, Run.id)), run_of=lambda run: run)
+    scores = satisfaction(s, [r.id for r in live])
     return {
         "assistant": None if owner is None else owner.name,
         "live": [
@@ -186,6 +192,7 @@ def status(s: Session, assistant: str | None = None, *, channel: str | None = No
                 "run_id": r.run_id, "base": r.run.target_base.label,
                 "patch_id": r.run.candidate_patch.id, "accuracy": r.accuracy,
                 "approved_by": r.decided_by, "live_since": _iso(r.live_since),
+                "satisfaction": _satisfaction(scores.get(r.id)),
             }
             for r in live
         ],
@@ -210,6 +217,29 @@ def status(s: Session, assistant: str | None = None, *, channel: str | None = No
     }
 
 
+def _satisfaction(score) -> dict[str, Any]:
+    """The live KPI of a rollout; n 0 when nobody rated its answers yet."""
+    return score.to_json() if score is not None else {"n": 0, "up": 0, "down": 0, "rate": None, "ci95": None}
+
+
+def release(row) -> dict[str, Any]:
+    """A release: its base, the runs it queued with their verdicts, and the offers still open."""
+    taken = {(r.assistant.name, r.channel) for r in row.runs}
+    return {
+        "id": row.id,
+        "base": {"family": row.base.family, "version": row.base.version},
+        "created_by": row.created_by,
+        "created_at": _iso(row.created_at),
+        "runs": [
+            {"run_id": r.id, "assistant": r.assistant.name, "channel": r.channel, "status": r.status,
+             "verdict": r.rollout.verdict if r.rollout else None,
+             "rollout_state": r.rollout.state if r.rollout else None}
+            for r in row.runs
+        ],
+        "offers": [o for o in row.offers if (o["assistant"], o["channel"]) not in taken],
+    }
+
+
 def _base_dict(base: BaseModel) -> dict[str, Any]:
     return {"id": base.id, "family": base.family, "version": base.version,
             "fingerprint": base.fingerprint, "source_ref": base.source_ref}
@@ -226,6 +256,7 @@ def lineage(s: Session, assistant: str | Assistant) -> dict[str, Any]:
     runs = list(s.scalars(
         select(Run).where(Run.assistant_id == owner.id).order_by(Run.created_at, Run.id)
     ))
+    scores = satisfaction(s, [r.rollout.id for r in runs if r.rollout is not None])
     events: dict[int, list[AuditEvent]] = {}
     for event in s.scalars(
         select(AuditEvent).where(AuditEvent.assistant_id == owner.id, AuditEvent.entity_type == "rollout")
@@ -240,6 +271,7 @@ def lineage(s: Session, assistant: str | Assistant) -> dict[str, Any]:
             "accuracy": r.accuracy, "live_accuracy": r.live_accuracy,
             "decided_by": r.decided_by, "decided_at": _iso(r.decided_at), "reason": r.reason,
             "opened_at": _iso(r.created_at), "live_since": _iso(r.live_since), "ended_at": _iso(r.ended_at),
+            "satisfaction": _satisfaction(scores.get(r.id)),
             "replaced": None if replaced is None else {
                 "rollout_id": replaced.id, "run_id": replaced.run_id,
                 "base": replaced.run.target_base.label, "state": replaced.state,

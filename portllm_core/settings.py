@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     notifier: Literal["console", "slack"] = "console"
     device: str | None = None  # None: CUDA when present, else CPU
     base_cache_size: int = Field(default=2, ge=1)  # bases resident per worker process
+    # CPU threads per worker process; None: torch's default (every core). Small models on shared
+    # cores run far faster on one: the demo's re-tune took 6.8 s on 1 thread, 57 s on 2, on a busy
+    # two-core machine.
+    torch_threads: int | None = Field(default=None, ge=1)
     # Redis redelivers an unacked task after this long; it must outlast the longest job (a
     # re-tune on a large base), or a healthy run would be started a second time.
     visibility_timeout_s: int = 12 * 3600
@@ -60,12 +64,19 @@ class Settings(BaseSettings):
     runs_per_user_per_hour: int = Field(default=10, ge=1)
     runs_per_assistant_per_hour: int = Field(default=30, ge=1)
 
+    # -- releases ------------------------------------------------------------------------
+    # The operations channel that gets each release's summary (updated as verdicts land);
+    # None: the summary is only in `portllm base add`'s output and `portllm release show`.
+    release_channel: str | None = None
+    # `portllm base watch`: seconds between looks at the model store.
+    watch_interval_s: float = Field(default=60.0, gt=0)
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("database_url", "broker_url", "slack_api_url")
+    @field_validator("database_url", "broker_url", "slack_api_url", "release_channel")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None  # `VAR=` in an .env file means "use the default"

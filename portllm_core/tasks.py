@@ -26,6 +26,7 @@ EVAL_ONLY = "portllm.eval_only"
 RETUNE = "portllm.retune"
 TRAIN_PATCH = "portllm.train_patch"
 ANSWER_QUESTION = "portllm.answer_question"
+ANNOUNCE_RELEASE = "portllm.announce_release"  # post a release's summary and its offers
 SWEEP = "portllm.sweep"  # every worker sweeps on a timer; the task serves manual triggers
 
 TASK_QUEUES: dict[str, str] = {
@@ -34,6 +35,7 @@ TASK_QUEUES: dict[str, str] = {
     RETUNE: GPU_QUEUE,
     TRAIN_PATCH: GPU_QUEUE,
     ANSWER_QUESTION: SERVE_QUEUE,
+    ANNOUNCE_RELEASE: SERVE_QUEUE,
     SWEEP: GPU_QUEUE,
 }
 

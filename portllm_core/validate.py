@@ -24,6 +24,32 @@ def check_fraction(option: str, value: float | None) -> float | None:
     return value
 
 
+ON_RELEASE_CHOICES = ("auto", "ask", "off")
+
+
+def check_on_release(value: str | None) -> str | None:
+    if value is not None and value.lower() not in ON_RELEASE_CHOICES:
+        raise BadInput(f"--on-release is one of {', '.join(ON_RELEASE_CHOICES)} (got {value!r}): auto queues the "
+                       "runs, ask posts a card offering them, off does nothing")
+    return None if value is None else value.lower()
+
+
+def parse_live_guard(value: str) -> tuple[int, float] | tuple[None, None]:
+    """`MIN_N:MIN_RATE` (e.g. `20:0.7`, or `20:70%`) -> (min ratings, min satisfaction); `off` -> (None, None)."""
+    if value.strip().lower() == "off":
+        return None, None
+    count, _, rate = value.partition(":")
+    try:
+        n = int(count)
+        fraction = float(rate[:-1]) / 100 if rate.endswith("%") else float(rate)
+    except ValueError:
+        n, fraction = 0, -1.0
+    if n < 1 or not 0.0 <= fraction <= 1.0:
+        raise BadInput(f"--live-guard takes MIN_RATINGS:MIN_SATISFACTION, like 20:0.7 (after 20 ratings, propose "
+                       f"a rollback below 70 % 👍), or `off` (got {value!r})")
+    return n, fraction
+
+
 def existing_file(what: str, path: Path) -> Path:
     path = path.expanduser()
     if not path.exists():

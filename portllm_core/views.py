@@ -12,7 +12,8 @@ from portllm_core import records
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from registry.errors import UnknownRun
+from registry.errors import RegistryError, UnknownRun
+from registry.services.ratings import Satisfaction, satisfaction
 from registry.models import (
     ACTIVE_RUN_STATUSES,
     EvalStage,
@@ -20,6 +21,7 @@ from registry.models import (
     Assistant,
     BaseModel,
     EvalSubject,
+    Release,
     Evaluation,
     Rollout,
     RolloutState,
@@ -66,6 +68,7 @@ class RunCard:
     can_retune: bool = False
     result_patch_id: int | None = None  # the patch a re-tune or train run produced
     replaced_by_run: int | None = None  # a newer run's proposal for the same base and channel retired this one
+    live_satisfaction: Satisfaction | None = None  # 👍/👎 on the answers of what is live in the channel
     json: dict = field(default_factory=dict, compare=False, repr=False)  # records.*: what `--json` prints
 
     def to_json(self) -> dict:
@@ -87,6 +90,7 @@ class LiveRow:
     version: str
     run_id: int | None
     accuracy: float | None
+    satisfaction: Satisfaction | None = None  # None: no rating yet
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class LineageRun:
     rollout_state: str | None
     channel: str | None
     decided_by: str | None
+    satisfaction: Satisfaction | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,44 @@ class Table:
     empty: str = "Nothing yet."
 
 
+@dataclass(frozen=True)
+class ReleaseRow:
+    assistant: str
+    channel: str
+    run_id: int | None  # None: offered (policy `ask`), nobody asked for the run yet
+    status: str | None
+    verdict: str | None
+    rollout_state: str | None
+
+
+@dataclass(frozen=True)
+class ReleaseView:
+    """A release and its verdicts as they land: one row per assistant and channel it reached."""
+
+    release_id: int
+    family: str
+    version: str
+    created_by: str
+    rows: tuple[ReleaseRow, ...]
+    json: dict = field(default_factory=dict, compare=False, repr=False)  # records.*: what `--json` prints
+
+    def to_json(self) -> dict:
+        return self.json
+
+
+@dataclass(frozen=True)
+class GuardProposal:
+    """The live guard tripped: satisfaction fell below the assistant's threshold; propose a rollback."""
+
+    assistant: str
+    channel: str
+    version: str  # what is live now
+    previous_version: str | None  # what a rollback restores (None: nothing to roll back to)
+    satisfaction: Satisfaction
+    min_ratings: int
+    min_satisfaction: float
+
+
 # -- builders from the registry (read only) --------------------------------------------------
 
 LIVE_LABEL = "live"
@@ -178,6 +221,7 @@ def run_card(session: Session, run_id: int) -> RunCard:
             live_accuracy = current.accuracy
     if kpi and live_accuracy is not None:
         kpi.append(KpiRow(_live_label(session, run, rollout), live_accuracy))
+    compared = _compared_rollout(session, run, rollout)
     drift = run.drift_report or {}
     modules = sorted((drift.get("modules") or {}).items(), key=lambda kv: kv[1], reverse=True)
     compat = run.compat_report or {}
@@ -210,6 +254,7 @@ def run_card(session: Session, run_id: int) -> RunCard:
                     and run.patch is not None and run.patch.train_data_ref is not None),
         result_patch_id=run.result_patch_id,
         replaced_by_run=_newest_proposal(session, rollout),
+        live_satisfaction=(satisfaction(session, [compared.id]).get(compared.id) if compared is not None else None),
         json=records.run(run),
     )
 
@@ -240,12 +285,17 @@ def _live_rollout(session: Session, assistant_id: int, channel: str) -> Rollout 
         Rollout.state == RolloutState.LIVE)).first()
 
 
+def _compared_rollout(session: Session, run: Run, rollout: Rollout | None) -> Rollout | None:
+    """The rollout the candidate was compared against: the one it replaced, else what is live now."""
+    if rollout is not None and rollout.replaced is not None:
+        return rollout.replaced
+    current = _live_rollout(session, run.assistant_id, run.channel)
+    return current if current is not None and current.run_id != run.id else None
+
+
 def _live_label(session: Session, run: Run, rollout: Rollout | None) -> str:
     """'live (v1)': the version the candidate was compared against, when it can be told."""
-    compared = rollout.replaced if rollout is not None and rollout.replaced is not None else None
-    if compared is None:
-        current = _live_rollout(session, run.assistant_id, run.channel)
-        compared = current if current is not None and current.run_id != run.id else None
+    compared = _compared_rollout(session, run, rollout)
     return f"{LIVE_LABEL} ({compared.run.target_base.version})" if compared is not None else LIVE_LABEL
 
 
@@ -268,10 +318,11 @@ def status_view(session: Session, assistant: str | None = None, *, channel: str 
     if assistant is not None:
         live_q = live_q.where(Assistant.name == assistant)
         runs_q = runs_q.where(Assistant.name == assistant)
+    live_rollouts = list(session.scalars(live_q.order_by(Assistant.name, Rollout.channel)))
+    scores = satisfaction(session, [r.id for r in live_rollouts])
     live = tuple(
-        LiveRow(r.assistant.name, r.channel, r.run.target_base.version, r.run_id, r.accuracy)
-        for r in session.scalars(live_q.order_by(Assistant.name, Rollout.channel))
-        if records.visible(r.run, channel=channel, viewer=viewer)
+        LiveRow(r.assistant.name, r.channel, r.run.target_base.version, r.run_id, r.accuracy, scores.get(r.id))
+        for r in live_rollouts if records.visible(r.run, channel=channel, viewer=viewer)
     )
     if channel is not None:  # the channel filter in SQL too, so `limit` counts this channel's runs
         runs_q = runs_q.where(Run.channel == channel)
@@ -288,9 +339,11 @@ def status_view(session: Session, assistant: str | None = None, *, channel: str 
 
 def lineage_view(session: Session, assistant: Assistant) -> LineageView:
     runs_by_patch: dict[int, list[Run]] = {}
-    for run in session.scalars(select(Run).where(Run.assistant_id == assistant.id).order_by(Run.id)):
+    all_runs = list(session.scalars(select(Run).where(Run.assistant_id == assistant.id).order_by(Run.id)))
+    for run in all_runs:
         # A train run has no source patch: it belongs under the patch it produced.
         runs_by_patch.setdefault(run.patch_id or run.result_patch_id, []).append(run)
+    scores = satisfaction(session, [run.rollout.id for run in all_runs if run.rollout is not None])
     patches = []
     for patch in assistant.patches:
         runs = tuple(
@@ -298,7 +351,8 @@ def lineage_view(session: Session, assistant: Assistant) -> LineageView:
                        run.rollout.verdict if run.rollout else None,
                        _accuracy(run), run.rollout.state if run.rollout else None,
                        run.rollout.channel if run.rollout else None,
-                       run.rollout.decided_by if run.rollout else None)
+                       run.rollout.decided_by if run.rollout else None,
+                       scores.get(run.rollout.id) if run.rollout else None)
             for run in runs_by_patch.get(patch.id, ())
         )
         patches.append(LineagePatch(patch.id, patch.origin_base.version, patch.rank, patch.parent_patch_id,
@@ -348,3 +402,33 @@ def live_assistants(session: Session, channel: str) -> list[str]:
     query = (select(Assistant.name).join(Rollout, Rollout.assistant_id == Assistant.id)
              .where(Rollout.channel == channel, Rollout.state == RolloutState.LIVE).order_by(Assistant.name))
     return list(session.scalars(query))
+
+
+def release_view(release: Release) -> ReleaseView:
+    """The release's runs with their verdicts, and the offers nobody has taken up yet."""
+    data = records.release(release)
+    rows = [ReleaseRow(r["assistant"], r["channel"], r["run_id"], r["status"], r["verdict"], r["rollout_state"])
+            for r in data["runs"]]
+    rows += [ReleaseRow(o["assistant"], o["channel"], None, None, None, None) for o in data["offers"]]
+    return ReleaseView(release.id, release.base.family, release.base.version, release.created_by, tuple(rows),
+                       json=data)
+
+
+def find_release(session: Session, family: str, version: str) -> Release:
+    """The release of `family version`, or a refusal that says how to start one."""
+    from registry.services import get_base, get_release
+
+    base = get_base(session, family, version)
+    release = get_release(session, base)
+    if release is None:
+        raise RegistryError(f"{base.label} has no release yet: `portllm release start {base.family} {base.version}` "
+                            "starts it (registering a base starts it too).")
+    return release
+
+
+def guard_proposal(session: Session, rollout: Rollout, score: Satisfaction) -> GuardProposal:
+    assistant = rollout.assistant
+    previous = rollout.replaced
+    return GuardProposal(assistant.name, rollout.channel, rollout.run.target_base.version,
+                         previous.run.target_base.version if previous is not None else None, score,
+                         assistant.guard_min_ratings, assistant.guard_min_satisfaction)

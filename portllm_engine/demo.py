@@ -26,7 +26,7 @@ from portllm_engine.generate import PLAIN_TEMPLATE
 Progress = Callable[[float, str], None]
 
 RECIPE: dict[str, Any] = {
-    "version": 1,
+    "version": 2,
     "seed": 20241,
     "vocab_size": 2048,
     "model": {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 4},
@@ -39,6 +39,8 @@ RECIPE: dict[str, Any] = {
     "v3": {"steps": 100, "lr": 3e-3, "batch": 64, "corpora": ["b", "c", "a"]},
     "other": {"steps": 40, "lr": 3e-3, "batch": 64},
     "patch": {"rank": 8, "alpha": 16, "epochs": 24, "lr": 3e-3, "batch_size": 16},
+    # Patches trained from scratch on evolved bases with the patch's recipe: the paper's comparison.
+    "fresh_patch_bases": ["v2"],
     "threads": 1,
 }
 # The patch's training recipe, reused by bench/transplant.py to time a re-fine-tune.
@@ -130,6 +132,9 @@ class DemoWorld:
     suite: Path
     suite_mc: Path
     questions: list[str] = field(default_factory=list)
+    # Per evolved base: a patch trained fresh on it with the same recipe, and its KPI accuracy.
+    fresh_patches: dict[str, Path] = field(default_factory=dict)
+    fresh_accuracy: dict[str, float] = field(default_factory=dict)
 
 
 def recipe_hash() -> str:
@@ -352,6 +357,8 @@ def _world_from(root: Path, meta: dict[str, Any]) -> DemoWorld:
         suite=root / meta["suite"],
         suite_mc=root / meta["suite_mc"],
         questions=list(meta["questions"]),
+        fresh_patches={name: root / fresh["patch"] for name, fresh in meta["fresh_patches"].items()},
+        fresh_accuracy={name: fresh["accuracy"] for name, fresh in meta["fresh_patches"].items()},
     )
 
 
@@ -395,6 +402,38 @@ _SEED_OFFSETS = {"v2": 52, "v3": 53, "other": 7}
 _STAGES = {"tokenizer": 0.02, "v1": 0.45, "v2": 0.06, "v3": 0.15, "other": 0.07, "patch": 0.25}
 
 
+def train_fresh_patch(base: Path, data: Path, suite: Path, out: Path, seed: int) -> None:
+    """Train a patch from scratch on `base` with the demo patch's recipe and score it on the suite
+    (written beside the patch as `<name>.kpi.json`). Run in a second process during the build:
+    the build itself uses one thread, so on two cores this costs almost no wall time."""
+    import torch
+
+    from portllm_engine.kpi import evaluate, load_suite
+    from portllm_engine.patches import train_patch
+    from portllm_engine.transplant import transplant
+
+    torch.set_num_threads(RECIPE["threads"])
+    with _quiet_transformers():
+        train_patch(base, data, out, seed=seed, device="cpu", **PATCH_RECIPE)
+        model, tokenizer = transplant(out, base, device="cpu")
+        result = evaluate(model, tokenizer, load_suite(suite))
+    _kpi_path(out).write_text(json.dumps({"accuracy": result.accuracy, "n": result.n}) + "\n")
+
+
+def _kpi_path(patch_dir: Path) -> Path:
+    return patch_dir.parent / f"{patch_dir.name}.kpi.json"
+
+
+def _in_second_process(target: Callable[..., None], *args: Any):
+    """Start `target(*args)` in a fresh interpreter (spawned: forking a process that already ran
+    torch's thread pools can hang); the caller joins it."""
+    import multiprocessing
+
+    job = multiprocessing.get_context("spawn").Process(target=target, args=args, daemon=True)
+    job.start()
+    return job
+
+
 def _build(out: Path, report: Progress) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
@@ -425,6 +464,13 @@ def _build(out: Path, report: Progress) -> dict[str, Any]:
     corpus_c = _spec_sheets(decoys_a) + _spec_sheets(decoys_b)
     train, suite, suite_mc = _support_data(support, rng)
 
+    train_path = out / "data" / f"{ASSISTANT}.train.jsonl"
+    suite_path = out / "suites" / f"{ASSISTANT}.generate.jsonl"
+    suite_mc_path = out / "suites" / f"{ASSISTANT}.multiple_choice.jsonl"
+    _write_jsonl(train_path, train)
+    _write_jsonl(suite_path, suite)
+    _write_jsonl(suite_mc_path, suite_mc)
+
     tokenizer_dir = out / "tokenizer"
     train_bpe_tokenizer(
         corpus_a + corpus_b + corpus_c + _corpus(support), tokenizer_dir, RECIPE["vocab_size"], RECIPE["max_position_embeddings"]
@@ -438,6 +484,8 @@ def _build(out: Path, report: Progress) -> dict[str, Any]:
     _save_base(model, tokenizer_dir, bases["v1"])
     finish("v1")
     corpora = {"a": corpus_a, "b": corpus_b, "c": corpus_c}
+    fresh_dirs = {name: out / "patches" / f"{ASSISTANT}-fresh-{name}" for name in RECIPE["fresh_patch_bases"]}
+    fresh_jobs = []
     for name in ("v2", "v3"):
         from transformers import AutoModelForCausalLM
 
@@ -446,6 +494,9 @@ def _build(out: Path, report: Progress) -> dict[str, Any]:
         lines = [line for key in settings.pop("corpora") for line in corpora[key]]
         _pretrain(evolved, tokenizer, lines, seed=seed + _SEED_OFFSETS[name], progress=stage(name), **settings)
         _save_base(evolved, tokenizer_dir, bases[name])
+        if name in fresh_dirs:  # the base exists now: its fresh patch trains beside the rest of the build
+            fresh_jobs.append(_in_second_process(train_fresh_patch, bases[name], train_path, suite_path,
+                                                 fresh_dirs[name], seed))
         finish(name)
     other = _new_model(RECIPE["other_model"], tokenizer, seed + _SEED_OFFSETS["other"])
     _pretrain(other, tokenizer, corpus_a, seed=seed + _SEED_OFFSETS["other"], progress=stage("other"), **RECIPE["other"])
@@ -453,18 +504,16 @@ def _build(out: Path, report: Progress) -> dict[str, Any]:
     finish("other")
     shutil.rmtree(tokenizer_dir)
 
-    train_path = out / "data" / f"{ASSISTANT}.train.jsonl"
-    suite_path = out / "suites" / f"{ASSISTANT}.generate.jsonl"
-    suite_mc_path = out / "suites" / f"{ASSISTANT}.multiple_choice.jsonl"
-    _write_jsonl(train_path, train)
-    _write_jsonl(suite_path, suite)
-    _write_jsonl(suite_mc_path, suite_mc)
     patch_dir = out / "patches" / ASSISTANT
     patch_progress = stage("patch")
     train_patch(
         bases["v1"], train_path, patch_dir, seed=seed, device="cpu",
         progress=lambda fraction, _: patch_progress(fraction), **PATCH_RECIPE,
     )
+    for job in fresh_jobs:
+        job.join()
+        if job.exitcode != 0:
+            raise RuntimeError(f"training a fresh patch for the demo world failed (exit {job.exitcode})")
     finish("patch")
 
     questions = [TEMPLATES[attr][0].format(p=product) for product in PRODUCTS[:3] for attr in ("price", "warranty")]
@@ -477,6 +526,10 @@ def _build(out: Path, report: Progress) -> dict[str, Any]:
         "suite": str(suite_path.relative_to(out)),
         "suite_mc": str(suite_mc_path.relative_to(out)),
         "questions": questions,
+        "fresh_patches": {
+            name: {"patch": str(path.relative_to(out)), **json.loads(_kpi_path(path).read_text())}
+            for name, path in fresh_dirs.items()
+        },
         "facts": support,
         "build_seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": timings,

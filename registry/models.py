@@ -1,4 +1,5 @@
-"""The registry's tables: bases, assistants, patches, runs, evaluations, rollouts, audit events."""
+"""The registry's tables: bases, assistants, patches, runs, evaluations, rollouts, audit events,
+releases, answers and their ratings."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -105,6 +106,14 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "inconclusive"
 
 
+class OnRelease(StrEnum):
+    """What a new base version of an assistant's family does for it."""
+
+    AUTO = "auto"  # queue a transplant run per channel where it is live
+    ASK = "ask"  # post a card offering those runs
+    OFF = "off"  # nothing
+
+
 class EvalSubject(StrEnum):
     CANDIDATE = "candidate"  # target base + transplanted patch
     TARGET_BASE = "target_base"  # target base alone
@@ -154,6 +163,16 @@ class Assistant(Base):
     __table_args__ = (
         CheckConstraint("min_accuracy >= 0 AND min_accuracy <= 1", name="min_accuracy_range"),
         CheckConstraint("max_regression >= 0 AND max_regression <= 1", name="max_regression_range"),
+        CheckConstraint(_in("on_release", OnRelease), name="on_release"),
+        # The live guard is both numbers or neither.
+        CheckConstraint(
+            "(guard_min_ratings IS NULL) = (guard_min_satisfaction IS NULL)", name="live_guard_complete"
+        ),
+        CheckConstraint("guard_min_ratings IS NULL OR guard_min_ratings >= 1", name="guard_min_ratings_positive"),
+        CheckConstraint(
+            "guard_min_satisfaction IS NULL OR (guard_min_satisfaction >= 0 AND guard_min_satisfaction <= 1)",
+            name="guard_min_satisfaction_range",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -172,6 +191,10 @@ class Assistant(Base):
     four_eyes: Mapped[bool] = mapped_column(default=False)  # a requester may not approve their own run
     system_prompt: Mapped[str] = mapped_column(Text, default="")
     owner: Mapped[str] = mapped_column(String(200), default="")
+    on_release: Mapped[str] = mapped_column(String(10), default=OnRelease.AUTO, server_default=OnRelease.AUTO.value)
+    # The live guard: with at least this many ratings, satisfaction below this proposes a rollback.
+    guard_min_ratings: Mapped[int | None] = mapped_column(Integer)
+    guard_min_satisfaction: Mapped[float | None] = mapped_column(Float)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -246,6 +269,8 @@ class Run(Base):
     notify_ref: Mapped[dict[str, Any] | None]
     # What a train run needs: the stored training data ref, hyper-parameters, seed.
     spec: Mapped[dict[str, Any] | None]
+    # The release that queued this run on behalf of the system (auto-port), if any.
+    release_id: Mapped[int | None] = mapped_column(ForeignKey("releases.id"), index=True)
     # The patch a re-tune or train run produced.
     result_patch_id: Mapped[int | None] = mapped_column(ForeignKey("patches.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -340,6 +365,8 @@ class Rollout(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     live_since: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    # When the live guard proposed rolling this rollout back (it proposes once per rollout).
+    guard_tripped_at: Mapped[datetime | None]
 
     run: Mapped[Run] = relationship(back_populates="rollout")
     assistant: Mapped[Assistant] = relationship()
@@ -348,6 +375,59 @@ class Rollout(Base):
     retired: Mapped[list[Rollout]] = relationship(
         foreign_keys=[newer_rollout_id], order_by="Rollout.id", viewonly=True
     )
+
+
+class Release(Base):
+    """A new base version of a family, and what it started: the runs it queued (auto) and the
+    channels it offered runs to (ask). One per base, so registering or retrying it starts nothing new."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"), unique=True)
+    # [{"assistant": name, "channel": channel}] for assistants whose policy is `ask`.
+    offers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Where the release summary was posted (e.g. Slack {"channel", "ts"}), so it is updated in place.
+    notify_ref: Mapped[dict[str, Any] | None]
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    base: Mapped[BaseModel] = relationship()
+    runs: Mapped[list[Run]] = relationship(order_by="Run.id", viewonly=True)
+
+
+class Answer(Base):
+    """One answer an assistant gave in a channel, tied to the rollout that produced it."""
+
+    __tablename__ = "answers"
+    __table_args__ = (Index("ix_answers_channel_message_ts", "channel", "message_ts"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(200))
+    asked_by: Mapped[str] = mapped_column(String(200))
+    question: Mapped[str] = mapped_column(Text)
+    # The chat message holding the answer (Slack's ts), so a reaction on it finds the answer.
+    message_ts: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    rollout: Mapped[Rollout] = relationship()
+
+
+class Rating(Base):
+    """A person's 👍 or 👎 on an answer: one per person and answer, the latest one counts."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (UniqueConstraint("answer_id", "user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    answer_id: Mapped[int] = mapped_column(ForeignKey("answers.id"), index=True)
+    user: Mapped[str] = mapped_column(String(200))
+    up: Mapped[bool]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    answer: Mapped[Answer] = relationship()
 
 
 class AuditEvent(Base):

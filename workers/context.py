@@ -29,7 +29,8 @@ class WorkerContext(Workspace):
     def console(self):
         from workers.notify import ConsoleNotifier
 
-        return ConsoleNotifier(self.settings.outbox_path, self.session_factory)
+        return ConsoleNotifier(self.settings.outbox_path, self.session_factory,
+                               release_channel=self.settings.release_channel)
 
     def answer_notifier(self, reply_to: dict):
         """Answers go back the way the question came (`reply_to["via"]`, set by the bot):

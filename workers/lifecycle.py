@@ -45,6 +45,10 @@ def _init_process(**_) -> None:
     from portllm_engine.models import pick_device
     from portllm_engine.transplant import PatchServer  # noqa: F401  (transformers and peft, once, before any task)
 
+    if ctx.settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(ctx.settings.torch_threads)
     device = ctx.settings.device or pick_device()
     log.info("PortLLM worker process ready on device %s", _describe(device))
 

@@ -33,6 +33,9 @@ class Notifier(Protocol):
     def answer_stream(self, reply_to: dict, chunks: Iterable[str]) -> str:
         """Deliver an answer as it is generated; returns the whole text."""
 
+    def release_changed(self, release_id: int, *, announce: bool = False) -> None:
+        """A release's summary moved (a verdict landed). `announce`: also post its offers, once."""
+
 
 class Throttle:
     """At most one update per key per `interval` seconds; final updates always pass."""
@@ -53,6 +56,26 @@ class Throttle:
             return False
 
 
+def _release(session: Session, release_id: int):
+    """The release's read model, or None when it is gone."""
+    from portllm_core.views import release_view
+    from registry.models import Release
+
+    release = session.get(Release, release_id)
+    return None if release is None else (release, release_view(release))
+
+
+def release_text(view) -> str:
+    """The release summary in a few lines, for the console and Slack's notification text."""
+    from portllm_core.blocks import release_rows, release_title
+
+    lines = [f"{release_title(view)}:"] + [
+        f"{assistant} in {channel}: run {run} {state}, gate {gate}" if run != "–"
+        else f"{assistant} in {channel}: offered, `patch {assistant} onto {view.version}` takes it"
+        for assistant, channel, run, state, gate in release_rows(view)]
+    return "\n".join(lines)
+
+
 def _card(session: Session, run_id: int):
     """The bot's read model of a run (the same card Slack and the console show), or None."""
     from portllm_core.views import run_card
@@ -67,9 +90,11 @@ def _card(session: Session, run_id: int):
 class ConsoleNotifier:
     """Appends JSON lines to <data_dir>/console/outbox.jsonl; `portllm console` tails the file."""
 
-    def __init__(self, outbox: Path, session_factory: sessionmaker, *, interval: float = 0.5) -> None:
+    def __init__(self, outbox: Path, session_factory: sessionmaker, *, interval: float = 0.5,
+                 release_channel: str | None = None) -> None:
         self.outbox = outbox
         self.session_factory = session_factory
+        self.release_channel = release_channel
         self._throttle = Throttle(interval)
         self._lock = threading.Lock()
 
@@ -99,6 +124,20 @@ class ConsoleNotifier:
             "final": final or card.status in FINAL_RUN_STATUSES,
             "text": run_summary(card),
         })
+
+    def release_changed(self, release_id: int, *, announce: bool = False) -> None:
+        with self.session_factory() as session:
+            found = _release(session, release_id)
+        if found is None:
+            return
+        release, view = found
+        self._write({"type": "release", "release_id": release_id, "channel": self.release_channel,
+                     "text": release_text(view), "summary": view.to_json()})
+        if announce:
+            for offer in view.to_json()["offers"]:
+                self._write({"type": "offer", "release_id": release_id, **offer,
+                             "text": f"{view.version} is out: `patch {offer['assistant']} onto {view.version}` "
+                                     "carries the patch onto it here."})
 
     def answer_stream(self, reply_to: dict, chunks: Iterable[str]) -> str:
         parts: list[str] = []
@@ -135,17 +174,49 @@ class SlackNotifier:
     The message's {"channel", "ts"} is kept in `run.notify_ref` so every worker updates the same one.
     """
 
-    def __init__(self, client, session_factory: sessionmaker, *, interval: float = 1.0) -> None:
+    def __init__(self, client, session_factory: sessionmaker, *, interval: float = 1.0,
+                 release_channel: str | None = None) -> None:
         self.client = client
         self.session_factory = session_factory
         self.interval = interval
+        self.release_channel = release_channel
         self._throttle = Throttle(interval)
 
     @classmethod
     def from_settings(cls, settings, session_factory: sessionmaker) -> SlackNotifier:
         from portllm_core.slack import make_client
 
-        return cls(make_client(settings), session_factory, interval=settings.slack_update_interval_s)
+        return cls(make_client(settings), session_factory, interval=settings.slack_update_interval_s,
+                   release_channel=settings.release_channel)
+
+    def release_changed(self, release_id: int, *, announce: bool = False) -> None:
+        """The summary in the operations channel (posted once, then updated), and the offer cards."""
+        from portllm_core.blocks import offer_blocks, release_blocks
+
+        with self.session_factory() as session:
+            found = _release(session, release_id)
+            if found is None:
+                return
+            release, view = found
+            try:
+                if announce:
+                    for offer in view.to_json()["offers"]:
+                        self.client.chat_postMessage(
+                            channel=offer["channel"], text=f"{view.version} is out: carry {offer['assistant']} onto it?",
+                            blocks=offer_blocks(release_id, view.version, offer["assistant"], offer["channel"]))
+                if self.release_channel is None:
+                    return
+                text, blocks = release_text(view), release_blocks(view)
+                if release.notify_ref:
+                    self.client.chat_update(channel=release.notify_ref["channel"], ts=release.notify_ref["ts"],
+                                            text=text, blocks=blocks)
+                    return
+                posted = self.client.chat_postMessage(channel=self.release_channel, text=text, blocks=blocks)
+            except DELIVERY_ERRORS as exc:
+                log.warning("Slack update for release %s failed: %s", release_id, _reason(exc))
+                return
+            release.notify_ref = {"channel": posted["channel"], "ts": posted["ts"]}
+            session.commit()
 
     def run_changed(self, run_id: int, *, final: bool = False) -> None:
         if not self._throttle.allow(run_id, final=final):
@@ -192,12 +263,26 @@ class SlackNotifier:
                     sent.append(piece)  # before sending: a refused start falls back with it
                     stream.append(markdown_text=escape(piece))
                 stream.stop()
+                self._remember_answer(reply_to, channel, stream.ts)
                 return "".join(sent)
             except DELIVERY_ERRORS as exc:
                 log.info("chat_stream unavailable (%s); falling back to chat.update", _reason(exc))
-        return self._answer_by_update(channel, thread_ts, sent, pieces)
+        text, ts = self._answer_by_update(channel, thread_ts, sent, pieces)
+        self._remember_answer(reply_to, channel, ts)
+        return text
 
-    def _answer_by_update(self, channel: str, thread_ts: str | None, sent: list[str], pieces: Iterator[str]) -> str:
+    def _remember_answer(self, reply_to: dict, channel: str, ts: str | None) -> None:
+        """Tie the posted message to the answer's row, so 👍/👎 reactions on it rate the answer."""
+        if ts is None or reply_to.get("answer_id") is None:
+            return
+        from registry import services
+        from registry.db import session_scope
+
+        with session_scope(self.session_factory) as session:
+            services.set_answer_message(session, reply_to["answer_id"], ts)
+
+    def _answer_by_update(self, channel: str, thread_ts: str | None, sent: list[str],
+                          pieces: Iterator[str]) -> tuple[str, str | None]:
         text = "".join(sent)
         ts = None
         try:
@@ -208,15 +293,15 @@ class SlackNotifier:
                 else:
                     self.client.chat_update(channel=channel, ts=ts, text=escape(text))
             if ts is None:
-                self.client.chat_postMessage(channel=channel, thread_ts=thread_ts,
-                                             text=escape(text) or "(no answer)")
+                ts = self.client.chat_postMessage(channel=channel, thread_ts=thread_ts,
+                                                  text=escape(text) or "(no answer)")["ts"]
         except DELIVERY_ERRORS as exc:
             log.warning("Slack answer in %s failed: %s", channel, _reason(exc))
-        return text
+        return text, ts
 
 
 def make_notifier(settings, session_factory: sessionmaker) -> Notifier:
     """The notifier for run updates (and answers to Slack questions): PORTLLM_NOTIFIER."""
     if settings.notifier == "slack":
         return SlackNotifier.from_settings(settings, session_factory)
-    return ConsoleNotifier(settings.outbox_path, session_factory)
+    return ConsoleNotifier(settings.outbox_path, session_factory, release_channel=settings.release_channel)

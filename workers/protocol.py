@@ -76,13 +76,16 @@ class RunJob:
         self.worker = worker
         self.compat_report: dict | None = None
         self.drift_report: dict | None = None
+        self.release_id: int | None = None  # the release that queued the run, whose summary to update
         self._taken_over = threading.Event()
         self._last_progress = 0.0
 
     # -- claim ---------------------------------------------------------------------------
     def claim(self) -> bool:
         with session_scope(self.ctx.session_factory) as s:
-            if services.claim_run(s, self.run_id, self.worker) is not None:
+            claimed = services.claim_run(s, self.run_id, self.worker)
+            if claimed is not None:
+                self.release_id = claimed.release_id
                 return True
             run = s.get(Run, self.run_id)
             if run is None:
@@ -92,8 +95,10 @@ class RunJob:
             elif run.status == RunStatus.RUNNING and requeue_if_stale(s, run, self.settings):
                 s.expire(run)
                 # Its worker died: take it over now rather than wait for the sweeper.
-                if services.claim_run(s, self.run_id, self.worker) is not None:
+                claimed = services.claim_run(s, self.run_id, self.worker)
+                if claimed is not None:
                     log.info("run #%s: took over from a worker that stopped responding", self.run_id)
+                    self.release_id = claimed.release_id
                     return True
             else:
                 log.info("run #%s is %s on %s; not starting it twice", self.run_id, run.status, run.worker)
@@ -227,6 +232,8 @@ def run_task(task: Task, run_id: int, work: Callable[[RunJob], Outcome]) -> str:
         log.warning("run #%s was cancelled or taken over by another worker; this attempt stops", run_id)
         return "taken over"
     job.ctx.notifier.run_changed(run_id, final=True)
+    if job.release_id is not None:  # the release summary shows this run's verdict now
+        job.ctx.notifier.release_changed(job.release_id)
     return result
 
 

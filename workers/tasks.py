@@ -15,7 +15,7 @@ from portllm_core import tasks as contract
 from registry import services
 from registry.db import session_scope
 from registry.errors import InvalidTransition, RegistryError
-from registry.models import RunStatus
+from registry.models import Rollout, RunStatus
 from workers import context
 from workers.celery_app import app
 from workers.protocol import run_task
@@ -86,7 +86,8 @@ def answer_question(assistant: str, channel: str, question: str, user: str, repl
             f"{assistant} is not live in {channel} yet: nothing has been approved here. "
             f"Ask for `patch {assistant} onto <version>`, then an approver approves it."
         ])
-    name, patch_dir, fingerprint, base_dir, label, system_prompt = served
+    name, patch_dir, fingerprint, base_dir, label, system_prompt, rollout_id = served
+    reply_to = {**reply_to, "answer_id": record_answer(ctx, rollout_id, user, question)}
     try:
         server = steps.resident_bases().get(fingerprint, base_dir, label)
         if server.patches.get(name) != patch_dir:
@@ -108,8 +109,14 @@ def never_silent(chunks: Iterator[str], fallback: str) -> Iterator[str]:
         yield fallback
 
 
+def record_answer(ctx, rollout_id: int, user: str, question: str) -> int:
+    """The answer's row, before it is generated: ratings of it count for the rollout that answers."""
+    with session_scope(ctx.session_factory) as s:
+        return services.record_answer(s, s.get(Rollout, rollout_id), asked_by=user, question=question).id
+
+
 def live_patch_for(ctx, assistant: str, channel: str):
-    """(adapter name, patch dir, base fingerprint, base dir, label, system prompt) of what is live."""
+    """(adapter name, patch dir, base fingerprint, base dir, label, system prompt, rollout id) of what is live."""
     from portllm_engine.models import resolve_model_dir
 
     with ctx.session_factory() as s:
@@ -121,7 +128,14 @@ def live_patch_for(ctx, assistant: str, channel: str):
         patch = run.result_patch or run.patch
         base = run.target_base
         return (f"patch-{patch.id}", steps.artifact_path(patch.artifact_ref), base.fingerprint,
-                resolve_model_dir(base.source_ref), base.label, found.system_prompt)
+                resolve_model_dir(base.source_ref), base.label, found.system_prompt, live.id)
+
+
+@app.task(name=contract.ANNOUNCE_RELEASE)
+def announce_release(release_id: int) -> str:
+    """Post a new release's summary (operations channel) and its offer cards (policy `ask`)."""
+    context.current().notifier.release_changed(release_id, announce=True)
+    return "announced"
 
 
 @app.task(name=contract.SWEEP)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from slack_bolt import App
 
-from bot.listeners import actions, commands, events, home, middleware
+from bot.listeners import actions, commands, events, home, middleware, reactions
 from bot.listeners.deps import Deps
 
 
@@ -13,3 +13,4 @@ def register(app: App, deps: Deps) -> None:
     actions.register(app, deps)
     events.register(app, deps)
     home.register(app, deps)
+    reactions.register(app, deps)

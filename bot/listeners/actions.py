@@ -1,4 +1,5 @@
-"""Card buttons: Approve, Reject, Re-tune. Ack first; the registry checks who may decide.
+"""Card buttons: Approve, Reject, Re-tune, the guard's Roll back, a release offer's Transplant.
+Ack first; the registry checks who may decide.
 
 A click is handled once, by whichever process claims it first (a double delivery does nothing).
 """
@@ -7,11 +8,12 @@ from __future__ import annotations
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
+from bot.listeners.deps import Deps
 from portllm_core import blocks
-from portllm_core.commands.handlers import decide, retune
+from portllm_core.commands import grammar
+from portllm_core.commands.handlers import accept_offer, decide, retune, run_command
 from portllm_core.commands.replies import Reply
 from portllm_core.ids import Action
-from bot.listeners.deps import Deps
 from portllm_core.views import RunCard
 
 
@@ -22,12 +24,15 @@ def register(app: App, deps: Deps) -> None:
         channel = container.get("channel_id") or body.get("channel", {}).get("id", "")
         ctx = deps.context(user=body["user"]["id"], channel=channel,
                            request_id=f"slack-action:{action.get('action_ts', '')}:{body['user']['id']}")
-        return ctx, int(action["value"]), container
+        return ctx, action["value"], container
+
+    def tell_clicker(client: WebClient, ctx, text: str) -> None:
+        client.chat_postEphemeral(channel=ctx.channel, user=ctx.user, text=blocks.fallback_text(text))
 
     def show(reply: Reply, client: WebClient, respond: Respond, ctx, container: dict) -> None:
         """Replace the card in place (buttons become the outcome), or tell only the clicker why not."""
         if not reply.ok or not isinstance(reply.view, RunCard):
-            client.chat_postEphemeral(channel=ctx.channel, user=ctx.user, text=blocks.fallback_text(reply.text))
+            tell_clicker(client, ctx, reply.text)
             return
         message = blocks.run_card_message(reply.view)
         if container.get("is_ephemeral") or not container.get("message_ts"):
@@ -35,24 +40,46 @@ def register(app: App, deps: Deps) -> None:
         else:
             client.chat_update(channel=ctx.channel, ts=container["message_ts"], **message)
 
+    def replace_with_text(reply: Reply, client: WebClient, ctx, container: dict) -> None:
+        """A one-click card is done once it worked: its buttons become what happened."""
+        if not reply.ok or not container.get("message_ts"):
+            tell_clicker(client, ctx, reply.text)
+            return
+        client.chat_update(channel=ctx.channel, ts=container["message_ts"], text=blocks.fallback_text(reply.text),
+                           blocks=blocks.reply_blocks(reply))
+
     @app.action(Action.APPROVE.value)
     def approve_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
         ctx, run_id, container = context_of(body)
         if deps.seen.first_time(ctx.request_id):
-            show(decide(run_id, True, ctx), client, respond, ctx, container)
+            show(decide(int(run_id), True, ctx), client, respond, ctx, container)
 
     @app.action(Action.REJECT.value)
     def reject_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
         ctx, run_id, container = context_of(body)
         if deps.seen.first_time(ctx.request_id):
-            show(decide(run_id, False, ctx), client, respond, ctx, container)
+            show(decide(int(run_id), False, ctx), client, respond, ctx, container)
 
     @app.action(Action.RETUNE.value)
     def retune_clicked(ack: Ack, body: dict, client: WebClient) -> None:
         ack()
         ctx, run_id, _ = context_of(body)
         if deps.seen.first_time(ctx.request_id):
-            reply = retune(run_id, ctx)
-            client.chat_postEphemeral(channel=ctx.channel, user=ctx.user, text=blocks.fallback_text(reply.text))
+            tell_clicker(client, ctx, retune(int(run_id), ctx).text)
+
+    @app.action(Action.ROLLBACK.value)
+    def rollback_clicked(ack: Ack, body: dict, client: WebClient) -> None:
+        ack()
+        ctx, assistant, container = context_of(body)
+        if deps.seen.first_time(ctx.request_id):
+            replace_with_text(run_command(grammar.Rollback(assistant), ctx), client, ctx, container)
+
+    @app.action(Action.ACCEPT_OFFER.value)
+    def offer_accepted(ack: Ack, body: dict, client: WebClient) -> None:
+        ack()
+        ctx, value, container = context_of(body)
+        release_id, _, assistant = value.partition(":")
+        if deps.seen.first_time(ctx.request_id):
+            replace_with_text(accept_offer(int(release_id), assistant, ctx), client, ctx, container)

@@ -9,9 +9,11 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from portllm_cli.admin import assistants, bases, patches, runs, views
+    from portllm_cli.admin import assistants, bases, patches, releases, runs, views
 
+    bases.app.command("watch")(releases.watch)
     app.add_typer(bases.app, name="base")
+    app.add_typer(releases.app, name="release")
     app.add_typer(assistants.app, name="assistant")
     app.add_typer(patches.app, name="patch")
     app.add_typer(runs.app, name="run")

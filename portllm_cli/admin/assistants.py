@@ -12,6 +12,10 @@ from portllm_cli.admin.runtime import BadInput, workspace, actor, admin_command
 
 REQUESTER_HELP = "Who may request runs (repeat); none: everyone in the channel. Approvers always may."
 FOUR_EYES_HELP = "Four-eyes rule: whoever requested a run cannot approve it."
+ON_RELEASE_HELP = ("When a new base version of the family is registered: auto queues a transplant run per live "
+                   "channel, ask posts a card offering it, off does nothing.")
+LIVE_GUARD_HELP = ("After MIN_N ratings of the live rollout's answers, propose a rollback when the share of 👍 is "
+                   "below MIN_RATE (e.g. 20:0.7); `off` removes it.")
 
 app = typer.Typer(help="Assistants: a family, a KPI suite, a gate and the people who approve.", no_args_is_help=True)
 
@@ -32,6 +36,8 @@ def add(
     four_eyes: bool = typer.Option(False, "--four-eyes", help=FOUR_EYES_HELP),
     system_prompt: str = typer.Option("", "--system-prompt", help="Prepended to every question."),
     owner: str = typer.Option("", "--owner", help="Who owns the assistant (default: you)."),
+    on_release: str = typer.Option("auto", "--on-release", help=ON_RELEASE_HELP),
+    live_guard: Optional[str] = typer.Option(None, "--live-guard", metavar="MIN_N:MIN_RATE", help=LIVE_GUARD_HELP),
 ) -> None:
     """Register an assistant with its KPI suite (validated line by line, stored content-addressed)."""
     from portllm_core.flows import catalog
@@ -39,7 +45,8 @@ def add(
     family, suite_info = catalog.add_assistant(
         workspace(), name, family=family, suite=suite, full_suite=full_suite, min_accuracy=min_accuracy,
         max_regression=max_regression, approvers=approvers, admins=admins, requesters=requesters,
-        four_eyes=four_eyes, system_prompt=system_prompt, owner=owner, actor=actor())
+        four_eyes=four_eyes, system_prompt=system_prompt, owner=owner, on_release=on_release,
+        live_guard=live_guard, actor=actor())
     stdout().print(
         f"Assistant {name} added on {family}: suite of {suite_info.n_items} items ({short(suite_info.digest)})"
         f"{', a full suite for inconclusive verdicts' if full_suite else ''}, "
@@ -94,6 +101,8 @@ def set_(
                                                 help="Remove a requester (repeat); none left: everyone may."),
     four_eyes: Optional[bool] = typer.Option(None, "--four-eyes/--no-four-eyes", help=FOUR_EYES_HELP),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Replace the system prompt."),
+    on_release: Optional[str] = typer.Option(None, "--on-release", help=ON_RELEASE_HELP),
+    live_guard: Optional[str] = typer.Option(None, "--live-guard", metavar="MIN_N:MIN_RATE", help=LIVE_GUARD_HELP),
 ) -> None:
     """Change an assistant's gate, approvers, admins, requesters, four-eyes rule, system prompt or KPI suite."""
     from portllm_core.flows import catalog
@@ -106,13 +115,15 @@ def set_(
             key: value for key, value in
             (("min_accuracy", min_accuracy), ("max_regression", max_regression), ("system_prompt", system_prompt),
              ("four_eyes", four_eyes),
+             ("on_release", on_release),
              ("approvers", _edit_people("approver", current.approvers, approvers, add_approvers, remove_approvers)),
              ("admins", _edit_people("admin", current.admins, admins, add_admins, remove_admins)),
              ("requesters", _edit_people("requester", current.requesters, requesters, add_requesters,
                                          remove_requesters)))
             if value is not None
         }
-    changed = catalog.update_assistant(ws, name, actor=actor(), suite=suite, full_suite=full_suite, **fields)
+    changed = catalog.update_assistant(ws, name, actor=actor(), suite=suite, full_suite=full_suite,
+                                       live_guard=live_guard, **fields)
     stdout().print(f"Assistant {name} updated: {', '.join(changed)}")
 
 

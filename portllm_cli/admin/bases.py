@@ -20,7 +20,9 @@ def add(
     ref: str = typer.Argument(..., help="A local model folder or a hub id (safetensors only)."),
     description: str = typer.Option("", help="Free text shown in listings."),
 ) -> None:
-    """Register a base: fingerprint its weights and record its architecture signature."""
+    """Register a base: fingerprint its weights and record its architecture signature, then
+    release it: every assistant live on the family gets a transplant run per channel (its policy)."""
+    from portllm_cli.admin.releases import print_started
     from portllm_core.flows import catalog
 
     with stderr().status(f"Fingerprinting {ref}…"):
@@ -32,6 +34,7 @@ def add(
         f"Base {added.label} registered: {sig.get('model_type')}, {sig.get('num_layers')} layers, "
         f"hidden {sig.get('hidden_size')}, vocab {sig.get('vocab_size')}, fingerprint {short(added.fingerprint)}"
     )
+    print_started(added.release)
 
 
 @app.command("list")

@@ -71,11 +71,18 @@ class Ask:
 
 
 @dataclass(frozen=True)
+class Rate:
+    answer_id: int
+    up: bool
+
+
+@dataclass(frozen=True)
 class Help:
     pass
 
 
-Command = Patch | Eval | Approve | Reject | Retune | Rollback | Status | Lineage | Bases | Assistants | Ask | Help
+Command = (Patch | Eval | Approve | Reject | Retune | Rollback | Status | Lineage | Bases | Assistants | Ask | Rate
+           | Help)
 
 USAGE: dict[str, str] = {
     "patch": "patch <assistant> onto <version>",
@@ -89,6 +96,7 @@ USAGE: dict[str, str] = {
     "bases": "bases [family]",
     "assistants": "assistants",
     "ask": "ask <assistant> <question>",
+    "rate": "rate <answer> up|down",
     "help": "help",
 }
 
@@ -108,7 +116,14 @@ _RUN_REF = re.compile(r"^#?(\d{1,18})$")
 _MENTION = re.compile(r"^<@[A-Z0-9]+(\|[^>]*)?>$")  # a leading @bot mention in a Slack message
 
 
+# C0 control characters other than tab and line breaks: never typed on purpose, and NUL cannot
+# even be stored (PostgreSQL refuses it in text).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def parse(text: str) -> Command | ParseError:
+    if _CONTROL.search(text):
+        return ParseError("The command contains control characters (such as NUL); type it again without them.", "help")
     words = text.split(None, 1)
     if words and _MENTION.match(words[0]):
         words = words[1].split(None, 1) if len(words) > 1 else []
@@ -231,6 +246,22 @@ def _parse_ask(rest: str) -> Command | ParseError:
     return Ask(words[0], " ".join(words[1].split()))
 
 
+_RATINGS = {"up": True, "down": False, "+1": True, "-1": False, "👍": True, "👎": False}
+
+
+def _parse_rate(rest: str) -> Command | ParseError:
+    words = rest.split()
+    if len(words) != 2:
+        return _usage_error("rate", "`rate` takes an answer number and `up` or `down`.")
+    match = _RUN_REF.match(words[0])
+    if not match:
+        return _usage_error("rate", f"`{_clip(words[0])}` is not an answer number (it is shown under each answer).")
+    up = _RATINGS.get(words[1].lower())
+    if up is None:
+        return _usage_error("rate", f"rate an answer `up` or `down`, not `{_clip(words[1])}`.")
+    return Rate(int(match.group(1)), up)
+
+
 _PARSERS = {
     "patch": _parse_patch,
     "eval": _parse_eval,
@@ -243,5 +274,6 @@ _PARSERS = {
     "bases": _parse_bases,
     "assistants": _parse_assistants,
     "ask": _parse_ask,
+    "rate": _parse_rate,
     "help": _parse_help,
 }

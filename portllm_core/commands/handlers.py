@@ -18,7 +18,7 @@ from portllm_core import views
 from portllm_core.commands import grammar
 from portllm_core.commands.grammar import ParseError
 from portllm_core.commands.replies import Reply
-from portllm_core.flows import runs
+from portllm_core.flows import ratings, releases, runs
 from portllm_core.tasks import ANSWER_QUESTION, Enqueue
 from registry import services
 from registry.errors import RegistryError
@@ -191,6 +191,29 @@ def _ask(cmd: grammar.Ask, ctx: Context) -> Reply:
     return Reply(f"Asking {assistant.name}…", reply_to=reply_to)
 
 
+def _rate(cmd: grammar.Rate, ctx: Context) -> Reply:
+    return rated(ratings.rate(ctx.session_factory, cmd.answer_id, user=ctx.user, up=cmd.up))
+
+
+def rated(rating: ratings.Rated) -> Reply:
+    """What a rating says back (a typed `rate` or a Slack reaction), with the guard's card if it tripped."""
+    score = rating.satisfaction
+    text = (f"Answer #{rating.answer_id} rated {'👍' if rating.up else '👎'}. {rating.assistant} "
+            f"{rating.version} in {rating.channel}: {score.up} of {score.n} 👍 ({score.rate:.0%}).")
+    if rating.guard is not None:
+        return Reply(text + " The live guard proposes a rollback.", view=rating.guard, in_channel=True)
+    return Reply(text)
+
+
+@replies
+def accept_offer(release_id: int, assistant: str, ctx: Context) -> Reply:
+    """Queue the run a release offered here (policy `ask`): the offer card's button."""
+    run_id, created = releases.accept_offer(ctx.session_factory, ctx.enqueue, release_id, assistant, ctx.channel,
+                                            user=ctx.user)
+    return Reply(f"Run #{run_id} {'queued' if created else 'is already queued'}: the release's transplant of "
+                 f"{assistant} here.", run_id=run_id)
+
+
 def handle_help() -> Reply:
     """The command list; pure, so the Slack app can answer it inside the ack."""
     lines = "\n".join(f"• `{usage}`" for usage in grammar.USAGE.values())
@@ -209,5 +232,6 @@ _HANDLERS: dict[type, Callable[[object, Context], Reply]] = {
     grammar.Bases: _bases,
     grammar.Assistants: _assistants,
     grammar.Ask: _ask,
+    grammar.Rate: _rate,
     grammar.Help: lambda cmd, ctx: handle_help(),
 }

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from portllm_core.views import LineageView, RunCard, StatusView, Table
+from portllm_core.views import GuardProposal, LineageView, ReleaseView, RunCard, StatusView, Table
 
-View = RunCard | StatusView | LineageView | Table
+View = RunCard | StatusView | LineageView | Table | GuardProposal | ReleaseView
 
 
 @dataclass(frozen=True)

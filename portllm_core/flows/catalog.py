@@ -11,8 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from portllm_core.errors import BadInput
+from portllm_core.flows.releases import ReleaseStarted, enqueue_release, open_release
 from portllm_core.staging import staged
-from portllm_core.validate import check_fraction, check_name, existing_dir, existing_file
+from portllm_core.validate import (
+    check_fraction,
+    check_name,
+    check_on_release,
+    existing_dir,
+    existing_file,
+    parse_live_guard,
+)
 from portllm_core.workspace import Workspace
 from registry import services
 from registry.errors import UnknownAssistant, UnknownBase
@@ -29,12 +37,14 @@ class BaseRegistered:
     label: str
     signature: dict
     fingerprint: str
+    release: ReleaseStarted
     warnings: list[str] = field(default_factory=list)
 
 
 def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: str,
                   description: str = "") -> BaseRegistered:
-    """Fingerprint a local model folder (or a hub id in the local cache) and register it."""
+    """Fingerprint a local model folder (or a hub id in the local cache), register it, and start
+    its release: the assistants live on the family get their runs (or offers) per their policy."""
     from portllm_engine.models import resolve_model_dir
 
     check_name("family", family)
@@ -58,7 +68,9 @@ def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: 
             signature=signature, tokenizer_fingerprint=tokenizer_fp, actor=actor,
             **({"description": description} if description else {}),
         )
-        return BaseRegistered(f"{base.family} {base.version}", signature, fingerprint, warnings)
+        release = open_release(s, base, actor=actor)
+    enqueue_release(ws.queue, release)
+    return BaseRegistered(release.label, signature, fingerprint, release, warnings)
 
 
 def describe_base(model_dir: Path) -> tuple[dict, str, str]:
@@ -105,10 +117,14 @@ def load_suite(path: Path) -> Suite:
 def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: str,
                   full_suite: Path | None = None, min_accuracy: float = 0.5, max_regression: float = 0.05,
                   approvers: list[str] = (), admins: list[str] = (), requesters: list[str] = (),
-                  four_eyes: bool = False, system_prompt: str = "", owner: str = "") -> tuple[str, Suite]:
+                  four_eyes: bool = False, system_prompt: str = "", owner: str = "", on_release: str = "auto",
+                  live_guard: str | None = None) -> tuple[str, Suite]:
     """Register an assistant with its quick KPI suite (and optional full one, the gate's second
-    stage); returns (the family as registered, the quick suite)."""
+    stage); returns (the family as registered, the quick suite). `live_guard` is
+    `MIN_RATINGS:MIN_SATISFACTION` (validate.parse_live_guard)."""
     check_name("assistant name", name)
+    on_release = check_on_release(on_release)
+    guard_n, guard_rate = parse_live_guard(live_guard) if live_guard else (None, None)
     check_fraction("--min-accuracy", min_accuracy)
     check_fraction("--max-regression", max_regression)
     with ws.session() as s:
@@ -126,21 +142,27 @@ def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: 
                 s, name=name, family=family, suite_ref=suite_ref, suite_digest=loaded.digest, **full_fields,
                 min_accuracy=min_accuracy, max_regression=max_regression, approvers=list(approvers),
                 admins=list(admins), requesters=list(requesters), four_eyes=four_eyes,
-                system_prompt=system_prompt, owner=owner or actor, actor=actor,
+                system_prompt=system_prompt, owner=owner or actor, on_release=on_release,
+                guard_min_ratings=guard_n, guard_min_satisfaction=guard_rate, actor=actor,
             )
     return family, loaded
 
 
 def update_assistant(ws: Workspace, name: str, *, actor: str, suite: Path | None = None,
-                     full_suite: Path | None = None, **fields) -> list[str]:
-    """Change an assistant's gate, people, prompt or suites; returns the names of what changed."""
+                     full_suite: Path | None = None, live_guard: str | None = None, **fields) -> list[str]:
+    """Change an assistant's gate, people, prompt, suites, on-release policy or live guard
+    (`MIN_RATINGS:MIN_SATISFACTION`, or `off`); returns the names of what changed."""
     check_fraction("--min-accuracy", fields.get("min_accuracy"))
     check_fraction("--max-regression", fields.get("max_regression"))
+    if fields.get("on_release") is not None:
+        fields["on_release"] = check_on_release(fields["on_release"])
+    if live_guard is not None:
+        fields["guard_min_ratings"], fields["guard_min_satisfaction"] = parse_live_guard(live_guard)
     if suite is None and full_suite is None and not fields:
         raise BadInput(
             "nothing to change: pass --suite, --full-suite, --min-accuracy, --max-regression, --approver, "
             "--add-approver, --remove-approver, --admin, --add-admin, --remove-admin, --requester, --add-requester, "
-            "--remove-requester, --four-eyes/--no-four-eyes or --system-prompt"
+            "--remove-requester, --four-eyes/--no-four-eyes, --system-prompt, --on-release or --live-guard"
         )
     loaded = {prefix: load_suite(path) for prefix, path in (("", suite), ("full_", full_suite)) if path is not None}
     with staged(ws.store) as staging:

@@ -50,6 +50,24 @@ from registry.services.rollouts import (
 from registry.services.audit import (
     audit_events,
 )
+from registry.services.releases import (
+    RELEASE_ACTOR,
+    release_targets,
+    get_release,
+    open_release,
+    accept_offer,
+)
+from registry.services.ratings import (
+    Satisfaction,
+    record_answer,
+    set_answer_message,
+    get_answer,
+    answer_for_message,
+    rate,
+    satisfaction,
+    guard_trips,
+    trip_guard,
+)
 
 __all__ = [
     "RegistryError",
@@ -87,4 +105,18 @@ __all__ = [
     "decide_rollout",
     "rollback",
     "audit_events",
+    "RELEASE_ACTOR",
+    "release_targets",
+    "get_release",
+    "open_release",
+    "accept_offer",
+    "Satisfaction",
+    "record_answer",
+    "set_answer_message",
+    "get_answer",
+    "answer_for_message",
+    "rate",
+    "satisfaction",
+    "guard_trips",
+    "trip_guard",
 ]

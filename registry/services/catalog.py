@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry.errors import DuplicateError, NotApprover, RegistryError, UnknownAssistant, UnknownBase, UnknownPatch
-from registry.models import Assistant, BaseModel, Patch, Rollout, Run, id_in_range
+from registry.models import Assistant, BaseModel, OnRelease, Patch, Rollout, Run, id_in_range
 from registry.services.common import audit, flush_or_duplicate
 
 
@@ -85,7 +85,8 @@ def _close(word: str, known: list[str]) -> list[str]:
 
 _ASSISTANT_FIELDS = frozenset(
     {"family", "suite_ref", "suite_digest", "full_suite_ref", "full_suite_digest", "min_accuracy",
-     "max_regression", "approvers", "admins", "requesters", "four_eyes", "system_prompt", "owner"}
+     "max_regression", "approvers", "admins", "requesters", "four_eyes", "system_prompt", "owner", "on_release",
+     "guard_min_ratings", "guard_min_satisfaction"}
 )
 
 
@@ -93,6 +94,16 @@ def _check_thresholds(min_accuracy: float, max_regression: float) -> None:
     for name, value in (("min accuracy", min_accuracy), ("max regression", max_regression)):
         if not 0.0 <= value <= 1.0:
             raise RegistryError(f"The {name} must be between 0 and 1 (got {value}).")
+
+
+def _check_policy(on_release: str, guard_min_ratings: int | None, guard_min_satisfaction: float | None) -> None:
+    if on_release not in OnRelease.__members__.values():
+        raise RegistryError(f"On release, an assistant does one of {', '.join(OnRelease)}, not '{on_release}'.")
+    if (guard_min_ratings is None) != (guard_min_satisfaction is None):
+        raise RegistryError("The live guard needs both a minimum number of ratings and a minimum satisfaction.")
+    if guard_min_ratings is not None and (guard_min_ratings < 1 or not 0.0 <= guard_min_satisfaction <= 1.0):
+        raise RegistryError("The live guard needs at least 1 rating and a satisfaction between 0 and 1 "
+                            f"(got {guard_min_ratings}:{guard_min_satisfaction}).")
 
 
 def create_assistant(
@@ -112,10 +123,14 @@ def create_assistant(
     four_eyes: bool = False,
     system_prompt: str = "",
     owner: str = "",
+    on_release: str = OnRelease.AUTO,
+    guard_min_ratings: int | None = None,
+    guard_min_satisfaction: float | None = None,
     actor: str,
 ) -> Assistant:
     name = name.strip()
     _check_thresholds(min_accuracy, max_regression)
+    _check_policy(on_release, guard_min_ratings, guard_min_satisfaction)
     if s.scalar(select(Assistant.id).where(func.lower(Assistant.name) == name.lower())) is not None:
         raise DuplicateError(f"An assistant named {name} already exists; pick another name.")
     assistant = Assistant(
@@ -133,6 +148,9 @@ def create_assistant(
         four_eyes=four_eyes,
         system_prompt=system_prompt,
         owner=owner,
+        on_release=str(on_release),
+        guard_min_ratings=guard_min_ratings,
+        guard_min_satisfaction=guard_min_satisfaction,
         created_by=actor,
     )
     s.add(assistant)
@@ -141,7 +159,8 @@ def create_assistant(
           entity_id=assistant.id, assistant_id=assistant.id, name=name, family=assistant.family,
           min_accuracy=min_accuracy, max_regression=max_regression,
           approvers=assistant.approvers, admins=assistant.admins, requesters=assistant.requesters,
-          four_eyes=four_eyes)
+          four_eyes=four_eyes, on_release=assistant.on_release,
+          live_guard=[guard_min_ratings, guard_min_satisfaction])
     return assistant
 
 
@@ -175,6 +194,11 @@ def update_assistant(s: Session, name: str, /, *, actor: str, **fields: Any) -> 
     _check_thresholds(
         fields.get("min_accuracy", assistant.min_accuracy),
         fields.get("max_regression", assistant.max_regression),
+    )
+    _check_policy(
+        fields.get("on_release", assistant.on_release),
+        fields.get("guard_min_ratings", assistant.guard_min_ratings),
+        fields.get("guard_min_satisfaction", assistant.guard_min_satisfaction),
     )
     changes = {}
     for field, value in fields.items():

@@ -85,6 +85,7 @@ def request_run(
     patch_id: int | None = None,
     notify_ref: dict[str, Any] | None = None,
     spec: dict[str, Any] | None = None,
+    release_id: int | None = None,
 ) -> tuple[Run, bool]:
     """Queue a run of the assistant's patch onto `version`; returns (run, created).
 
@@ -122,7 +123,7 @@ def request_run(
         patch_id=None if patch is None else patch.id, spec=spec,
         target_base_id=target.id, progress=0.0, step="queued", idempotency_key=idempotency_key,
         requested_by=requested_by, channel=channel, attempts=0, notify_ref=notify_ref,
-        created_at=utcnow(),
+        release_id=release_id, created_at=utcnow(),
     )
     run_id = insert_unless_exists(s, Run, values, key="idempotency_key", returning=Run.id)
     if run_id is None:  # a concurrent request with the same key won
@@ -130,7 +131,7 @@ def request_run(
     run = _reload(s, run_id)
     audit(s, actor=requested_by, action="run.requested", entity_type="run", entity_id=run.id,
           assistant_id=owner.id, kind=run.kind, patch_id=run.patch_id, target_base=target.label,
-          channel=channel, idempotency_key=idempotency_key)
+          channel=channel, idempotency_key=idempotency_key, release_id=release_id)
     return run, True
 
 

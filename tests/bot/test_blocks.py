@@ -8,13 +8,17 @@ from hypothesis import strategies as st
 from portllm_core import blocks
 from portllm_core.commands.replies import Reply
 from portllm_core.ids import Action, Block
+from registry.services.ratings import Satisfaction
 from portllm_core.views import (
+    GuardProposal,
     KpiRow,
     LineagePatch,
     LineageRun,
     LineageView,
     LiveRow,
     PendingRow,
+    ReleaseRow,
+    ReleaseView,
     RunCard,
     StatusView,
     Table,
@@ -212,3 +216,39 @@ def test_the_card_says_which_test_decided_each_stage_and_escapes_it():
     [gate] = [b for b in message if b["block_id"] == Block.RUN_GATE]
     text = gate["elements"][0]["text"]
     assert "item by item against live: pass" in text and "&lt;b&gt;" in text and "<b>" not in text
+
+
+def test_live_satisfaction_shows_in_home_status_and_the_card():
+    score = Satisfaction(n=5, up=4)
+    view = StatusView(None, (LiveRow("support-assistant", "#support", "v2", 3, 0.9, score),), ())
+    assert_valid(blocks.home_view(view)["blocks"])
+    assert "4/5 👍 80% (38–96%)" in json.dumps(blocks.home_view(view), ensure_ascii=False)
+    assert blocks.satisfaction_text(None) == "–" and blocks.satisfaction_text(Satisfaction(0, 0)) == "–"
+    out = blocks.run_card_blocks(card(live_satisfaction=score))
+    assert_valid(out)
+    assert any(b["block_id"] == Block.RUN_LIVE_KPI and "4/5" in b["elements"][0]["text"] for b in out)
+
+
+def test_the_guard_card_rolls_back_in_one_click_or_says_there_is_nothing_to_roll_back_to():
+    proposal = GuardProposal("support-assistant", "#support", "v3", "v2", Satisfaction(10, 3), 10, 0.7)
+    out = blocks.guard_blocks(proposal)
+    assert_valid(out)
+    [button] = out[1]["elements"]
+    assert (button["action_id"], button["value"]) == (Action.ROLLBACK, "support-assistant")
+    assert "Roll back to v2" in button["text"]["text"] and "confirm" in button
+    first = blocks.guard_blocks(GuardProposal("support-assistant", "#support", "v1", None, Satisfaction(10, 3), 10, 0.7))
+    assert_valid(first)
+    assert all(b["type"] != "actions" for b in first) and "Nothing to roll back to" in json.dumps(first)
+
+
+def test_release_summary_and_offer_cards():
+    view = ReleaseView(4, "demo", "v3", "ops", (
+        ReleaseRow("support-assistant", "#support", 12, "succeeded", "fail", "blocked"),
+        ReleaseRow("style-assistant", "#style", None, None, None, None)))
+    out = blocks.release_blocks(view)
+    assert_valid(out)
+    text = json.dumps(out)
+    assert "#12" in text and "blocked by the gate" in text and "offered" in text
+    offer = blocks.offer_blocks(4, "v3", "style-assistant", "#style")
+    assert_valid(offer)
+    assert offer[1]["elements"][0]["value"] == "4:style-assistant"

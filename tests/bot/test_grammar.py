@@ -15,6 +15,7 @@ from portllm_core.commands.grammar import (
     Lineage,
     ParseError,
     Patch,
+    Rate,
     Reject,
     Retune,
     Rollback,
@@ -35,6 +36,9 @@ VALID = [
     ("reject 7", Reject(7)),
     ("reject #7   answers  are off", Reject(7, "answers  are off")),
     ("retune 3", Retune(3)),
+    ("rate 7 up", Rate(7, True)),
+    ("RATE #7 Down", Rate(7, False)),
+    ("rate 7 👍", Rate(7, True)),
     ("RETUNE run #3", Retune(3)),
     ("rollback support-assistant", Rollback("support-assistant")),
     ("status", Status()),
@@ -83,6 +87,9 @@ INVALID = [
     ("assistants all", "takes no arguments", USAGE["assistants"]),
     ("ask support-assistant", "needs an assistant and a question", USAGE["ask"]),
     ("ask", "needs an assistant and a question", USAGE["ask"]),
+    ("rate 7", "an answer number and `up` or `down`", USAGE["rate"]),
+    ("rate seven up", "not an answer number", USAGE["rate"]),
+    ("rate 7 sideways", "`up` or `down`, not `sideways`", USAGE["rate"]),
 ]
 
 
@@ -117,3 +124,11 @@ def test_arbitrary_text_never_raises(text):
 def test_known_verbs_with_arbitrary_arguments_never_raise(verb, words):
     result = parse(" ".join([verb, *words]))
     assert result is not None
+
+
+def test_control_characters_are_refused_with_a_reason():
+    from portllm_core.commands.grammar import ParseError, parse
+
+    refused = parse("status support\x00assistant")
+    assert isinstance(refused, ParseError) and "control characters" in str(refused)
+    assert not isinstance(parse("status\tsupport-assistant"), ParseError)

@@ -206,3 +206,34 @@ def test_app_home_shows_only_what_the_viewer_requested_or_may_decide(server, wor
     seen_by_outsider = home_of(OUTSIDER, 2)  # neither asked for these runs nor may decide them
     assert f"#{waiting}" not in seen_by_outsider and CHANNEL not in seen_by_outsider
     assert "Nothing is live yet" in seen_by_outsider and "Nothing waiting" in seen_by_outsider
+
+
+def test_thumbs_down_reactions_rate_the_answer_and_the_guard_card_rolls_back_in_one_click(server, world, fake_slack):
+    from registry.db import session_scope
+
+    live_run(world.session_factory, key="k-v1", version="v1")
+    v2 = live_run(world.session_factory, key="k-v2", version="v2")
+    with session_scope(world.session_factory) as s:
+        services.update_assistant(s, ASSISTANT, actor="test", guard_min_ratings=2, guard_min_satisfaction=0.5)
+        answer = services.record_answer(s, s.get(Run, v2).rollout, asked_by=OUTSIDER, question="reset?")
+        services.set_answer_message(s, answer.id, "1700000000.000100")
+    item = {"type": "message", "channel": CHANNEL, "ts": "1700000000.000100"}
+    for i, user in enumerate((OUTSIDER, APPROVER)):
+        response = slack_http.event(server.url, {"type": "reaction_added", "user": user, "reaction": "-1",
+                                                 "item": item, "event_ts": f"17000000{i}.0"},
+                                    event_id=f"Ev-react-{i}", bot_user=BOT_USER_ID)
+        assert response.status_code == 200
+    [card] = fake_slack.wait_for("chat.postMessage", 1)
+    assert card.body["channel"] == CHANNEL and "below the guard's 50%" in card.body["text"]
+    [button] = [e for b in card.body["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert button["action_id"] == Action.ROLLBACK and button["value"] == ASSISTANT
+    with world.session_factory() as s:
+        assert services.satisfaction(s, [s.get(Run, v2).rollout.id])[s.get(Run, v2).rollout.id].n == 2
+
+    response = slack_http.click(server.url, Action.ROLLBACK, ASSISTANT, user=APPROVER, channel=CHANNEL,
+                                message_ts="1700000001.000200", response_url=response_url(fake_slack, "rb"))
+    assert response.status_code == 200
+    [update] = fake_slack.wait_for("chat.update", 1)
+    assert "Rolled back support-assistant" in update.body["text"]
+    with world.session_factory() as s:
+        assert services.live_rollout(s, ASSISTANT, CHANNEL).run.target_base.version == "v1"

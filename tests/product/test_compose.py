@@ -12,7 +12,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-EXPECTED = {"postgres", "redis", "migrate", "bot", "worker-gpu", "worker-serve", "flower"}
+EXPECTED = {"postgres", "redis", "migrate", "bot", "worker-gpu", "worker-serve", "flower", "watch"}
 LONG_RUNNING = EXPECTED - {"migrate"}
 
 
@@ -51,8 +51,15 @@ def test_app_services_share_the_artifact_volume_and_migrate_first():
         assert "artifacts:/data" in SERVICES[name]["volumes"], name
         assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert SERVICES["migrate"]["command"] == ["portllm", "db", "upgrade"]
-    named = {v.split(":", 1)[0] for s in SERVICES.values() for v in s.get("volumes", [])}
+    sources = {v.rsplit(":", 2)[0] if v.count(":") > 1 else v.split(":", 1)[0]
+               for s in SERVICES.values() for v in s.get("volumes", [])}
+    named = {v for v in sources if not v.startswith(("/", ".", "$"))}  # bind mounts are paths
     assert named <= set(COMPOSE["volumes"])
+
+
+def test_the_model_store_watcher_is_off_by_default():
+    assert SERVICES["watch"]["profiles"] == ["watch"]
+    assert SERVICES["watch"]["command"][:3] == ["portllm", "base", "watch"]
 
 
 def test_gpu_worker_reserves_an_nvidia_device():

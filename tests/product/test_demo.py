@@ -54,21 +54,27 @@ def test_demo_plays_the_whole_story(demo_env, production_flags, demo_world, data
 
     factory = make_session_factory(database_url)
     with factory() as s:
-        runs = {r.target_base.version: r for r in s.scalars(select(models.Run).order_by(models.Run.id))}
-        v1, v2, v3, other = runs["v1"], runs["v2"], runs["v3"], runs["other"]
+        runs = {(r.target_base.version, r.kind): r for r in s.scalars(select(models.Run).order_by(models.Run.id))}
+        v1, v2, other = runs["v1", "transplant"], runs["v2", "transplant"], runs["other", "transplant"]
+        v3, retuned = runs["v3", "transplant"], runs["v3", "retune"]
         # v2 went live on an approval, then the rollback put the v1 rollout back.
         assert v2.rollout.decided_by == "console:alice" and v2.rollout.live_since is not None
         assert v2.rollout.state == models.RolloutState.ROLLED_BACK
-        assert services.live_rollout(s, "support-assistant", "#support").run_id == v1.id
-        # v3 was evaluated and gated but nobody approved it.
-        assert v3.status == "succeeded" and len(v3.evaluations) == 2
-        assert v3.rollout.state in ("awaiting_approval", "blocked")
+        # v3's release queued its run by itself; the gate did not pass it, the story said which
+        # verdict it was and took the re-tune fallback, which went live.
+        assert v3.requested_by == services.RELEASE_ACTOR and v3.release_id is not None
+        assert v3.status == "succeeded" and len(v3.evaluations) == 2 and v3.rollout.verdict in ("fail", "inconclusive")
+        assert f"The gate said {v3.rollout.verdict}" in result.stdout
+        assert services.live_rollout(s, "support-assistant", "#support").run_id == retuned.id
+        # both answers were rated, each for the rollout that gave it.
+        assert services.satisfaction(s, [v2.rollout.id, retuned.rollout.id]) == {
+            v2.rollout.id: services.Satisfaction(1, 1), retuned.rollout.id: services.Satisfaction(1, 1)}
         # the unrelated model was refused before anything was loaded onto it.
         assert other.status == "failed" and other.compat_report["errors"] and not other.evaluations
         # the lineage lists every run of the story.
         lineage = lineage_view(s, services.get_assistant(s, "support-assistant")).to_json()
         listed = {r["id"] for p in lineage["patches"] for r in p["runs"]}
-        assert {v1.id, v2.id, v3.id, other.id} <= listed
+        assert {v1.id, v2.id, v3.id, retuned.id, other.id} <= listed
         # the v2 candidate beat v2 alone by a wide margin (the PortLLM result, at demo scale).
         acc = {e.subject: e.accuracy for e in v2.evaluations}
         assert acc["candidate"] - acc["target_base"] >= 0.4
@@ -95,6 +101,6 @@ def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkey
     assert "Base demo v2 registered" in first.export_text()
     assert "Already registered" in second.export_text() and "registered from" not in second.export_text()
     with make_session_factory(url)() as s:
-        assert len(s.scalars(select(models.BaseModel)).all()) == 4
+        assert len(s.scalars(select(models.BaseModel)).all()) == 3  # v3 is released during the story
         assert len(s.scalars(select(models.Assistant)).all()) == 1
         assert len(s.scalars(select(models.Patch)).all()) == 1

@@ -119,3 +119,32 @@ def test_alembic_command_line_from_repo_root(database_url):
         done = subprocess.run(alembic + args, cwd=REPO, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     assert "(head)" in done.stdout
+
+
+def test_releases_and_ratings_migrate_down_and_up_with_data(migrated_url):
+    """0005 copies assistants, runs and rollouts on SQLite while answers, ratings and releases point at them."""
+    from registry import services as sv
+
+    factory = make_session_factory(migrated_url)
+    with session_scope(factory) as s:
+        seed(s)
+        rollout = live(s, "v2")
+        sv.update_assistant(s, "support-assistant", actor="eng", on_release="ask", guard_min_ratings=5,
+                            guard_min_satisfaction=0.6)
+        sv.rate(s, sv.record_answer(s, rollout, asked_by="bob", question="q"), user="bob", up=False)
+        sv.open_release(s, sv.get_base(s, "demo", "v3"), actor="eng")
+    factory.kw["bind"].dispose()
+
+    cli.downgrade(migrated_url, "0004")
+    assert not {"releases", "answers", "ratings"} & _tables(migrated_url)
+    assert _rollout_states(migrated_url) == {rollout.id: "live"}
+    cli.upgrade(migrated_url)
+    cli.check(migrated_url)
+    engine = make_engine(migrated_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT on_release, guard_min_ratings FROM assistants")).all() == [("auto", None)]
+            if engine.dialect.name == "sqlite":
+                assert conn.execute(sa.text("PRAGMA foreign_key_check")).all() == []
+    finally:
+        engine.dispose()

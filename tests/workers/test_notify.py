@@ -112,6 +112,31 @@ def test_slack_answer_streams_into_the_thread(session_factory, fake_slack):
     assert not fake_slack.calls_to("chat.postMessage")
 
 
+def live_answer(session_factory) -> int:
+    """An answer row of a live rollout, as the worker records it before generating."""
+    run_id = seed_fake(session_factory)
+    with session_scope(session_factory) as s:
+        services.claim_run(s, run_id, "w1")
+        services.finish_run(s, run_id, status="succeeded")
+        rollout = services.open_rollout(s, run_id, verdict="pass")
+        services.decide_rollout(s, run_id, approve=True, user="alice")
+        return services.record_answer(s, rollout, asked_by="U1", question="q").id
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_posted_answer_remembers_its_message_so_reactions_rate_it(session_factory, fake_slack, streaming):
+    answer_id = live_answer(session_factory)
+    notifier = slack(fake_slack, session_factory, interval=0.0)
+    if not streaming:
+        fake_slack.fail("chat.startStream", "unknown_method")
+    reply_to = {"channel": "C1", "thread_ts": "1.000001", "user": "U1", "team": "T1", "answer_id": answer_id}
+    notifier.answer_stream(reply_to, iter(["The ", "answer."]))
+    with session_factory() as s:
+        ts = services.get_answer(s, answer_id).message_ts
+    assert ts  # the stream's (or the fallback message's) ts, which reaction events name
+    assert fake_slack.calls_to("chat.startStream" if streaming else "chat.postMessage")
+
+
 def test_slack_answer_falls_back_to_updates_where_streaming_is_refused(session_factory, fake_slack):
     notifier = slack(fake_slack, session_factory, interval=0.0)
     fake_slack.fail("chat.startStream", "unknown_method")

@@ -1,0 +1,29 @@
+"""👍/👎 reactions on an answer rate it (the live KPI); the live guard's card is posted when it trips."""
+from __future__ import annotations
+
+import logging
+
+from slack_bolt import App
+from slack_sdk import WebClient
+
+from portllm_core import blocks
+from portllm_core.commands.handlers import rated
+from portllm_core.flows.ratings import REACTIONS, rate_message
+from bot.listeners.deps import Deps
+
+log = logging.getLogger(__name__)
+
+
+def register(app: App, deps: Deps) -> None:
+    @app.event("reaction_added")
+    def reaction_added(event: dict, client: WebClient) -> None:
+        item = event.get("item") or {}
+        up = REACTIONS.get(event.get("reaction", "").split("::")[0])  # "+1::skin-tone-2" is a 👍 too
+        if up is None or item.get("type") != "message" or not event.get("user"):
+            return
+        rating = rate_message(deps.session_factory, item["channel"], item["ts"], user=event["user"], up=up)
+        if rating is None or rating.guard is None:  # not an answer, or nothing to say: a reaction needs no reply
+            return
+        reply = rated(rating)
+        client.chat_postMessage(channel=item["channel"], text=blocks.clip(blocks.guard_text(rating.guard), 3000),
+                                blocks=blocks.reply_blocks(reply))

@@ -1,0 +1,85 @@
+"""`portllm release show/start` and `portllm base watch`: base releases reaching every assistant."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, stdout
+from portllm_cli.admin.runtime import actor, admin_command, warn, workspace
+
+app = typer.Typer(help="Releases: a new base version and the runs it queued in every live channel.",
+                  no_args_is_help=True)
+
+
+def print_started(started) -> None:
+    """What `base add`, `base watch` and `release start` say about the release they started."""
+    if not started.created:
+        stdout().print(f"Release {started.label} was started before; nothing new queued "
+                       f"(`portllm release show {started.label}` shows its verdicts).")
+        return
+    for run_id, assistant, channel in started.queued:
+        stdout().print(f"  run #{run_id} queued: {assistant} in {channel}")
+    for assistant, channel in started.offers:
+        stdout().print(f"  offered to {assistant} in {channel} (its policy is `ask`)")
+    if not (started.queued or started.offers):
+        stdout().print(f"Release {started.label}: no assistant is live on this family (or all are `off`).")
+    else:
+        stdout().print(f"Release {started.label}: {len(started.queued)} run(s) queued, {len(started.offers)} offered; "
+                       f"`portllm release show {started.label}` follows the verdicts.")
+
+
+@app.command("show")
+@admin_command
+def show(
+    family: str = typer.Argument(..., help="The base family."),
+    version: str = typer.Argument(..., help="The released version."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """The release's runs per assistant and channel, with their verdicts, and open offers."""
+    from portllm_core.views import find_release, release_view
+
+    with workspace().session() as session:
+        view = release_view(find_release(session, family, version))
+    if as_json:
+        print_json(view.to_json())
+        return
+    from portllm_cli import terminal
+
+    stdout().print(terminal.release(view))
+
+
+@app.command("start")
+@admin_command
+def start(
+    family: str = typer.Argument(..., help="The base family."),
+    version: str = typer.Argument(..., help="A registered version (registering a base starts its release)."),
+) -> None:
+    """Start the release of a base registered before releases existed; a started one queues nothing new."""
+    from portllm_core.flows.releases import start_release
+
+    ws = workspace()
+    print_started(start_release(ws.session_factory, ws.queue, family, version, actor=actor()))
+
+
+@admin_command
+def watch(
+    family: str = typer.Argument(..., help="The family whose versions the store holds."),
+    store: Path = typer.Argument(..., help="A folder with one subfolder per version (folder name = version)."),
+    once: bool = typer.Option(False, "--once", help="Look once and exit (for cron)."),
+) -> None:
+    """Register every new version folder of a model store, which releases it to the live assistants."""
+    from portllm_core.flows.watch import scan
+
+    ws = workspace()
+    while True:
+        for seen in scan(ws, family, store, actor=actor()):
+            if seen.error:
+                warn(f"{seen.path}: {seen.error} (retried on the next look)")
+                continue
+            stdout().print(f"Base {seen.registered.label} registered from {seen.path}.")
+            print_started(seen.registered.release)
+        if once:
+            return
+        time.sleep(ws.settings.watch_interval_s)

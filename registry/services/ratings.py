@@ -1,0 +1,123 @@
+"""Answers and their 👍/👎 ratings: the live KPI of each rollout, and its guard."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sqlalchemy import Integer, cast, func, select
+from sqlalchemy.orm import Session
+
+from registry.errors import NotFound, RegistryError
+from registry.models import Answer, Assistant, Rating, Rollout, RolloutState, id_in_range, utcnow
+from registry.services.common import audit, conditional_update
+
+
+@dataclass(frozen=True)
+class Satisfaction:
+    """The share of 👍 among a rollout's ratings, with its Wilson 95% interval."""
+
+    n: int
+    up: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.up / self.n if self.n else None
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        return wilson_interval(self.up, self.n)
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "up": self.up, "down": self.n - self.up, "rate": self.rate, "ci95": list(self.ci95)}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k of n. The engine scores suites with the same formula
+    (portllm_engine.kpi); the registry may not import the engine, so the few lines live here too."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+class UnknownAnswer(NotFound):
+    def __init__(self, answer_id: int):
+        super().__init__(f"There is no answer #{answer_id}; the number is shown under each answer.")
+        self.answer_id = answer_id
+
+
+def record_answer(s: Session, rollout: Rollout, *, asked_by: str, question: str) -> Answer:
+    """An answer the rollout's model gave in its channel (before it is posted: its message comes later)."""
+    answer = Answer(rollout_id=rollout.id, channel=rollout.channel, asked_by=asked_by, question=question[:2000])
+    s.add(answer)
+    s.flush()
+    return answer
+
+
+def set_answer_message(s: Session, answer_id: int, message_ts: str) -> None:
+    """Where the answer was posted, so a reaction on that message rates it."""
+    conditional_update(s, Answer, [Answer.id == answer_id], message_ts=message_ts)
+
+
+def get_answer(s: Session, answer_id: int) -> Answer:
+    answer = s.get(Answer, answer_id) if id_in_range(answer_id) else None
+    if answer is None:
+        raise UnknownAnswer(answer_id)
+    return answer
+
+
+def answer_for_message(s: Session, channel: str, message_ts: str) -> Answer | None:
+    return s.scalar(select(Answer).where(Answer.channel == channel, Answer.message_ts == message_ts))
+
+
+def rate(s: Session, answer: Answer, *, user: str, up: bool) -> Rating:
+    """One rating per person and answer; rating again changes it."""
+    if not user:
+        raise RegistryError("A rating needs the person who gives it.")
+    # Ratings of one rollout take turns until commit: two people reacting at once must each count
+    # the other's rating, or neither would see the guard's threshold crossed.
+    s.execute(select(Rollout.id).where(Rollout.id == answer.rollout_id).with_for_update())
+    rating = s.scalar(select(Rating).where(Rating.answer_id == answer.id, Rating.user == user))
+    if rating is None:
+        rating = Rating(answer_id=answer.id, user=user, up=up)
+        s.add(rating)
+    else:
+        rating.up = up
+    s.flush()
+    audit(s, actor=user, action="answer.rated", entity_type="answer", entity_id=answer.id,
+          assistant_id=answer.rollout.assistant_id, rollout_id=answer.rollout_id, up=up)
+    return rating
+
+
+def satisfaction(s: Session, rollout_ids: list[int]) -> dict[int, Satisfaction]:
+    """Per rollout: how many ratings its answers got and how many were 👍 (absent: none yet)."""
+    if not rollout_ids:
+        return {}
+    rows = s.execute(
+        select(Answer.rollout_id, func.count(Rating.id), func.sum(cast(Rating.up, Integer)))
+        .join(Rating, Rating.answer_id == Answer.id)
+        .where(Answer.rollout_id.in_(rollout_ids))
+        .group_by(Answer.rollout_id)
+    )
+    return {rollout_id: Satisfaction(int(n), int(up or 0)) for rollout_id, n, up in rows}
+
+
+def guard_trips(assistant: Assistant, rollout: Rollout, score: Satisfaction) -> bool:
+    """The live guard: enough ratings, satisfaction below the threshold, not proposed yet."""
+    return (rollout.state == RolloutState.LIVE and rollout.guard_tripped_at is None
+            and assistant.guard_min_ratings is not None and score.n >= assistant.guard_min_ratings
+            and score.rate < assistant.guard_min_satisfaction)
+
+
+def trip_guard(s: Session, rollout: Rollout, score: Satisfaction) -> bool:
+    """Record that the guard proposed rolling the rollout back; True for the one caller that did."""
+    won = conditional_update(s, Rollout, [Rollout.id == rollout.id, Rollout.guard_tripped_at.is_(None)],
+                             guard_tripped_at=utcnow())
+    if won:
+        audit(s, actor="system:live-guard", action="rollout.guard_tripped", entity_type="rollout",
+              entity_id=rollout.id, assistant_id=rollout.assistant_id, channel=rollout.channel,
+              ratings=score.n, satisfaction=score.rate)
+    return bool(won)

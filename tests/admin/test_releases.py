@@ -1,0 +1,73 @@
+"""`portllm base watch`, `base add` and `release show`: a new version reaches the live channels once."""
+from __future__ import annotations
+
+import shutil
+
+from sqlalchemy import func, select
+
+from registry import services
+from registry.db import session_scope
+from registry.models import Run
+
+
+def live_on_v1(cli, tiny_world, session_factory, channel: str = "#support") -> None:
+    cli.ok("patch", "add", "support", tiny_world.adapter, "--base", "v1")
+    with session_scope(session_factory) as s:
+        run, _ = services.request_run(s, assistant="support", version="v1", idempotency_key="live-v1",
+                                      requested_by="alice", channel=channel)
+        services.claim_run(s, run.id, "w")
+        services.finish_run(s, run.id, status="succeeded")
+        services.open_rollout(s, run.id, verdict="pass")
+        services.decide_rollout(s, run.id, approve=True, user="alice")
+
+
+def runs(session_factory) -> int:
+    with session_factory() as s:
+        return s.scalar(select(func.count(Run.id)))
+
+
+def test_watch_registers_new_version_folders_once_and_each_release_queues_its_run(
+        registered, tiny_world, session_factory, tmp_path):
+    live_on_v1(registered, tiny_world, session_factory)
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copytree(tiny_world.v2, store / "v3")
+    (store / "notes").mkdir()  # not a model folder: ignored
+    before = runs(session_factory)
+
+    first = registered.ok("base", "watch", "tiny", store, "--once").stdout
+    assert "Base tiny v3 registered" in first and "queued: support in #support" in first
+    assert runs(session_factory) == before + 1
+    second = registered.ok("base", "watch", "tiny", store, "--once").stdout
+    assert second == "" and runs(session_factory) == before + 1
+
+    summary = registered.json("release", "show", "tiny", "v3")
+    [run] = summary["runs"]
+    assert (run["assistant"], run["channel"], run["status"]) == ("support", "#support", "queued")
+    assert summary["offers"] == [] and summary["base"] == {"family": "tiny", "version": "v3"}
+    again = registered.ok("release", "start", "tiny", "v3").stdout
+    assert "was started before; nothing new queued" in again and runs(session_factory) == before + 1
+
+
+def test_ask_policy_offers_instead_of_queueing_and_off_does_nothing(registered, tiny_world, session_factory, tmp_path):
+    live_on_v1(registered, tiny_world, session_factory)
+    registered.ok("assistant", "set", "support", "--on-release", "ask")
+    out = registered.ok("base", "add", "tiny", "v3", tiny_world.v2).stdout
+    assert "offered to support in #support (its policy is `ask`)" in out
+    assert registered.json("release", "show", "tiny", "v3")["offers"] == [{"assistant": "support", "channel": "#support"}]
+    registered.ok("assistant", "set", "support", "--on-release", "off")
+    before = runs(session_factory)
+    assert "no assistant is live" in registered.ok("base", "add", "tiny", "v4", tiny_world.v2).stdout
+    assert runs(session_factory) == before
+
+
+def test_bad_policy_and_guard_say_what_would_be_right(registered):
+    bad = registered("assistant", "set", "support", "--on-release", "sometimes")
+    assert bad.exit_code == 2 and "auto queues the runs, ask posts a card" in bad.stderr
+    guard = registered("assistant", "set", "support", "--live-guard", "20")
+    assert guard.exit_code == 2 and "like 20:0.7" in guard.stderr
+    registered.ok("assistant", "set", "support", "--live-guard", "20:70%")
+    [assistant] = registered.json("assistant", "list")
+    assert assistant["live_guard"] == {"min_ratings": 20, "min_satisfaction": 0.7}
+    quiet = registered.ok("release", "show", "tiny", "v1").stdout  # every registered base has its release
+    assert "no assistant is live on this family" in quiet
