@@ -5,19 +5,21 @@ two generated suites: yes/no questions (one-token answers) and 4-choice question
 multi-token answers. For each suite: both wall times, the ratio, and both scores (acc and
 acc_norm must be identical; the largest per-choice log-likelihood difference is printed too).
 
-lm-eval runs through its HF backend on the same model object: `HFLM(pretrained=model,
+lm-eval runs through its HF backend on the same saved model: `HFLM(pretrained=model,
 tokenizer=…)` and `loglikelihood` on the requests a multiple-choice task builds (the context
 and " " + choice), so its time is the scoring alone, without dataset loading. acc and acc_norm
 are then computed as its `process_results` does (argmax, and argmax over log-likelihood per
-character of the choice).
+character of the choice). Each side runs in its own process after a small warm-up.
 
 Run (needs the bench extra):  pip install -e '.[bench]'  then  python bench/eval.py [--items 150]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -118,15 +120,9 @@ def token_counts(tokenizer, items: list[dict]) -> str:
     return f"contexts {context:.0f} tokens, answers {answer:.1f} tokens on average"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=150, help="items per suite (100–200 is the target range)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--slice", type=int, default=16, help="items per alternating slice")
-    args = parser.parse_args()
-
+def measure(side: str, suite: str, items_count: int, batch_size: int) -> dict:
+    """One side on one suite, in this process: seconds, predictions and log-likelihoods."""
     import torch
-    from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -136,42 +132,72 @@ def main() -> int:
     path = build_model()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)
-    print(f"model: Llama {params:.0f} M parameters, vocab {len(tokenizer)}, {torch.get_num_threads()} CPU threads, batch size {args.batch_size}")
-    warm = suites(4)["4 choices, multi-token answers"]  # first calls pay one-off costs on both sides
-    evaluate(model, tokenizer, warm, batch_size=args.batch_size)
-    lm_eval_scores(lm, warm)
+    items, warm = suites(items_count)[suite], suites(4)[suite]  # the warm-up pays one-off costs
+    if side == "ours":
+        evaluate(model, tokenizer, warm, batch_size=batch_size)
+        result = evaluate(model, tokenizer, items, batch_size=batch_size)
+        return {
+            "seconds": result.duration_s,
+            "lls": [row["loglikelihoods"] for row in result.items],
+            "preds": [row["pred"] for row in result.items],
+            "preds_norm": [row["pred_norm"] for row in result.items],
+        }
+    from lm_eval.models.huggingface import HFLM
 
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm_eval_scores(lm, warm)
+    seconds, lls, preds, preds_norm = lm_eval_scores(lm, items)
+    return {"seconds": seconds, "lls": lls, "preds": preds, "preds_norm": preds_norm}
+
+
+def run_side(side: str, suite: str, args) -> dict:
+    """Each side in a fresh process: in one process, lm-eval's full-vocabulary logits left the
+    allocator in a state that slowed our small KV-cache forwards by half or more."""
+    command = [sys.executable, __file__, "--side", side, "--suite", suite, "--items", str(args.items), "--batch-size", str(args.batch_size)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{side} on {suite} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def accuracy(preds: list[int], items: list[dict]) -> float:
+    return sum(p == item["gold"] for p, item in zip(preds, items)) / len(items)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=150, help="items per suite (100–200 is the target range)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--side", choices=["ours", "lm-eval"], help=argparse.SUPPRESS)  # a child process
+    parser.add_argument("--suite", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        print(json.dumps(measure(args.side, args.suite, args.items, args.batch_size)))
+        return 0
+
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = build_model()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    params = (path / "model.safetensors").stat().st_size / 4 / 1e6  # float32 weights
+    print(f"model: Llama {params:.0f} M parameters, {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {len(tokenizer)}; "
+          f"{torch.get_num_threads()} CPU threads, batch size {args.batch_size}", flush=True)
     identical = True
-    for name, items in suites(args.items).items():
-        # Alternating slices, each side first in turn: load from other processes on a shared
-        # machine then falls on both sides alike instead of on whichever ran second.
-        ours_s = theirs_s = 0.0
-        rows, lls, preds, preds_norm = [], [], [], []
-        for k, start in enumerate(range(0, len(items), args.slice)):
-            part = items[start : start + args.slice]
-            for side in (("ours", "lm-eval") if k % 2 == 0 else ("lm-eval", "ours")):
-                if side == "ours":
-                    result = evaluate(model, tokenizer, part, batch_size=args.batch_size)
-                    ours_s += result.duration_s
-                    rows += result.items
-                else:
-                    elapsed, own_lls, own_preds, own_norm = lm_eval_scores(lm, part)
-                    theirs_s += elapsed
-                    lls, preds, preds_norm = lls + own_lls, preds + own_preds, preds_norm + own_norm
-        acc = {side: sum(p == item["gold"] for p, item in zip(predicted, items)) / len(items)
-               for side, predicted in (("ours", [r["pred"] for r in rows]), ("lm-eval", preds))}
-        acc_norm = {side: sum(p == item["gold"] for p, item in zip(predicted, items)) / len(items)
-                    for side, predicted in (("ours", [r["pred_norm"] for r in rows]), ("lm-eval", preds_norm))}
-        same = [r["pred"] for r in rows] == preds and [r["pred_norm"] for r in rows] == preds_norm
+    for k, (suite, items) in enumerate(suites(args.items).items()):
+        # Each side first in turn, so a slower stretch of a shared machine does not always hit the same one.
+        order = ("ours", "lm-eval") if k % 2 == 0 else ("lm-eval", "ours")
+        runs = {side: run_side(side, suite, args) for side in order}
+        ours, theirs = runs["ours"], runs["lm-eval"]
+        same = ours["preds"] == theirs["preds"] and ours["preds_norm"] == theirs["preds_norm"]
         identical &= same
-        drift = max(abs(a - b) for row, own in zip(rows, lls) for a, b in zip(row["loglikelihoods"], own))
+        drift = max(abs(a - b) for mine, own in zip(ours["lls"], theirs["lls"]) for a, b in zip(mine, own))
         print(
-            f"\n{name} ({len(items)} items, {token_counts(tokenizer, items)})\n"
-            f"  ours     {ours_s:7.1f} s   acc {acc['ours']:.3f}  acc_norm {acc_norm['ours']:.3f}\n"
-            f"  lm-eval  {theirs_s:7.1f} s   acc {acc['lm-eval']:.3f}  acc_norm {acc_norm['lm-eval']:.3f}\n"
-            f"  ratio    {theirs_s / ours_s:7.2f}x faster; per-item predictions identical: {same}; "
+            f"\n{suite} ({len(items)} items, {token_counts(tokenizer, items)})\n"
+            f"  ours     {ours['seconds']:7.1f} s   acc {accuracy(ours['preds'], items):.3f}  acc_norm {accuracy(ours['preds_norm'], items):.3f}\n"
+            f"  lm-eval  {theirs['seconds']:7.1f} s   acc {accuracy(theirs['preds'], items):.3f}  acc_norm {accuracy(theirs['preds_norm'], items):.3f}\n"
+            f"  ratio    {theirs['seconds'] / ours['seconds']:7.2f}x faster; per-item predictions identical: {same}; "
             f"largest log-likelihood difference {drift:.1e}",
             flush=True,
         )

@@ -10,7 +10,11 @@ Two ways to decide, both with the verdicts `pass | fail | inconclusive`:
 
 The rule is the same in both: `pass` when the observed accuracy clears the bar (the floor, and
 live minus the allowed regression); `fail` when the evidence is clearly (95 %, one-sided) below
-it; `inconclusive` in between.
+it; `inconclusive` in between. So both pass exactly the same candidates (on the same items, the
+observed drop is the same number); where the candidate's interval straddles the bar, the paired
+test is what turns a clear item-by-item regression into `fail`. A 95 % proof of "no worse than
+the margin" is not asked for to pass: on 40 items even a candidate identical to live could not
+give one for a 5-point margin.
 
 The paired test, and why this one. With b items the candidate got right and live missed, c the
 reverse, out of n, the paired difference is d = (b − c)/n. "Regressed by more than the margin
@@ -24,7 +28,8 @@ the worst case of the null d ≥ −Δ lies on its edge p10 − p01 = −Δ; the
 P(T ≤ observed) is maximised over the nuisance discordance rate p10 + p01, restricted as Berger
 and Boos (1994) propose to its 99.9 % Clopper–Pearson interval from b + c, with that 0.1 % added
 to the p-value (implausibly high discordance rates would otherwise swamp the test). The test is
-exact: it never rejects more often than 5 % when the candidate is within the margin.
+exact, up to the precision of that maximisation: it never rejects more often than 5 % when the
+candidate is within the margin.
 """
 from __future__ import annotations
 

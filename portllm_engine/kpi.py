@@ -220,7 +220,7 @@ def _right_padded(rows: list[list[int]], device):
 
 
 def _score_shared(model, requests, by_context, scores, batch_size, on_batch) -> None:
-    """Contexts longest first, `batch_size` at a time, each run once with its KV cache kept."""
+    """Contexts longest first, `batch_size` at a time, each run once."""
     import torch
 
     device = next(model.parameters()).device
@@ -229,21 +229,20 @@ def _score_shared(model, requests, by_context, scores, batch_size, on_batch) -> 
         batch = contexts[start : start + batch_size]
         input_ids, mask = _right_padded([list(c) for c in batch], device)
         lengths = mask.sum(dim=1)
+        tails = [(row, index) for row, c in enumerate(batch) for index in by_context[c] if len(requests[index][1]) > 1]
         with torch.no_grad():
             # No attention mask: right padding never reaches a real position under the causal
             # mask, and without one attention takes its fused causal path. Logits at each
             # context's last position only: the lm_head and a softmax over the vocabulary at
-            # every position are a large share of a small model's cost.
-            out = model(input_ids=input_ids, use_cache=True, logits_to_keep=(lengths - 1)[:, None])
+            # every position are a large share of a small model's cost. The KV cache is kept
+            # only when longer answers will run on from it.
+            out = model(input_ids=input_ids, use_cache=bool(tails), logits_to_keep=(lengths - 1)[:, None])
         first = torch.log_softmax(out.logits[:, 0].float(), dim=-1)
-        tails = []
         for row, context in enumerate(batch):
             for index in by_context[context]:
-                continuation_ids = requests[index][1]
-                scores[index] = float(first[row, continuation_ids[0]])
-                if len(continuation_ids) > 1:
-                    tails.append((row, index))
-        _score_tails(model, requests, out, mask, lengths, tails, scores, batch_size)
+                scores[index] = float(first[row, requests[index][1][0]])
+        if tails:
+            _score_tails(model, requests, out, mask, lengths, tails, scores, batch_size)
         if on_batch is not None:
             on_batch(sum(len(by_context[c]) for c in batch))
 

@@ -40,6 +40,8 @@ def _choice_item(text: str, choices: list[str], gold: int) -> Row:
 
 
 def _boolq(row: Row) -> Row:
+    if "label" not in row and isinstance(row["answer"], bool):  # google/boolq's export: answer true/false
+        row = {**row, "label": int(row["answer"])}
     return _choice_item(f"{row['passage']}\nQuestion: {row['question']}?\nAnswer:", ["no", "yes"], _label(row, "label", 2))
 
 
@@ -103,7 +105,7 @@ def _gsm8k(row: Row) -> Row:
 
 TASKS: dict[str, tuple[Callable[[Row], Row], tuple[tuple[str, ...], ...]]] = {
     # task: (row -> item, the columns it needs; alternatives where datasets name them differently)
-    "boolq": (_boolq, (("passage", "question", "label"),)),
+    "boolq": (_boolq, (("passage", "question", "label"), ("passage", "question", "answer"))),
     "sst2": (_sst2, (("sentence", "label"),)),
     "rte": (_rte, (("sentence1", "sentence2", "label"), ("premise", "hypothesis", "label"))),
     "wnli": (_wnli, (("sentence1", "sentence2", "label"),)),

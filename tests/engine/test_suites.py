@@ -21,6 +21,8 @@ def jsonl(path, rows):
 MULTIPLE_CHOICE = [
     ("boolq", {"passage": "Ice floats.", "question": "does ice float", "label": 1, "idx": 7},
      "Ice floats.\nQuestion: does ice float?\nAnswer: ", ["no", "yes"], 1),
+    ("boolq", {"passage": "Ice floats.", "question": "does ice float", "answer": False, "idx": 8},
+     "Ice floats.\nQuestion: does ice float?\nAnswer: ", ["no", "yes"], 0),
     ("sst2", {"sentence": "a gorgeous film", "label": 1, "idx": 0},
      "a gorgeous film\nQuestion: Is this sentence positive or negative?\nAnswer: ", ["negative", "positive"], 1),
     ("rte", {"sentence1": "A cat sat.", "sentence2": "An animal sat.", "label": 0, "idx": 3},
