@@ -8,6 +8,7 @@ from slack_sdk.models.blocks import ButtonElement, ConfirmObject, HeaderBlock, S
 from portllm_core.commands.replies import Reply
 from portllm_core.ids import Action, Block
 from portllm_core.views import GuardProposal, LineageView, ReleaseView, RunCard, StatusView, Table
+from portllm_engine.kpi import wilson_interval
 from registry.services.ratings import Satisfaction
 
 # Slack's limits for the fields used here, as slack_sdk's Block Kit models define them; the
@@ -82,7 +83,7 @@ def satisfaction_text(score: Satisfaction | None) -> str:
     """'4/5 👍 80% (38–96%)': the live KPI in a few characters; '–' before the first rating."""
     if score is None or not score.n:
         return "–"
-    low, high = score.ci95
+    low, high = wilson_interval(score.up, score.n)
     return f"{score.up}/{score.n} 👍 {score.rate * 100:.0f}% ({low * 100:.0f}–{high * 100:.0f}%)"
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from registry.models import ACTIVE_RUN_STATUSES, DECIDABLE_ROLLOUT_STATES, Assistant, AuditEvent, BaseModel, Patch, Rollout, RolloutState, Run
 from registry.services.catalog import get_assistant, is_approver, resolve_assistant, same_user
+from portllm_engine.kpi import wilson_interval
 from registry.services.ratings import satisfaction
 
 
@@ -219,7 +220,10 @@ def status(s: Session, assistant: str | None = None, *, channel: str | None = No
 
 def _satisfaction(score) -> dict[str, Any]:
     """The live KPI of a rollout; n 0 when nobody rated its answers yet."""
-    return score.to_json() if score is not None else {"n": 0, "up": 0, "down": 0, "rate": None, "ci95": None}
+    if score is None or not score.n:
+        return {"n": 0, "up": 0, "down": 0, "rate": None, "ci95": None}
+    return {"n": score.n, "up": score.up, "down": score.n - score.up, "rate": score.rate,
+            "ci95": list(wilson_interval(score.up, score.n))}
 
 
 def release(row) -> dict[str, Any]:

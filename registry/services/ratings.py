@@ -1,7 +1,6 @@
 """Answers and their 👍/👎 ratings: the live KPI of each rollout, and its guard."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from sqlalchemy import Integer, cast, func, select
@@ -14,7 +13,7 @@ from registry.services.common import audit, conditional_update
 
 @dataclass(frozen=True)
 class Satisfaction:
-    """The share of 👍 among a rollout's ratings, with its Wilson 95% interval."""
+    """The share of 👍 among a rollout's ratings (its interval is the read models' to show)."""
 
     n: int
     up: int
@@ -22,25 +21,6 @@ class Satisfaction:
     @property
     def rate(self) -> float | None:
         return self.up / self.n if self.n else None
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        return wilson_interval(self.up, self.n)
-
-    def to_json(self) -> dict:
-        return {"n": self.n, "up": self.up, "down": self.n - self.up, "rate": self.rate, "ci95": list(self.ci95)}
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k of n. The engine scores suites with the same formula
-    (portllm_engine.kpi); the registry may not import the engine, so the few lines live here too."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 class UnknownAnswer(NotFound):
