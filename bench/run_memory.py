@@ -4,7 +4,7 @@ Builds a Llama of about 130 M parameters locally (fp32, random weights; the demo
 tokenizer), an evolved `v2`, and a rank-16 PEFT LoRA on all linear layers of `v1`; registers
 them through the flows, starts `portllm worker --queues gpu` and requests `patch … onto v2`.
 The worker's pool process is sampled from /proc while the run works; printed: its resident
-memory before the run, its peak during it, and the peak above that baseline divided by the
+memory after a warm-up run on the demo world, its peak during the run, and the peak above that baseline divided by the
 base's bytes. Target: <= 1.25x (a deep-copied candidate, as before, measured 2.98x).
 
     python bench/run_memory.py [--hidden 1024] [--layers 10]
@@ -76,6 +76,14 @@ def pool_child(pid: int, timeout: float = 120) -> int:
     raise SystemExit("the worker started no pool process")
 
 
+def wait_status(ws, run_id: int) -> tuple[str, str | None, str]:
+    from registry.models import Run
+
+    with ws.session_factory() as s:
+        run = s.get(Run, run_id)
+        return run.status, run.error, run.step
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=1024)
@@ -97,7 +105,6 @@ def main() -> int:
         from portllm_core.flows import catalog, runs
         from portllm_core.workspace import Workspace
         from registry.cli import upgrade
-        from registry.models import Run
 
         ws = Workspace()
         upgrade(ws.settings.resolved_database_url())
@@ -106,6 +113,12 @@ def main() -> int:
         catalog.add_assistant(ws, "bench-assistant", family="bench", suite=write_suite(root / "suite.jsonl"),
                               min_accuracy=0.0, actor="bench")
         catalog.add_patch(ws, "bench-assistant", patch, base="v1", actor="bench")
+        # A warm-up run on the demo world's tiny Llama: the baseline is a worker that has worked, as
+        # every long-running one has, so modules imported on first use are not counted as the base.
+        for version in ("v1", "v2"):
+            catalog.register_base(ws, "warm", version, str(world.bases[version]), actor="bench")
+        catalog.add_assistant(ws, "warm-assistant", family="warm", suite=world.suite_mc, actor="bench")
+        catalog.add_patch(ws, "warm-assistant", world.patch, base="v1", actor="bench")
 
         log = open(root / "worker.log", "wb")
         worker = subprocess.Popen([sys.executable, "-m", "workers.main", "gpu"], cwd=REPO, stdout=log,
@@ -114,7 +127,11 @@ def main() -> int:
             child = pool_child(worker.pid)
             while b"ready on device" not in (root / "worker.log").read_bytes():
                 time.sleep(0.2)
-            time.sleep(1.0)
+            warm_up = runs.request_run(ws.session_factory, ws.queue, kind="transplant", assistant="warm-assistant",
+                                       version="v2", user="bench", channel="#bench", idempotency_key="warm-up")
+            while wait_status(ws, warm_up.run_id)[0] not in ("succeeded", "failed"):
+                time.sleep(0.2)
+            Path(f"/proc/{child}/clear_refs").write_text("5")  # the kernel's peak (VmHWM) starts again from here
             before = memory_kb(child)
             baseline, base_anon, base_file = before["VmRSS"], before["RssAnon"], before["RssFile"]
             requested = runs.request_run(ws.session_factory, ws.queue, kind="transplant", assistant="bench-assistant",
@@ -122,9 +139,7 @@ def main() -> int:
             started = time.monotonic()
             by_step: dict[str, tuple[int, int, int]] = {}  # step -> most (resident, anonymous, file) seen
             while True:
-                with ws.session_factory() as s:
-                    run = s.get(Run, requested.run_id)
-                    status, error, step = run.status, run.error, run.step
+                status, error, step = wait_status(ws, requested.run_id)
                 now = memory_kb(child)
                 seen = by_step.get(step, (0, 0, 0))
                 by_step[step] = (max(seen[0], now["VmRSS"]), max(seen[1], now["RssAnon"]), max(seen[2], now["RssFile"]))
@@ -144,7 +159,7 @@ def main() -> int:
             print(f"  {(rss - baseline) * 1024 / base_bytes:5.2f}x ({(anon - base_anon) * 1024 / base_bytes:.2f} + "
                   f"{(file - base_file) * 1024 / base_bytes:.2f})  {step}")
         above = (peak - baseline) * 1024
-        print(f"worker pool process: {baseline / 1024:.0f} MB before the run, peak {peak / 1024:.0f} MB "
+        print(f"worker pool process: {baseline / 1024:.0f} MB after a warm-up run, peak {peak / 1024:.0f} MB "
               f"during it ({time.monotonic() - started:.0f} s)")
         print(f"peak above baseline / base bytes: {above / base_bytes:.2f}x   (target <= 1.25x; a deep-copied "
               "candidate measured 2.98x)")
