@@ -77,7 +77,7 @@ def release_text(view) -> str:
 
 
 def _card(session: Session, run_id: int):
-    """The bot's read model of a run (the same card Slack and the console show), or None."""
+    """The core's read model of a run (the same card Slack and the console show), or None."""
     from portllm_core.views import run_card
     from registry.errors import UnknownRun
 
