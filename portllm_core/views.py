@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from registry.errors import RegistryError, UnknownRun
 from registry.services.ratings import Satisfaction, satisfaction
+from registry.services.rollouts import newest_proposal
 from registry.models import (
     ACTIVE_RUN_STATUSES,
     EvalStage,
@@ -253,7 +254,7 @@ def run_card(session: Session, run_id: int) -> RunCard:
         can_retune=(verdict in (Verdict.FAIL, Verdict.INCONCLUSIVE) and rollout.state in DECIDABLE_ROLLOUT_STATES
                     and run.patch is not None and run.patch.train_data_ref is not None),
         result_patch_id=run.result_patch_id,
-        replaced_by_run=_newest_proposal(session, rollout),
+        replaced_by_run=_replaced_by_run(session, rollout),
         live_satisfaction=(satisfaction(session, [compared.id]).get(compared.id) if compared is not None else None),
         json=records.run(run),
     )
@@ -264,13 +265,9 @@ def _gate_reason(stage: dict) -> str:
     return f"{stage.get('stage', 'quick').capitalize()} suite, {test}: {stage.get('verdict')}. {stage.get('explanation', '')}"
 
 
-def _newest_proposal(session: Session, rollout: Rollout | None) -> int | None:
-    """The run whose proposal replaced this one's (following replacements to the newest)."""
-    run_id = None
-    while rollout is not None and rollout.newer_rollout_id is not None:
-        rollout = session.get(Rollout, rollout.newer_rollout_id)
-        run_id = rollout.run_id
-    return run_id
+def _replaced_by_run(session: Session, rollout: Rollout | None) -> int | None:
+    newest = None if rollout is None else newest_proposal(session, rollout)
+    return None if newest is None else newest.run_id
 
 
 def _kpi_row(subject: str, evaluation: Evaluation | None) -> KpiRow | None:

@@ -45,6 +45,7 @@ from registry.services.rollouts import (
     live_accuracy,
     open_rollout,
     decide_rollout,
+    newest_proposal,
     rollback,
 )
 from registry.services.audit import (
@@ -104,6 +105,7 @@ __all__ = [
     "open_rollout",
     "decide_rollout",
     "rollback",
+    "newest_proposal",
     "audit_events",
     "RELEASE_ACTOR",
     "release_targets",

@@ -243,14 +243,20 @@ def _not_awaiting(s: Session, rollout: Rollout) -> RunNotAwaitingApproval:
     """The refusal for deciding a rollout that is not pending; a retired one names the run to decide."""
     if rollout.state != RolloutState.SUPERSEDED_BY_NEWER:
         return RunNotAwaitingApproval(rollout.run_id, rollout.state)
-    current = _reload_rollout(s, rollout.newer_rollout_id)
-    while current.state == RolloutState.SUPERSEDED_BY_NEWER:  # the newer one was replaced in turn
-        current = _reload_rollout(s, current.newer_rollout_id)
+    current = newest_proposal(s, rollout)
     return ReplacedByNewerRun(
         rollout.run_id, rollout.state, current_run_id=current.run_id, current_state=current.state,
         current_pending=current.state in DECIDABLE_ROLLOUT_STATES, assistant=rollout.assistant.name,
         version=rollout.run.target_base.version, channel=rollout.channel,
     )
+
+
+def newest_proposal(s: Session, rollout: Rollout) -> Rollout | None:
+    """The proposal that retired this one, following replacements to the newest; None if not retired."""
+    current = None
+    while rollout.newer_rollout_id is not None:  # the newer one may have been replaced in turn
+        current = rollout = _reload_rollout(s, rollout.newer_rollout_id)
+    return current
 
 
 def _reload_rollout(s: Session, rollout_id: int) -> Rollout:
