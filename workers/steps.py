@@ -8,6 +8,8 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,32 +154,44 @@ def measure_drift(job: RunJob, inputs: RunInputs, patch_dir: Path) -> None:
     job.drift_report = measure(inputs.origin_dir, inputs.target_dir, sorted(lora_modules(patch_dir))).to_dict()
 
 
-def score(job: RunJob, inputs: RunInputs, suite: Suite, patch_dir: Path, low: float, high: float) -> list[Scored]:
-    """Score the target base alone, then the candidate: the patch attached by name to the same
-    resident base, unmerged. One copy of the base serves both (PEFT's unmerged LoRA computes
+@dataclass(frozen=True)
+class Candidate:
+    server: object  # portllm_engine.transplant.PatchServer: the resident target base
+    name: str  # the run's patch, attached to it
+
+
+@contextmanager
+def candidate(job: RunJob, inputs: RunInputs, patch_dir: Path, low: float) -> Iterator[Candidate]:
+    """The patch attached by name to the resident target base, unmerged, for the whole run. One
+    copy of the base serves the base alone and the candidate (PEFT's unmerged LoRA computes
     W·x + scale·B·A·x, which equals the merged W′·x up to float rounding), and it stays pristine
     in the cache for the next run and for answers."""
+    job.step(low, "loading the target base")
+    server = resident_bases().get(inputs.target_fingerprint, inputs.target_dir, inputs.target_label)
+    name = f"run-{inputs.run_id}"
+    job.step(low + 0.01, "attaching the patch to the target base")
+    server.attach(name, patch_dir)
+    try:
+        yield Candidate(server, name)
+    finally:
+        server.detach(name)  # answers attach the patches they serve under their own names
+
+
+def score(job: RunJob, found: Candidate, suite: Suite, low: float, high: float) -> list[Scored]:
+    """Score one stage's suite on the target base alone (the patch switched off), then on the candidate."""
     from portllm_engine.kpi import evaluate, load_suite
 
     items = load_suite(suite.path)
     on = "" if suite.stage == EvalStage.QUICK else f" on the {suite.stage} suite"
-    job.step(low, "loading the target base")
-    server = resident_bases().get(inputs.target_fingerprint, inputs.target_dir, inputs.target_label)
-    mid = low + (high - low) / 2
-    job.step(low + 0.01, f"evaluating the target base alone{on}")
-    with server.use(None) as model:
-        on_base = evaluate(model, server.tokenizer, items,
-                           progress=job.progress_between(low + 0.01, mid, f"evaluating the target base alone{on}"))
-    name = f"run-{inputs.run_id}"
-    job.step(mid, "attaching the patch to the target base")
-    server.attach(name, patch_dir)
-    try:
-        job.step(mid + 0.01, f"evaluating the candidate{on}")
-        with server.use(name) as model:
-            on_candidate = evaluate(model, server.tokenizer, items,
-                                    progress=job.progress_between(mid + 0.01, high, f"evaluating the candidate{on}"))
-    finally:
-        server.detach(name)  # answers attach the patches they serve under their own names
+    server, mid = found.server, low + (high - low) / 2
+    results = {}
+    for subject, patch, start, end, what in ((EvalSubject.TARGET_BASE, None, low, mid, "the target base alone"),
+                                             (EvalSubject.CANDIDATE, found.name, mid, high, "the candidate")):
+        job.step(start, f"evaluating {what}{on}")
+        with server.use(patch) as model:
+            results[subject] = evaluate(model, server.tokenizer, items,
+                                        progress=job.progress_between(start, end, f"evaluating {what}{on}"))
+    on_candidate, on_base = results[EvalSubject.CANDIDATE], results[EvalSubject.TARGET_BASE]
     return [Scored(EvalSubject.CANDIDATE, suite.stage, suite.digest, on_candidate, store_items(on_candidate)),
             Scored(EvalSubject.TARGET_BASE, suite.stage, suite.digest, on_base, store_items(on_base))]
 
@@ -233,17 +247,18 @@ def gated(job: RunJob, inputs: RunInputs, patch_dir: Path, low: float, new_patch
     outcome = Outcome(new_patch=new_patch)
     stages = []
     split = low + (0.92 - low) * 0.4 if len(inputs.suites) > 1 else 0.92
-    for suite, (start, end) in zip(inputs.suites, ((low, split), (split, 0.92))):
-        scored = score(job, inputs, suite, patch_dir, start, end)
-        outcome.evaluations += scored
-        job.step(end + 0.01, f"computing the gate verdict ({suite.stage} suite)")
-        live = live_score(job, inputs, suite.digest)
-        decision = decide(inputs, scored[0].result, live)
-        stages.append({"stage": suite.stage, "verdict": decision.verdict, "test": decision.test,
-                       "explanation": decision.explanation})
-        outcome.verdict, outcome.live_accuracy = decision.verdict, None if live is None else live.accuracy
-        if decision.verdict != "inconclusive":
-            break
+    with candidate(job, inputs, patch_dir, low) as found:
+        for suite, (start, end) in zip(inputs.suites, ((low + 0.02, split), (split, 0.92))):
+            scored = score(job, found, suite, start, end)
+            outcome.evaluations += scored
+            job.step(end + 0.01, f"computing the gate verdict ({suite.stage} suite)")
+            live = live_score(job, inputs, suite.digest)
+            decision = decide(inputs, scored[0].result, live)
+            stages.append({"stage": suite.stage, "verdict": decision.verdict, "test": decision.test,
+                           "explanation": decision.explanation})
+            outcome.verdict, outcome.live_accuracy = decision.verdict, None if live is None else live.accuracy
+            if decision.verdict != "inconclusive":
+                break
     outcome.gate_report = {"stages": stages}
     job.step(0.98, "opening the rollout")
     return outcome
@@ -263,7 +278,8 @@ def eval_only(job: RunJob) -> Outcome:
     inputs = load_inputs(job)
     check_compatibility(job, inputs, inputs.patch_dir)
     measure_drift(job, inputs, inputs.patch_dir)
-    return Outcome(evaluations=score(job, inputs, inputs.suites[0], inputs.patch_dir, 0.2, 0.95))
+    with candidate(job, inputs, inputs.patch_dir, 0.2) as found:
+        return Outcome(evaluations=score(job, found, inputs.suites[0], 0.22, 0.95))
 
 
 def retune(job: RunJob) -> Outcome:
