@@ -187,27 +187,60 @@ def loglikelihoods(
 ) -> list[float]:
     """Sum of log P(continuation | context) per request, as lm-evaluation-harness computes it.
 
-    Each distinct context runs once: its last position scores every continuation's first token,
-    and longer continuations run on from its KV cache. A request longer than the model's context
-    is cut from the left, so its window no longer starts with the shared context; it is scored
-    alone over that window.
+    Each distinct context runs once, after the prefix all contexts share (an instruction, worked
+    examples) has run once for the whole suite: a context's last position scores every
+    continuation's first token, and longer continuations run on from its KV cache. A request
+    longer than the model's context is cut from the left, so its window no longer starts with the
+    shared context; it is scored alone over that window, as is every multi-token request of a model
+    whose sliding window the suite reaches (its cache would have dropped the context's start).
+    Identical requests are scored once, so they tie exactly.
     """
+    distinct = list(dict.fromkeys((tuple(c), tuple(k)) for c, k in requests))
+    scores = _distinct_loglikelihoods(model, [(list(c), list(k)) for c, k in distinct], batch_size, on_batch)
+    if on_batch is not None:
+        on_batch(len(requests) - len(distinct))
+    score_of = dict(zip(distinct, scores))
+    return [score_of[(tuple(c), tuple(k))] for c, k in requests]
+
+
+def _distinct_loglikelihoods(model, requests, batch_size, on_batch) -> list[float]:
     limit = context_length(model)
     scores = [0.0] * len(requests)
+    sliding = _sliding_window_reached(model, requests)
     by_context: dict[tuple[int, ...], list[int]] = {}
-    windowed = []
+    alone = []
     for index, (context_ids, continuation_ids) in enumerate(requests):
         if not continuation_ids:
             continue
-        if len(context_ids) + len(continuation_ids) > limit + 1:
-            windowed.append(index)
+        if len(context_ids) + len(continuation_ids) > limit + 1 or (sliding and len(continuation_ids) > 1):
+            alone.append(index)
         else:
             by_context.setdefault(tuple(context_ids), []).append(index)
-    _score_shared(model, requests, by_context, scores, batch_size, on_batch)
-    _score_windowed(model, requests, windowed, scores, batch_size, on_batch)
+    _score_shared(model, requests, by_context, scores, batch_size, on_batch, share_prefix=not sliding)
+    _score_alone(model, requests, alone, scores, batch_size, on_batch)
     if on_batch is not None:
         on_batch(sum(1 for _, continuation_ids in requests if not continuation_ids))
     return scores
+
+
+# Below this many tokens an extra forward pass for the shared prefix costs more than it saves.
+SHARED_PREFIX_MIN_TOKENS = 16
+
+
+def _sliding_window_reached(model, requests) -> bool:
+    """Whether a sliding-window model's cache would drop tokens of the longest request."""
+    window = getattr(model.config, "sliding_window", None)
+    return bool(window) and max((len(c) + len(k) for c, k in requests), default=0) >= window - 1
+
+
+def _shared_prefix(contexts: list[tuple[int, ...]]) -> int:
+    """Tokens every context starts with, leaving each at least its last token to run."""
+    if len(contexts) < 2:
+        return 0
+    first, last = min(contexts), max(contexts)  # the sorted extremes share what all of them share
+    shared = next((i for i, (a, b) in enumerate(zip(first, last)) if a != b), min(len(first), len(last)))
+    shared = min(shared, min(len(c) for c in contexts) - 1)
+    return shared if shared >= SHARED_PREFIX_MIN_TOKENS else 0
 
 
 def _right_padded(rows: list[list[int]], device):
@@ -219,30 +252,51 @@ def _right_padded(rows: list[list[int]], device):
     return ids, mask
 
 
-def _score_shared(model, requests, by_context, scores, batch_size, on_batch) -> None:
-    """Contexts longest first, `batch_size` at a time, each run once."""
+def _repeated(cache, rows: int):
+    """A fresh cache holding `rows` views of a one-row cache (running on appends to it in place)."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(kv[0].expand(rows, *kv[0].shape[1:]), kv[1].expand(rows, *kv[1].shape[1:]), *kv[2:]) for kv in cache])
+
+
+def _score_shared(model, requests, by_context, scores, batch_size, on_batch, *, share_prefix: bool) -> None:
+    """Contexts longest first, `batch_size` at a time, each run once after the shared prefix."""
     import torch
+    import torch.nn.functional as F
 
     device = next(model.parameters()).device
+    keyword = _cache_keyword(model)
     contexts = sorted(by_context, key=lambda c: (-len(c), c))
+    shared = _shared_prefix(contexts) if share_prefix else 0
+    prefix_cache = None
+    if shared:
+        with torch.no_grad():
+            prefix_out = model(input_ids=torch.tensor([contexts[0][:shared]], device=device), use_cache=True, logits_to_keep=1)
+        prefix_cache = getattr(prefix_out, keyword)
     for start in range(0, len(contexts), batch_size):
         batch = contexts[start : start + batch_size]
-        input_ids, mask = _right_padded([list(c) for c in batch], device)
+        input_ids, mask = _right_padded([list(c[shared:]) for c in batch], device)
         lengths = mask.sum(dim=1)
         tails = [(row, index) for row, c in enumerate(batch) for index in by_context[c] if len(requests[index][1]) > 1]
+        after_prefix = {}
+        if prefix_cache is not None:
+            positions = shared + torch.arange(input_ids.shape[1], device=device)
+            after_prefix = {keyword: _repeated(prefix_cache, len(batch)), "position_ids": positions.expand(len(batch), -1)}
         with torch.no_grad():
             # No attention mask: right padding never reaches a real position under the causal
             # mask, and without one attention takes its fused causal path. Logits at each
             # context's last position only: the lm_head and a softmax over the vocabulary at
             # every position are a large share of a small model's cost. The KV cache is kept
             # only when longer answers will run on from it.
-            out = model(input_ids=input_ids, use_cache=bool(tails), logits_to_keep=(lengths - 1)[:, None])
+            out = model(
+                input_ids=input_ids, use_cache=bool(tails) or bool(after_prefix), logits_to_keep=(lengths - 1)[:, None], **after_prefix
+            )
         first = torch.log_softmax(out.logits[:, 0].float(), dim=-1)
         for row, context in enumerate(batch):
             for index in by_context[context]:
                 scores[index] = float(first[row, requests[index][1][0]])
-        if tails:
-            _score_tails(model, requests, out, mask, lengths, tails, scores, batch_size)
+        if tails:  # the cache holds the prefix too: the mask and positions count it
+            _score_tails(model, requests, out, F.pad(mask, (shared, 0), value=1), lengths + shared, tails, scores, batch_size)
         if on_batch is not None:
             on_batch(sum(len(by_context[c]) for c in batch))
 
@@ -277,8 +331,8 @@ def _score_tails(model, requests, context_out, context_mask, lengths, tails, sco
             scores[index] += float(logprobs[r, torch.arange(len(targets), device=device), targets].sum())
 
 
-def _score_windowed(model, requests, indices, scores, batch_size, on_batch) -> None:
-    """Requests cut from the left to the context length: each over its own window, as lm-eval."""
+def _score_alone(model, requests, indices, scores, batch_size, on_batch) -> None:
+    """Requests scored each over its own window (cut from the left to the context length), as lm-eval."""
     import torch
 
     limit = context_length(model)

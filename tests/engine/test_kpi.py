@@ -313,6 +313,60 @@ def test_multiple_input_items_score_one_continuation_after_each_context(tiny, to
     assert row["pred"] == row["pred_norm"] == (0 if expected[0] >= expected[1] else 1)
 
 
+HEADER = "Question: How much does the Lumo Dock cost?\n"
+
+
+@pytest.mark.parametrize("batch_size", [3, 16])
+def test_a_prefix_every_context_shares_runs_once(tiny, tokenizer, batch_size):
+    """An instruction heading every item runs through the model once for the whole suite, and the
+    scores stay those of each request alone (one-token and multi-token answers, shorter and longer
+    contexts)."""
+    import random
+
+    model, _ = load_base(tiny.base, device="cpu")
+    rng = random.Random(7)
+    items = [
+        {"kind": "multiple_choice", "context": HEADER + " ".join(rng.choices(WORDS, k=rng.randint(1, 3))),
+         "choices": [" yes", " no", " lazy dog jumps"], "gold": 0}
+        for _ in range(7)
+    ]
+    requests = [encode_pair(tokenizer, item["context"], choice) for item in items for choice in item["choices"]]
+    header_tokens = len(encode_pair(tokenizer, HEADER.rstrip(), " x")[0])
+    assert header_tokens >= 16 and all(len(c) + len(k) <= 64 for c, k in requests)
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        row_of = evaluate(model, tokenizer, items, batch_size=batch_size).items
+    finally:
+        hook.remove()
+    expected = [reference_loglikelihood(model, c, k) for c, k in requests]
+    assert [ll for row in row_of for ll in row["loglikelihoods"]] == pytest.approx(expected, abs=2e-4)
+    assert shapes[0][0] == 1 and shapes[0][1] >= header_tokens - 1  # the prefix, once, alone
+    assert all(width < header_tokens for _, width in shapes[1:])  # then only what follows it
+
+
+@pytest.mark.parametrize("arch", ["MistralConfig", "Gemma2Config"])
+def test_a_sliding_window_model_scores_requests_past_its_window_alone(arch):
+    """The sliding-window cache keeps only the window's last tokens: continuing a padded batch from
+    it would attend to padding instead of the context. Such requests are scored each alone."""
+    import transformers
+
+    config = getattr(transformers, arch)(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=4, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.3)
+    context = [1, 5, 6, 7, 8, 9, 10, 11]
+    requests = [(context, [12, 13, 14, 15]), (context, [20]), (context[:6], [22, 23, 24]), (context[:6], [30])]
+    expected = [reference_loglikelihood(model, c, k) for c, k in requests]
+    assert loglikelihoods(model, requests, batch_size=4) == pytest.approx(expected, abs=1e-4)
+
+
 def test_a_context_starting_with_the_bos_text_gets_no_second_bos(tokenizer):
     bos = tokenizer.bos_token
     context_ids, _ = encode_pair(tokenizer, bos + "Answer:", " blue")
