@@ -302,6 +302,8 @@ def status_blocks(view: StatusView) -> list[dict]:
 
 def lineage_blocks(view: LineageView) -> list[dict]:
     blocks = [header(f"Lineage · {view.assistant} ({view.family})", Block.LINEAGE_HEADER)]
+    if view.channel:
+        blocks.append(context(f"Runs in {escape(view.channel)} only.", f"{Block.LINEAGE_HEADER}_scope"))
     if not view.patches:
         blocks.append(section("No patch registered yet.", f"{Block.LINEAGE_PATCH}_none"))
     for patch in view.patches:

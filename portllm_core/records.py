@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from registry.models import ACTIVE_RUN_STATUSES, DECIDABLE_ROLLOUT_STATES, Assistant, AuditEvent, BaseModel, Patch, Rollout, RolloutState, Run
@@ -249,17 +249,22 @@ def _base_dict(base: BaseModel) -> dict[str, Any]:
             "fingerprint": base.fingerprint, "source_ref": base.source_ref}
 
 
-def lineage(s: Session, assistant: str | Assistant) -> dict[str, Any]:
+def runs_of(assistant: Assistant, channel: str | None = None) -> Select:
+    """An assistant's runs; with a channel, only those requested there."""
+    query = select(Run).where(Run.assistant_id == assistant.id)
+    return query if channel is None else query.where(Run.channel == channel)
+
+
+def lineage(s: Session, assistant: str | Assistant, channel: str | None = None) -> dict[str, Any]:
     """The assistant's history as a tree, each level ordered by time:
     patches (origin base, provenance, parent) -> runs (target base, status, drift)
-    -> evaluations and rollouts (state, channel, who decided, what it replaced, every event)."""
+    -> evaluations and rollouts (state, channel, who decided, what it replaced, every event).
+    With a channel, only the runs in that channel."""
     owner = resolve_assistant(s, assistant)
     patches = list(s.scalars(
         select(Patch).where(Patch.assistant_id == owner.id).order_by(Patch.created_at, Patch.id)
     ))
-    runs = list(s.scalars(
-        select(Run).where(Run.assistant_id == owner.id).order_by(Run.created_at, Run.id)
-    ))
+    runs = list(s.scalars(runs_of(owner, channel).order_by(Run.created_at, Run.id)))
     scores = satisfaction(s, [r.rollout.id for r in runs if r.rollout is not None])
     events: dict[int, list[AuditEvent]] = {}
     for event in s.scalars(
@@ -312,6 +317,7 @@ def lineage(s: Session, assistant: str | Assistant) -> dict[str, Any]:
         "assistant": owner.name,
         "family": owner.family,
         "gate": {"min_accuracy": owner.min_accuracy, "max_regression": owner.max_regression},
+        "channel": channel,  # runs of this channel only; None: every channel
         "patches": [
             {
                 "id": p.id, "kind": p.kind, "created_at": _iso(p.created_at),

@@ -145,6 +145,7 @@ class LineageView:
     assistant: str
     family: str
     patches: tuple[LineagePatch, ...]
+    channel: str | None = None  # only this channel's runs (chat); None: every channel (operators)
     json: dict = field(default_factory=dict, compare=False, repr=False)  # records.*: what `--json` prints
 
     def to_json(self) -> dict:
@@ -334,9 +335,10 @@ def status_view(session: Session, assistant: str | None = None, *, channel: str 
                       json=records.status(session, assistant, channel=channel, viewer=viewer))
 
 
-def lineage_view(session: Session, assistant: Assistant) -> LineageView:
+def lineage_view(session: Session, assistant: Assistant, channel: str | None = None) -> LineageView:
+    """The assistant's patches and their runs; with a channel, only the runs in it (others may be private)."""
     runs_by_patch: dict[int, list[Run]] = {}
-    all_runs = list(session.scalars(select(Run).where(Run.assistant_id == assistant.id).order_by(Run.id)))
+    all_runs = list(session.scalars(records.runs_of(assistant, channel).order_by(Run.id)))
     for run in all_runs:
         # A train run has no source patch: it belongs under the patch it produced.
         runs_by_patch.setdefault(run.patch_id or run.result_patch_id, []).append(run)
@@ -354,7 +356,8 @@ def lineage_view(session: Session, assistant: Assistant) -> LineageView:
         )
         patches.append(LineagePatch(patch.id, patch.origin_base.version, patch.rank, patch.parent_patch_id,
                                     _provenance_line(patch.provenance or {}), runs))
-    return LineageView(assistant.name, assistant.family, tuple(patches), json=records.lineage(session, assistant))
+    return LineageView(assistant.name, assistant.family, tuple(patches), channel,
+                       json=records.lineage(session, assistant, channel))
 
 
 def _accuracy(run: Run) -> float | None:

@@ -157,8 +157,8 @@ def _status(cmd: grammar.Status, ctx: Context) -> Reply:
 
 def _lineage(cmd: grammar.Lineage, ctx: Context) -> Reply:
     with ctx.session_factory() as s:
-        view = views.lineage_view(s, services.get_assistant(s, cmd.assistant))
-    return Reply(f"Lineage of {view.assistant}: {len(view.patches)} patch(es).", view=view)
+        view = views.lineage_view(s, services.get_assistant(s, cmd.assistant), channel=ctx.channel)  # others may be private
+    return Reply(f"Lineage of {view.assistant} in {ctx.channel}: {len(view.patches)} patch(es).", view=view)
 
 
 def _bases(cmd: grammar.Bases, ctx: Context) -> Reply:

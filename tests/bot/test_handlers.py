@@ -122,6 +122,9 @@ def test_reads(world):
     assert [r.run_id for r in status.view.pending] == [pending]
     lineage = handle(f"lineage {ASSISTANT}", ctx(world))
     assert isinstance(lineage.view, LineageView) and len(lineage.view.patches[0].runs) == 2
+    hidden = handle(f"lineage {ASSISTANT}", ctx(world, channel="COTHER1"))  # another channel's runs may be private
+    assert hidden.ok and hidden.view.patches and not hidden.view.patches[0].runs
+    assert hidden.view.to_json()["channel"] == "COTHER1" and not hidden.view.to_json()["patches"][0]["runs"]
     bases = handle("bases", ctx(world))
     assert isinstance(bases.view, Table) and [r[1] for r in bases.view.rows] == ["v1", "v2", "v3"]
     assistants = handle("assistants", ctx(world))
