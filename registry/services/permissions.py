@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from registry.errors import NotRequester, OwnRunUnderFourEyes, RateLimited, WrongChannel
@@ -47,7 +47,13 @@ def require_rollback_here(s: Session, assistant: Assistant, user: str, channel: 
 
 def require_run_quota(s: Session, assistant: Assistant, user: str, *, per_user: int, per_assistant: int,
                       window_s: int) -> None:
-    """At most `per_user` runs by one person and `per_assistant` runs of one assistant per window."""
+    """At most `per_user` runs by one person and `per_assistant` runs of one assistant per window.
+
+    Requests for one assistant are counted one at a time: a no-op write holds the assistant's row
+    until commit (PostgreSQL locks the row; SQLite takes its database write lock), so two requests
+    arriving together cannot both take the last free slot.
+    """
+    s.execute(update(Assistant).where(Assistant.id == assistant.id).values(name=Assistant.name))
     since = utcnow() - timedelta(seconds=window_s)
     for whose, limit, where in (("Your runs", per_user, Run.requested_by == user),
                                 (f"Runs of {assistant.name}", per_assistant, Run.assistant_id == assistant.id)):

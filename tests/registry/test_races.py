@@ -129,3 +129,43 @@ def test_ten_workers_claiming_one_run_have_one_winner(session_factory):
     assert len(winners) == 1 and not any(isinstance(o, Exception) for o in outcomes), outcomes
     with session_scope(session_factory) as s:
         assert s.get(Run, run.id).worker == winners[0] and s.get(Run, run.id).attempts == 1
+
+
+def test_two_requests_at_once_cannot_both_take_the_last_free_run(session_factory, monkeypatch):
+    """The quota is counted under the assistant's lock: with one run left in the hour, two requests
+    arriving together give one run and one refusal that says when to try again. (The gap between
+    counting and recording is widened so that, unlocked, both would count zero.)"""
+    import time
+
+    from portllm_core.flows.runs import RateLimits, request_run
+
+    with session_scope(session_factory) as s:
+        seed(s)
+    recorded = sv.request_run
+
+    def slow_record(*args, **kwargs):
+        time.sleep(0.5)
+        return recorded(*args, **kwargs)
+
+    monkeypatch.setattr(sv, "request_run", slow_record)
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = [None, None]
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = request_run(session_factory, lambda *a: None, kind="transplant", assistant=ASSISTANT,
+                                      version="v2", user=f"user-{i}", channel="support",
+                                      idempotency_key=f"race-{i}", limits=RateLimits(per_user=5, per_assistant=1))
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(refused) == 1 and "try again" in str(refused[0]).lower(), outcomes
+    with session_scope(session_factory) as s:
+        assert _count(s, Run) == 1
