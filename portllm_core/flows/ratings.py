@@ -43,6 +43,15 @@ def rate_message(session_factory: sessionmaker[Session], channel: str, message_t
         return None if answer is None else _rate(s, answer, user, up)
 
 
+def unrate_message(session_factory: sessionmaker[Session], channel: str, message_ts: str, *, user: str,
+                   up: bool) -> bool:
+    """A removed reaction takes its rating back; False when the message is not an answer or that
+    rating is not the person's now."""
+    with session_scope(session_factory) as s:
+        answer = services.answer_for_message(s, channel, message_ts)
+        return answer is not None and services.unrate(s, answer, user=user, up=up)
+
+
 def _rate(s: Session, answer, user: str, up: bool) -> Rated:
     services.rate(s, answer, user=user, up=up)
     rollout = answer.rollout

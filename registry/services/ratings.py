@@ -72,6 +72,20 @@ def rate(s: Session, answer: Answer, *, user: str, up: bool) -> Rating:
     return rating
 
 
+def unrate(s: Session, answer: Answer, *, user: str, up: bool) -> bool:
+    """Take back a person's 👍 (up) or 👎 on an answer; False when that is not their rating now
+    (a later rating of the other kind stands)."""
+    s.execute(select(Rollout.id).where(Rollout.id == answer.rollout_id).with_for_update())  # as `rate`
+    rating = s.scalar(select(Rating).where(Rating.answer_id == answer.id, Rating.user == user, Rating.up == up))
+    if rating is None:
+        return False
+    s.delete(rating)
+    s.flush()
+    audit(s, actor=user, action="answer.unrated", entity_type="answer", entity_id=answer.id,
+          assistant_id=answer.rollout.assistant_id, rollout_id=answer.rollout_id, up=up)
+    return True
+
+
 def satisfaction(s: Session, rollout_ids: list[int]) -> dict[int, Satisfaction]:
     """Per rollout: how many ratings its answers got and how many were 👍 (absent: none yet)."""
     if not rollout_ids:

@@ -230,6 +230,20 @@ def test_thumbs_down_reactions_rate_the_answer_and_the_guard_card_rolls_back_in_
     with world.session_factory() as s:
         assert services.satisfaction(s, [s.get(Run, v2).rollout.id])[s.get(Run, v2).rollout.id].n == 2
 
+    # Taking a reaction back takes the rating back; removing a 👍 the person never gave changes nothing.
+    for i, reaction in enumerate(("+1", "-1")):
+        response = slack_http.event(server.url, {"type": "reaction_removed", "user": OUTSIDER, "reaction": reaction,
+                                                 "item": item, "event_ts": f"17000001{i}.0"},
+                                    event_id=f"Ev-unreact-{i}", bot_user=BOT_USER_ID)
+        assert response.status_code == 200
+    with world.session_factory() as s:
+        rollout_id = s.get(Run, v2).rollout.id
+        deadline = time.monotonic() + 10  # Bolt acks first and runs the listener after
+        while services.satisfaction(s, [rollout_id])[rollout_id].n != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            s.expire_all()
+        assert services.satisfaction(s, [rollout_id])[rollout_id] == services.Satisfaction(n=1, up=0)
+
     response = slack_http.click(server.url, Action.ROLLBACK, ASSISTANT, user=APPROVER, channel=CHANNEL,
                                 message_ts="1700000001.000200", response_url=response_url(fake_slack, "rb"))
     assert response.status_code == 200
