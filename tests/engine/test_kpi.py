@@ -345,15 +345,23 @@ def test_a_prefix_every_context_shares_runs_once(tiny, tokenizer, batch_size):
     assert all(width < header_tokens for _, width in shapes[1:])  # then only what follows it
 
 
-@pytest.mark.parametrize("arch", ["MistralConfig", "Gemma2Config"])
-def test_a_sliding_window_model_scores_requests_past_its_window_alone(arch):
-    """The sliding-window cache keeps only the window's last tokens: continuing a padded batch from
-    it would attend to padding instead of the context. Such requests are scored each alone."""
+@pytest.mark.parametrize(("arch", "window"), [
+    ("LlamaConfig", None), ("Qwen2Config", None), ("Phi3Config", None), ("MistralConfig", 64),  # the prefix runs once
+    ("MistralConfig", 4), ("Gemma2Config", 4),  # the window is reached: multi-token requests run alone
+])
+def test_each_architecture_scores_shared_prefixes_and_sliding_windows_exactly(arch, window):
+    """Requests behind a 20-token shared prefix, one-token and multi-token, in padded batches, equal
+    each request scored alone. A sliding-window cache keeps only the window's last tokens: a padded
+    batch continued from it would attend to padding instead of the context, so when a suite reaches
+    the window its multi-token requests are scored each alone."""
+    import random
+
     import transformers
 
     config = getattr(transformers, arch)(
         vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, sliding_window=4, max_position_embeddings=64,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, pad_token_id=0,
+        **({"sliding_window": window} if window else {}),
     )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -361,8 +369,12 @@ def test_a_sliding_window_model_scores_requests_past_its_window_alone(arch):
         for param in model.parameters():
             if param.dim() == 2:
                 param.normal_(0.0, 0.3)
-    context = [1, 5, 6, 7, 8, 9, 10, 11]
-    requests = [(context, [12, 13, 14, 15]), (context, [20]), (context[:6], [22, 23, 24]), (context[:6], [30])]
+    rng = random.Random(3)
+    prefix = [rng.randrange(1, 50) for _ in range(20)]
+    requests = []
+    for _ in range(9):
+        context = prefix + [rng.randrange(1, 50) for _ in range(rng.randint(1, 12))]
+        requests += [(context, [rng.randrange(1, 50)]), (context, [rng.randrange(1, 50) for _ in range(rng.randint(2, 5))])]
     expected = [reference_loglikelihood(model, c, k) for c, k in requests]
     assert loglikelihoods(model, requests, batch_size=4) == pytest.approx(expected, abs=1e-4)
 
