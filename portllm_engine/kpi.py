@@ -1,8 +1,9 @@
 """KPI suites (JSONL) and their evaluation.
 
 `multiple_choice` items are scored by log-likelihood exactly as lm-evaluation-harness does
-(`acc`, `acc_norm`), each distinct context computed once; `generate` items by greedy decoding,
-`exact_match`, `contains` or `number` (the last number in the output equals the target's).
+(`acc`, `acc_norm`), each distinct context computed once and a prefix all of them share once per
+suite; `generate` items by greedy decoding, `exact_match`, `contains` or `number` (the last number
+in the output equals the target's).
 """
 from __future__ import annotations
 
@@ -256,7 +257,7 @@ def _repeated(cache, rows: int):
     """A fresh cache holding `rows` views of a one-row cache (running on appends to it in place)."""
     from transformers import DynamicCache
 
-    return DynamicCache([(kv[0].expand(rows, *kv[0].shape[1:]), kv[1].expand(rows, *kv[1].shape[1:]), *kv[2:]) for kv in cache])
+    return DynamicCache([(k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:]), *rest) for k, v, *rest in cache])
 
 
 def _score_shared(model, requests, by_context, scores, batch_size, on_batch, *, share_prefix: bool) -> None:
@@ -271,8 +272,8 @@ def _score_shared(model, requests, by_context, scores, batch_size, on_batch, *, 
     prefix_cache = None
     if shared:
         with torch.no_grad():
-            prefix_out = model(input_ids=torch.tensor([contexts[0][:shared]], device=device), use_cache=True, logits_to_keep=1)
-        prefix_cache = getattr(prefix_out, keyword)
+            prefix_ids = torch.tensor([contexts[0][:shared]], device=device)
+            prefix_cache = getattr(model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1), keyword)
     for start in range(0, len(contexts), batch_size):
         batch = contexts[start : start + batch_size]
         input_ids, mask = _right_padded([list(c[shared:]) for c in batch], device)
@@ -281,22 +282,23 @@ def _score_shared(model, requests, by_context, scores, batch_size, on_batch, *, 
         after_prefix = {}
         if prefix_cache is not None:
             positions = shared + torch.arange(input_ids.shape[1], device=device)
-            after_prefix = {keyword: _repeated(prefix_cache, len(batch)), "position_ids": positions.expand(len(batch), -1)}
+            after_prefix = {keyword: _repeated(prefix_cache, len(batch)),
+                            "position_ids": positions.expand(len(batch), -1)}
         with torch.no_grad():
             # No attention mask: right padding never reaches a real position under the causal
             # mask, and without one attention takes its fused causal path. Logits at each
             # context's last position only: the lm_head and a softmax over the vocabulary at
             # every position are a large share of a small model's cost. The KV cache is kept
             # only when longer answers will run on from it.
-            out = model(
-                input_ids=input_ids, use_cache=bool(tails) or bool(after_prefix), logits_to_keep=(lengths - 1)[:, None], **after_prefix
-            )
+            out = model(input_ids=input_ids, use_cache=bool(tails or after_prefix),
+                        logits_to_keep=(lengths - 1)[:, None], **after_prefix)
         first = torch.log_softmax(out.logits[:, 0].float(), dim=-1)
         for row, context in enumerate(batch):
             for index in by_context[context]:
                 scores[index] = float(first[row, requests[index][1][0]])
         if tails:  # the cache holds the prefix too: the mask and positions count it
-            _score_tails(model, requests, out, F.pad(mask, (shared, 0), value=1), lengths + shared, tails, scores, batch_size)
+            cache_mask = F.pad(mask, (shared, 0), value=1)
+            _score_tails(model, requests, out, cache_mask, lengths + shared, tails, scores, batch_size)
         if on_batch is not None:
             on_batch(sum(len(by_context[c]) for c in batch))
 
