@@ -57,9 +57,7 @@ def rate(s: Session, answer: Answer, *, user: str, up: bool) -> Rating:
     """One rating per person and answer; rating again changes it."""
     if not user:
         raise RegistryError("A rating needs the person who gives it.")
-    # Ratings of one rollout take turns until commit: two people reacting at once must each count
-    # the other's rating, or neither would see the guard's threshold crossed.
-    s.execute(select(Rollout.id).where(Rollout.id == answer.rollout_id).with_for_update())
+    _take_turns(s, answer)
     rating = s.scalar(select(Rating).where(Rating.answer_id == answer.id, Rating.user == user))
     if rating is None:
         rating = Rating(answer_id=answer.id, user=user, up=up)
@@ -75,7 +73,7 @@ def rate(s: Session, answer: Answer, *, user: str, up: bool) -> Rating:
 def unrate(s: Session, answer: Answer, *, user: str, up: bool) -> bool:
     """Take back a person's 👍 (up) or 👎 on an answer; False when that is not their rating now
     (a later rating of the other kind stands)."""
-    s.execute(select(Rollout.id).where(Rollout.id == answer.rollout_id).with_for_update())  # as `rate`
+    _take_turns(s, answer)
     rating = s.scalar(select(Rating).where(Rating.answer_id == answer.id, Rating.user == user, Rating.up == up))
     if rating is None:
         return False
@@ -84,6 +82,12 @@ def unrate(s: Session, answer: Answer, *, user: str, up: bool) -> bool:
     audit(s, actor=user, action="answer.unrated", entity_type="answer", entity_id=answer.id,
           assistant_id=answer.rollout.assistant_id, rollout_id=answer.rollout_id, up=up)
     return True
+
+
+def _take_turns(s: Session, answer: Answer) -> None:
+    """Ratings of one rollout take turns until commit: two people reacting at once must each count
+    the other's rating, or neither would see the guard's threshold crossed."""
+    s.execute(select(Rollout.id).where(Rollout.id == answer.rollout_id).with_for_update())
 
 
 def satisfaction(s: Session, rollout_ids: list[int]) -> dict[int, Satisfaction]:
