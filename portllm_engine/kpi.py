@@ -289,7 +289,7 @@ def _score_shared(model, requests, by_context, scores, batch_size, on_batch, *, 
             # mask, and without one attention takes its fused causal path. Logits at each
             # context's last position only: the lm_head and a softmax over the vocabulary at
             # every position are a large share of a small model's cost. The KV cache is kept
-            # only when longer answers will run on from it.
+            # only when longer answers will run on from it, or when it starts from the prefix's.
             out = model(input_ids=input_ids, use_cache=bool(tails or after_prefix),
                         logits_to_keep=(lengths - 1)[:, None], **after_prefix)
         first = torch.log_softmax(out.logits[:, 0].float(), dim=-1)
