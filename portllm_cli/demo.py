@@ -244,8 +244,8 @@ def _check(factory, setup_run: int, v2_run: int, v3_run: int, other_run: int, re
         lineage_runs = {r["id"] for p in lineage["patches"] for r in p["runs"]}
         rated = [services.get_answer(s, answer).rollout.run_id for answer in answers]
         return [
-            Outcome("v2 transplant", "succeeded with two evaluations",
-                    v2.status == "succeeded" and len(v2.evaluations) == 2),
+            Outcome("v2 transplant", "succeeded, the candidate and the base alone scored",
+                    v2.status == "succeeded" and _scored(v2)),
             Outcome("approve v2", "went live, then rolled back",
                     v2.rollout is not None and v2.rollout.state == "rolled_back"),
             Outcome("rated answer", "a 👍 counted for the v2 rollout", rated[0] == v2_run),
@@ -255,12 +255,17 @@ def _check(factory, setup_run: int, v2_run: int, v3_run: int, other_run: int, re
                     v3.status == "succeeded" and v3.rollout is not None and v3.rollout.verdict != "pass"),
             Outcome(f"retune on {RELEASED}", "a new patch, child of the v1 patch, evaluated and approved",
                     retuned.status == "succeeded" and retuned.result_patch is not None
-                    and retuned.result_patch.parent_patch_id == v3.patch_id and len(retuned.evaluations) == 2
+                    and retuned.result_patch.parent_patch_id == v3.patch_id and _scored(retuned)
                     and live is not None and live.run_id == retune_run),
             Outcome("rated answer", f"a 👍 counted for the re-tuned {RELEASED} rollout", rated[1] == retune_run),
             Outcome("lineage", "lists every run of the story",
                     {setup_run, v2_run, v3_run, other_run, retune_run} <= lineage_runs),
         ]
+
+
+def _scored(run) -> bool:
+    """The candidate and the base alone were scored (and live too, when something was live)."""
+    return {"candidate", "target_base"} <= {e.subject for e in run.evaluations}
 
 
 def _write_chart(ws, world, out_dir: Path) -> Path:

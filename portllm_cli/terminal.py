@@ -14,6 +14,7 @@ from portllm_core.blocks import (
     RELEASE_COLUMNS,
     guard_text,
     kpi_rows,
+    reused_text,
     pct,
     release_rows,
     release_title,
@@ -77,6 +78,8 @@ def run_card(card: RunCard) -> Panel:
         parts.append(Text(f"failed: {card.error}", style="red"))
     if card.kpi:
         parts.append(_table("KPI", ("subject", "accuracy", "95% CI", "n"), kpi_rows(card)))
+        if card.reused_from_runs:
+            parts.append(Text(reused_text(card), style="dim"))
     if card.drift_overall is not None:
         worst = ", ".join(f"{m} {d:.3f}" for m, d in card.drift_modules[:5])
         parts.append(Text(f"drift {card.drift_overall:.3f} overall" + (f" · most changed: {worst}" if worst else "")))

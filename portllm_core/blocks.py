@@ -171,6 +171,14 @@ def kpi_rows(card: RunCard) -> list[tuple[str, ...]]:
     return rows
 
 
+def reused_text(card: RunCard) -> str:
+    """'scores reused from run #12' (the evaluation ledger), or nothing when every score was computed."""
+    if not card.reused_from_runs:
+        return ""
+    runs = ", ".join(f"#{run}" for run in card.reused_from_runs)
+    return f"scores reused from run{'s' if len(card.reused_from_runs) > 1 else ''} {runs}"
+
+
 def produced(card: RunCard) -> str:
     """' · produced patch #N' once a re-tune or train run has registered its patch."""
     return f" · produced patch #{card.result_patch_id}" if card.result_patch_id else ""
@@ -198,7 +206,8 @@ def run_card_blocks(card: RunCard) -> list[dict]:
     if card.error and not card.compat_errors:
         blocks.append(section(f"*Failed:* {escape(card.error)}", Block.RUN_ERROR))
     if card.kpi:
-        blocks.append(section("*KPI*\n" + code_table(("subject", "accuracy", "95% CI", "n"), kpi_rows(card),
+        reused = f" · {reused_text(card)}" if card.reused_from_runs else ""
+        blocks.append(section(f"*KPI*{reused}\n" + code_table(("subject", "accuracy", "95% CI", "n"), kpi_rows(card),
                                                      MAX_SECTION_TEXT - 10), Block.RUN_KPI))
     if card.drift_overall is not None:
         worst = ", ".join(f"`{escape(m)}` {d:.3f}" for m, d in card.drift_modules[:5])

@@ -86,6 +86,30 @@ def evaluation(row) -> dict[str, Any]:
         "metrics": row.metrics,
         "items_ref": row.items_ref,
         "duration_s": row.duration_s,
+        "score_id": row.score_id,
+        "reused_from_run": row.reused_from_run,  # None: this run computed the score
+    }
+
+
+def score(row) -> dict[str, Any]:
+    """One evaluation-ledger entry: its key, its result, and who computed it when."""
+    return {
+        "id": row.id,
+        "model_fingerprint": row.model_fingerprint,
+        "patch_digest": row.patch_digest or None,  # None: the base alone
+        "suite_digest": row.suite_digest,
+        "dtype": row.dtype,
+        "device_kind": row.device_kind,
+        "scorer_version": row.scorer_version,
+        "n": row.n,
+        "accuracy": row.accuracy,
+        "ci95": [row.ci_low, row.ci_high],
+        "metrics": row.metrics,
+        "items_ref": row.items_ref,
+        "duration_s": row.duration_s,
+        "run_id": row.run_id,
+        "computed_by": row.computed_by,
+        "created_at": _iso(row.created_at),
     }
 
 
@@ -307,6 +331,7 @@ def lineage(s: Session, assistant: str | Assistant, channel: str | None = None) 
                     "id": e.id, "subject": e.subject, "stage": e.stage, "n": e.n, "accuracy": e.accuracy,
                     "ci95": [e.ci_low, e.ci_high], "suite_digest": e.suite_digest,
                     "metrics": e.metrics, "duration_s": e.duration_s, "recorded_at": _iso(e.created_at),
+                    "reused_from_run": e.reused_from_run,
                 }
                 for e in sorted(run.evaluations, key=lambda e: (e.created_at, e.id))
             ],

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # A short re-tune, warm-started from the patch (on the demo world 8 epochs take v3 from 57 % to
     # 94 % in ~15 s on one CPU thread; the patch itself was trained for 30).
     retune_epochs: int = Field(default=8, ge=1)
+    # The evaluation ledger: runs reuse every score already computed for the same model, patch,
+    # suite and scoring settings. Off: every run computes its own (benchmarks compare the two).
+    ledger: bool = True
 
     # -- Slack ---------------------------------------------------------------------------
     # SecretStr, so a logged settings object never shows them.

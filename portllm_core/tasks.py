@@ -25,6 +25,7 @@ TRANSPLANT_AND_EVALUATE = "portllm.transplant_and_evaluate"
 EVAL_ONLY = "portllm.eval_only"
 RETUNE = "portllm.retune"
 TRAIN_PATCH = "portllm.train_patch"
+SCORE_LIVE = "portllm.score_live"  # what just went live, on the full suite, ahead of the next release
 ANSWER_QUESTION = "portllm.answer_question"
 ANNOUNCE_RELEASE = "portllm.announce_release"  # post a release's summary and its offers
 SWEEP = "portllm.sweep"  # every worker sweeps on a timer; the task serves manual triggers
@@ -34,6 +35,7 @@ TASK_QUEUES: dict[str, str] = {
     EVAL_ONLY: GPU_QUEUE,
     RETUNE: GPU_QUEUE,
     TRAIN_PATCH: GPU_QUEUE,
+    SCORE_LIVE: GPU_QUEUE,
     ANSWER_QUESTION: SERVE_QUEUE,
     ANNOUNCE_RELEASE: SERVE_QUEUE,
     SWEEP: GPU_QUEUE,
@@ -46,6 +48,10 @@ TASK_FOR_RUN_KIND: dict[str, str] = {
     "retune": RETUNE,
     "train": TRAIN_PATCH,
 }
+
+
+# Tasks that yield to everything else on their queue (kombu's Redis transport: 0 is first, 9 last).
+LOW_PRIORITY = {SCORE_LIVE: 9}
 
 
 class Enqueue(Protocol):
@@ -119,6 +125,7 @@ class TaskQueue:
                 producer.maybe_declare(queue)
 
     def enqueue(self, task_name: str, *args: object) -> None:
-        self.app.send_task(task_name, args=list(args), queue=TASK_QUEUES[task_name])
+        self.app.send_task(task_name, args=list(args), queue=TASK_QUEUES[task_name],
+                           priority=LOW_PRIORITY.get(task_name))
 
     __call__ = enqueue

@@ -56,6 +56,7 @@ class RunCard:
     requested_by: str
     channel: str
     kpi: tuple[KpiRow, ...] = ()
+    reused_from_runs: tuple[int, ...] = ()  # the runs whose ledger scores this one reused
     drift_overall: float | None = None
     drift_modules: tuple[tuple[str, float], ...] = ()  # the most drifted modules, worst first
     verdict: str | None = None  # pass | fail | inconclusive
@@ -212,17 +213,18 @@ def run_card(session: Session, run_id: int) -> RunCard:
         raise UnknownRun(run_id)
     assistant = run.assistant
     rollout = run.rollout
+    subjects = ((EvalSubject.CANDIDATE, "candidate"), (EvalSubject.TARGET_BASE, "target base alone"),
+                (EvalSubject.LIVE, _live_label(session, run, rollout)))
     kpi = [_kpi_row(label + ("" if stage == EvalStage.QUICK else f", {stage} suite"), found)
-           for stage in EvalStage for subject, label in ((EvalSubject.CANDIDATE, "candidate"),
-                                                         (EvalSubject.TARGET_BASE, "target base alone"))
+           for stage in EvalStage for subject, label in subjects
            if (found := run.evaluation(subject, stage)) is not None]
     live_accuracy = rollout.live_accuracy if rollout is not None else None
     if live_accuracy is None and run.status == RunStatus.SUCCEEDED:
         current = _live_rollout(session, run.assistant_id, run.channel)
         if current is not None and current.run_id != run.id:
             live_accuracy = current.accuracy
-    if kpi and live_accuracy is not None:
-        kpi.append(KpiRow(_live_label(session, run, rollout), live_accuracy))
+    if kpi and live_accuracy is not None and run.evaluation(EvalSubject.LIVE) is None:  # scored before the ledger
+        kpi.append(KpiRow(subjects[-1][1], live_accuracy))
     compared = _compared_rollout(session, run, rollout)
     drift = run.drift_report or {}
     modules = sorted((drift.get("modules") or {}).items(), key=lambda kv: kv[1], reverse=True)
@@ -241,6 +243,7 @@ def run_card(session: Session, run_id: int) -> RunCard:
         requested_by=run.requested_by,
         channel=run.channel,
         kpi=tuple(kpi),
+        reused_from_runs=tuple(sorted({e.reused_from_run for e in run.evaluations} - {None})),
         drift_overall=drift.get("overall"),
         drift_modules=tuple((str(m), float(d)) for m, d in modules[:5]),
         verdict=verdict,

@@ -29,6 +29,10 @@ _GEN_KEYS = {"kind", "prompt", "target", "match", "stop", "max_new_tokens"}
 
 Progress = Callable[[float, str], None]
 
+# Bump whenever a change to scoring can change a number: the evaluation ledger then stops reusing
+# scores computed by the older scorer.
+SCORER_VERSION = 1
+
 
 def _validate(row: Any, line: int) -> dict[str, Any]:
     if not isinstance(row, dict):

@@ -84,6 +84,17 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         raise EngineError(f"cannot read {path}: {exc}") from None
 
 
+def weights_dtype(model_dir: Path) -> str:
+    """The dtype `load_base` gives this model ("auto": the config's), without loading it."""
+    config = read_config(model_dir)
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+
+
+def device_kind(device: str | None) -> str:
+    """cpu or cuda: the part of a device that can change a score's numbers."""
+    return (device or pick_device()).split(":")[0]
+
+
 def safetensors_header(path: Path) -> dict[str, Any]:
     """Tensor name -> {"dtype", "shape"} of a safetensors file, from its header (no tensor is read)."""
     from safetensors import SafetensorError, safe_open

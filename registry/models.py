@@ -117,6 +117,7 @@ class OnRelease(StrEnum):
 class EvalSubject(StrEnum):
     CANDIDATE = "candidate"  # target base + transplanted patch
     TARGET_BASE = "target_base"  # target base alone
+    LIVE = "live"  # what is live in the run's channel: its patch on its own base
 
 
 class EvalStage(StrEnum):
@@ -297,22 +298,35 @@ class Run(Base):
         return max(found, key=lambda e: e.stage == EvalStage.FULL, default=None)
 
 
-class Evaluation(Base):
-    """A KPI suite scored on one subject of a run (the candidate, or the target base alone)."""
+# "No patch" in a ledger key: the base alone. An empty string, not NULL, so that the unique key
+# holds on PostgreSQL too (NULLs are distinct there).
+BASE_ALONE = ""
+SCORE_KEY = ("model_fingerprint", "patch_digest", "suite_digest", "dtype", "device_kind", "scorer_version")
 
-    __tablename__ = "evaluations"
+
+class Score(Base):
+    """The evaluation ledger: one KPI score per distinct (model, patch, suite, scoring settings).
+
+    Computed once by the first run that needs it; every later run, release run, re-tune and eval
+    that needs the same score reads it here. The unique key keeps one entry when two runs race.
+    A forgotten entry stays for the evaluations that used it, but no later run finds it.
+    """
+
+    __tablename__ = "scores"
     __table_args__ = (
-        UniqueConstraint("run_id", "subject", "stage"),
-        CheckConstraint(_in("subject", EvalSubject), name="subject"),
-        CheckConstraint(_in("stage", EvalStage), name="stage"),
+        Index("uq_scores_key", *SCORE_KEY, unique=True,
+              postgresql_where=text("forgotten_at IS NULL"), sqlite_where=text("forgotten_at IS NULL")),
         CheckConstraint("accuracy >= 0 AND accuracy <= 1", name="accuracy_range"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
-    subject: Mapped[str] = mapped_column(String(20))
-    stage: Mapped[str] = mapped_column(String(10), default=EvalStage.QUICK, server_default=EvalStage.QUICK.value)
-    suite_digest: Mapped[str] = mapped_column(String(64))
+    model_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    patch_digest: Mapped[str] = mapped_column(String(64), default=BASE_ALONE)
+    suite_digest: Mapped[str] = mapped_column(String(64), index=True)
+    # The scoring settings that can change a number (portllm_engine.kpi.ScoringSettings).
+    dtype: Mapped[str] = mapped_column(String(20))
+    device_kind: Mapped[str] = mapped_column(String(10))
+    scorer_version: Mapped[int] = mapped_column(Integer)
     n: Mapped[int] = mapped_column(Integer)
     accuracy: Mapped[float] = mapped_column(Float)
     ci_low: Mapped[float] = mapped_column(Float)
@@ -320,9 +334,47 @@ class Evaluation(Base):
     metrics: Mapped[dict[str, Any]]
     items_ref: Mapped[str | None] = mapped_column(String(200))
     duration_s: Mapped[float] = mapped_column(Float)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)  # the run that computed it
+    computed_by: Mapped[str] = mapped_column(String(200))  # the worker
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    forgotten_at: Mapped[datetime | None]
+
+
+class Evaluation(Base):
+    """A run's use of a ledger score: one subject (candidate, base alone, live) at one gate stage."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint("run_id", "subject", "stage"),
+        CheckConstraint(_in("subject", EvalSubject), name="subject"),
+        CheckConstraint(_in("stage", EvalStage), name="stage"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    subject: Mapped[str] = mapped_column(String(20))
+    stage: Mapped[str] = mapped_column(String(10), default=EvalStage.QUICK, server_default=EvalStage.QUICK.value)
+    score_id: Mapped[int] = mapped_column(ForeignKey("scores.id"), index=True)
+    computed: Mapped[bool] = mapped_column(default=True)  # False: the score came from the ledger
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="evaluations")
+    score: Mapped[Score] = relationship(lazy="joined")
+
+    @property
+    def reused_from_run(self) -> int | None:
+        """None when this run computed the score; else the run that did."""
+        return None if self.computed else self.score.run_id
+
+    # The score's numbers, read through the evaluation.
+    suite_digest = property(lambda self: self.score.suite_digest)
+    n = property(lambda self: self.score.n)
+    accuracy = property(lambda self: self.score.accuracy)
+    ci_low = property(lambda self: self.score.ci_low)
+    ci_high = property(lambda self: self.score.ci_high)
+    metrics = property(lambda self: self.score.metrics)
+    items_ref = property(lambda self: self.score.items_ref)
+    duration_s = property(lambda self: self.score.duration_s)
 
 
 class Rollout(Base):

@@ -43,16 +43,17 @@ class RunTakenOver(Exception):
     dead): stop without writing anything."""
 
 
-# Per-process caches, built on first use in each worker process.
 @dataclass(frozen=True)
 class Scored:
-    """One subject scored on one stage's suite."""
+    """One subject's ledger score on one stage's suite, as the run used it."""
 
-    subject: str
+    subject: str  # registry.models.EvalSubject
     stage: str
-    suite_digest: str
-    result: object  # portllm_engine.kpi.EvalResult
-    items_ref: str | None  # its per-item results in the artifact store
+    score_id: int
+    computed: bool  # by this run; False: reused from the ledger
+    accuracy: float
+    ci95: tuple[float, float]
+    correct: list[bool] | None  # per item; None when the items are gone from the store
 
 
 @dataclass
@@ -174,12 +175,8 @@ class RunJob:
             if outcome.new_patch is not None:
                 result_patch_id = register_stored_patch(s, outcome.new_patch).id
             for scored in outcome.evaluations:
-                result = scored.result
-                services.record_evaluation(
-                    s, self.run_id, subject=scored.subject, stage=scored.stage, suite_digest=scored.suite_digest,
-                    n=result.n, accuracy=result.accuracy, ci_low=result.ci95[0], ci_high=result.ci95[1],
-                    metrics=result.metrics, items_ref=scored.items_ref, duration_s=result.duration_s,
-                )
+                services.record_evaluation(s, self.run_id, subject=scored.subject, stage=scored.stage,
+                                           score_id=scored.score_id, computed=scored.computed)
             if outcome.verdict is not None:
                 rollout = services.open_rollout(s, self.run_id, verdict=outcome.verdict,
                                                 live_accuracy=outcome.live_accuracy)

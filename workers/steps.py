@@ -4,22 +4,20 @@ the registry; the engine is imported inside, so importing this module stays ligh
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from portllm_core.flows.catalog import NewPatch, folder_size
 from registry import services
 from registry.errors import RegistryError
-from registry.models import EvalStage, EvalSubject, Run, RunKind
+from registry.models import EvalStage, EvalSubject, Rollout, RolloutState, Run, RunKind
 from workers import context
 from workers.caches import ResidentBases
 from workers.protocol import JobFailed, Outcome, RunJob, Scored
+from workers.scoring import Scorer, Subject, Suite, artifact_path
 
 log = logging.getLogger("portllm.steps")
 
@@ -35,20 +33,6 @@ def resident_bases() -> ResidentBases:
     return _resident
 
 
-def artifact_path(ref: str) -> Path:
-    """Artifacts are registered as `sha256:` refs into the store; plain paths are allowed for suites."""
-    if ref.startswith("sha256:"):
-        return context.current().store.path(ref)
-    return Path(ref).expanduser()
-
-
-@dataclass(frozen=True)
-class Suite:
-    stage: str  # registry.models.EvalStage
-    path: Path
-    digest: str
-
-
 @dataclass
 class RunInputs:
     """What a run needs, copied out of the registry as plain values."""
@@ -59,6 +43,8 @@ class RunInputs:
     channel: str
     requested_by: str
     patch_id: int
+    patch_ref: str
+    patch_digest: str
     patch_dir: Path
     patch_provenance: dict
     train_data_ref: str | None
@@ -110,7 +96,8 @@ def load_inputs(job: RunJob) -> RunInputs:
             )
         inputs = RunInputs(
             run_id=run.id, kind=run.kind, assistant=assistant.name, channel=run.channel,
-            requested_by=run.requested_by, patch_id=patch.id, patch_dir=patch_dir,
+            requested_by=run.requested_by, patch_id=patch.id, patch_ref=patch.artifact_ref,
+            patch_digest=patch.artifact_digest, patch_dir=patch_dir,
             patch_provenance=dict(patch.provenance), train_data_ref=patch.train_data_ref,
             origin_dir=resolve_model_dir(patch.origin_base.source_ref),
             target_dir=resolve_model_dir(target.source_ref),
@@ -154,109 +141,61 @@ def measure_drift(job: RunJob, inputs: RunInputs, patch_dir: Path) -> None:
     job.drift_report = measure(inputs.origin_dir, inputs.target_dir, sorted(lora_modules(patch_dir))).to_dict()
 
 
-@dataclass(frozen=True)
-class Candidate:
-    server: object  # portllm_engine.transplant.PatchServer: the resident target base
-    name: str  # the run's patch, attached to it
+def target_subjects(inputs: RunInputs, patch_ref: str, patch_digest: str) -> tuple[Subject, Subject]:
+    """The candidate (the patch on the target base) and the target base alone."""
+    on_target = dict(fingerprint=inputs.target_fingerprint, base_dir=inputs.target_dir, label=inputs.target_label)
+    return (Subject(EvalSubject.CANDIDATE, patch_ref=patch_ref, patch_digest=patch_digest, **on_target),
+            Subject(EvalSubject.TARGET_BASE, **on_target))
 
 
-@contextmanager
-def candidate(job: RunJob, inputs: RunInputs, patch_dir: Path, low: float) -> Iterator[Candidate]:
-    """The patch attached by name to the resident target base, unmerged, for the whole run. One
-    copy of the base serves the base alone and the candidate (PEFT's unmerged LoRA computes
-    W·x + scale·B·A·x, which equals the merged W′·x up to float rounding), and it stays pristine
-    in the cache for the next run and for answers."""
-    job.step(low, "loading the target base")
-    server = resident_bases().get(inputs.target_fingerprint, inputs.target_dir, inputs.target_label)
-    name = f"run-{inputs.run_id}"
-    job.step(low + 0.01, "attaching the patch to the target base")
-    server.attach(name, patch_dir)
-    try:
-        yield Candidate(server, name)
-    finally:
-        server.detach(name)  # answers attach the patches they serve under their own names
+def live_subject(job: RunJob, inputs: RunInputs) -> Subject | None:
+    """What is live in the run's channel (its patch on its own base), or None when nothing is."""
+    from portllm_engine.models import resolve_model_dir
 
-
-def score(job: RunJob, found: Candidate, suite: Suite, low: float, high: float) -> list[Scored]:
-    """Score one stage's suite on the target base alone (the patch switched off), then on the candidate."""
-    from portllm_engine.kpi import evaluate, load_suite
-
-    items = load_suite(suite.path)
-    on = "" if suite.stage == EvalStage.QUICK else f" on the {suite.stage} suite"
-    server, mid = found.server, low + (high - low) / 2
-    results = {}
-    for subject, patch, start, end, what in ((EvalSubject.TARGET_BASE, None, low, mid, "the target base alone"),
-                                             (EvalSubject.CANDIDATE, found.name, mid, high, "the candidate")):
-        job.step(start, f"evaluating {what}{on}")
-        with server.use(patch) as model:
-            results[subject] = evaluate(model, server.tokenizer, items,
-                                        progress=job.progress_between(start, end, f"evaluating {what}{on}"))
-    on_candidate, on_base = results[EvalSubject.CANDIDATE], results[EvalSubject.TARGET_BASE]
-    return [Scored(EvalSubject.CANDIDATE, suite.stage, suite.digest, on_candidate, store_items(on_candidate)),
-            Scored(EvalSubject.TARGET_BASE, suite.stage, suite.digest, on_base, store_items(on_base))]
-
-
-def store_items(result) -> str:
-    """Per-item results go to the artifact store; the evaluation row keeps the ref."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "items.json"
-        path.write_text(json.dumps(result.items, ensure_ascii=False, sort_keys=True))
-        return context.current().store.put_file(path)
-
-
-@dataclass(frozen=True)
-class LiveScore:
-    accuracy: float
-    correct: list[bool] | None  # per item, when its results are still in the artifact store
-
-
-def live_score(job: RunJob, inputs: RunInputs, digest: str) -> LiveScore | None:
-    """What is live in this channel, scored on the suite with this digest, or None."""
     with job.ctx.session_factory() as s:
         live = services.live_rollout(s, inputs.assistant, inputs.channel)
         if live is None or live.run_id == inputs.run_id:
             return None
-        found = next((e for e in live.run.evaluations
-                      if e.subject == EvalSubject.CANDIDATE and e.suite_digest == digest), None)
-        if found is None:
-            # Scores on another suite are not comparable: the gate uses the floor alone.
-            log.info("run #%s: live rollout #%s has no score on suite %s", inputs.run_id, live.id, digest[:12])
-            return None
-        accuracy, items_ref = found.accuracy, found.items_ref
-    try:
-        items = json.loads(artifact_path(items_ref).read_text()) if items_ref else None
-    except (RegistryError, OSError, ValueError):
-        items = None  # the accuracy still allows the interval test
-    return LiveScore(accuracy, None if items is None else [bool(item["correct"]) for item in items])
+        patch, base = live.run.candidate_patch, live.run.target_base
+        return Subject(EvalSubject.LIVE, base.fingerprint, resolve_model_dir(base.source_ref), base.label,
+                       patch.artifact_ref, patch.artifact_digest)
 
 
-def decide(inputs: RunInputs, candidate, live: LiveScore | None):
-    """Item by item against live when both were scored on the same items; else the interval."""
+def decide(inputs: RunInputs, candidate: Scored, live: Scored | None):
+    """Against live, item by item, whenever something is live; the floor alone only where nothing is."""
     from portllm_core.gate import interval_gate, paired_gate
 
-    mine = [bool(item["correct"]) for item in candidate.items]
-    if live is not None and live.correct is not None and len(live.correct) == len(mine):
-        return paired_gate(mine, live.correct, inputs.min_accuracy, inputs.max_regression)
-    return interval_gate(candidate.accuracy, tuple(candidate.ci95), None if live is None else live.accuracy,
+    if live is not None and live.correct is not None and candidate.correct is not None:
+        return paired_gate(candidate.correct, live.correct, inputs.min_accuracy, inputs.max_regression)
+    return interval_gate(candidate.accuracy, candidate.ci95, None if live is None else live.accuracy,
                          inputs.min_accuracy, inputs.max_regression)
 
 
-def gated(job: RunJob, inputs: RunInputs, patch_dir: Path, low: float, new_patch: NewPatch | None = None) -> Outcome:
+def gated(job: RunJob, inputs: RunInputs, patch_ref: str, patch_digest: str, low: float,
+          new_patch: NewPatch | None = None) -> Outcome:
     """Score the quick suite and gate; score the full suite only when the quick verdict is
-    inconclusive (and the assistant has one), and let it decide."""
+    inconclusive (and the assistant has one), and let it decide. Every stage compares the
+    candidate with live on the same suite while something is live: from the ledger, or scored."""
     outcome = Outcome(new_patch=new_patch)
     stages = []
+    live = live_subject(job, inputs)
+    subjects = [*target_subjects(inputs, patch_ref, patch_digest), *([live] if live else [])]
+    whats = {EvalSubject.CANDIDATE: "the candidate", EvalSubject.TARGET_BASE: "the target base alone",
+             EvalSubject.LIVE: f"live ({live.label})" if live else ""}
     split = low + (0.92 - low) * 0.4 if len(inputs.suites) > 1 else 0.92
-    with candidate(job, inputs, patch_dir, low) as found:
-        for suite, (start, end) in zip(inputs.suites, ((low + 0.02, split), (split, 0.92))):
-            scored = score(job, found, suite, start, end)
-            outcome.evaluations += scored
+    with Scorer(job, resident_bases()) as scorer:
+        for suite, (start, end) in zip(inputs.suites, ((low, split), (split, 0.92))):
+            width = (end - start) / len(subjects)
+            scored = {subject.kind: scorer.score(subject, suite, start + i * width, start + (i + 1) * width,
+                                                 whats[subject.kind])
+                      for i, subject in enumerate(subjects)}
+            outcome.evaluations += scored.values()
             job.step(end + 0.01, f"computing the gate verdict ({suite.stage} suite)")
-            live = live_score(job, inputs, suite.digest)
-            decision = decide(inputs, scored[0].result, live)
+            on_live = scored.get(EvalSubject.LIVE)
+            decision = decide(inputs, scored[EvalSubject.CANDIDATE], on_live)
             stages.append({"stage": suite.stage, "verdict": decision.verdict, "test": decision.test,
                            "explanation": decision.explanation})
-            outcome.verdict, outcome.live_accuracy = decision.verdict, None if live is None else live.accuracy
+            outcome.verdict, outcome.live_accuracy = decision.verdict, None if on_live is None else on_live.accuracy
             if decision.verdict != "inconclusive":
                 break
     outcome.gate_report = {"stages": stages}
@@ -264,12 +203,50 @@ def gated(job: RunJob, inputs: RunInputs, patch_dir: Path, low: float, new_patch
     return outcome
 
 
+class LiveReference:
+    """A rollout that just went live, scored on its assistant's full suite in the background so
+    that the next release finds live's score in the ledger. Not a run: progress goes to the log.
+    Its ledger entry names the live rollout's run, whose candidate it scores."""
+
+    def __init__(self, rollout_id: int, worker: str) -> None:
+        self.ctx = context.current()
+        self.settings = self.ctx.settings
+        self.rollout_id, self.worker = rollout_id, worker
+        self.run_id = 0  # set from the rollout by `score_live`
+
+    def step(self, progress: float, text: str) -> None:
+        log.info("live rollout #%s: %s", self.rollout_id, text)
+
+    def progress_between(self, low: float, high: float, text: str):
+        return lambda fraction, detail="": None
+
+
+def score_live(rollout_id: int, worker: str) -> str:
+    """Score what is live on its assistant's full suite, unless the ledger already has it."""
+    from portllm_engine.models import resolve_model_dir
+
+    job = LiveReference(rollout_id, worker)
+    with job.ctx.session_factory() as s:
+        rollout = s.get(Rollout, rollout_id)
+        if rollout is None or rollout.state != RolloutState.LIVE or not rollout.assistant.full_suite_ref:
+            return "nothing to score"
+        run, assistant = rollout.run, rollout.assistant
+        patch, base = run.candidate_patch, run.target_base
+        job.run_id = run.id
+        subject = Subject(EvalSubject.LIVE, base.fingerprint, resolve_model_dir(base.source_ref), base.label,
+                          patch.artifact_ref, patch.artifact_digest)
+        suite = Suite(EvalStage.FULL, artifact_path(assistant.full_suite_ref), assistant.full_suite_digest)
+    with Scorer(job, resident_bases()) as scorer:
+        scored = scorer.score(subject, suite, 0.0, 1.0, f"live ({base.label})")
+    return "computed" if scored.computed else "in the ledger"
+
+
 def transplant(job: RunJob) -> Outcome:
     """Check, measure drift, score base and candidate, gate: a rollout awaits approval."""
     inputs = load_inputs(job)
     check_compatibility(job, inputs, inputs.patch_dir)
     measure_drift(job, inputs, inputs.patch_dir)
-    return gated(job, inputs, inputs.patch_dir, 0.2)
+    return gated(job, inputs, inputs.patch_ref, inputs.patch_digest, 0.2)
 
 
 def eval_only(job: RunJob) -> Outcome:
@@ -278,8 +255,11 @@ def eval_only(job: RunJob) -> Outcome:
     inputs = load_inputs(job)
     check_compatibility(job, inputs, inputs.patch_dir)
     measure_drift(job, inputs, inputs.patch_dir)
-    with candidate(job, inputs, inputs.patch_dir, 0.2) as found:
-        return Outcome(evaluations=score(job, found, inputs.suites[0], 0.22, 0.95))
+    quick = inputs.suites[0]
+    candidate, base = target_subjects(inputs, inputs.patch_ref, inputs.patch_digest)
+    with Scorer(job, resident_bases()) as scorer:
+        return Outcome(evaluations=[scorer.score(candidate, quick, 0.2, 0.58, "the candidate"),
+                                    scorer.score(base, quick, 0.58, 0.95, "the target base alone")])
 
 
 def retune(job: RunJob) -> Outcome:
@@ -308,7 +288,7 @@ def retune(job: RunJob) -> Outcome:
         manifest=manifest, actor=inputs.requested_by, train_data_ref=inputs.train_data_ref,
         parent_patch=inputs.patch_id, provenance={"retuned_from_patch": inputs.patch_id, "run_id": inputs.run_id},
     )
-    return gated(job, inputs, artifact_path(ref), 0.5, new_patch)
+    return gated(job, inputs, ref, ref.removeprefix("sha256:"), 0.5, new_patch)
 
 
 def load_train_inputs(job: RunJob) -> TrainInputs:

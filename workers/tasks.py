@@ -18,7 +18,7 @@ from registry.errors import InvalidTransition, RegistryError
 from registry.models import Rollout, RunStatus
 from workers import context
 from workers.celery_app import app
-from workers.protocol import run_task
+from workers.protocol import run_task, worker_name
 from workers import steps
 from workers.sweeper import sweep_once
 
@@ -70,6 +70,12 @@ def retune(self: Task, run_id: int) -> str:
 @app.task(name=contract.TRAIN_PATCH, bind=True, base=RunTask)
 def train_patch(self: Task, run_id: int) -> str:
     return run_task(self, run_id, steps.train)
+
+
+@app.task(name=contract.SCORE_LIVE, bind=True)
+def score_live(self: Task, rollout_id: int) -> str:
+    """Live on the full suite, ahead of the next release (low priority on the gpu queue)."""
+    return steps.score_live(rollout_id, worker_name(self))
 
 
 @app.task(name=contract.ANSWER_QUESTION)

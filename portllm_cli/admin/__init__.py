@@ -9,7 +9,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from portllm_cli.admin import assistants, bases, patches, releases, runs, views
+    from portllm_cli.admin import assistants, bases, ledger, patches, releases, runs, views
 
     bases.app.command("watch")(releases.watch)
     app.add_typer(bases.app, name="base")
@@ -17,5 +17,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(assistants.app, name="assistant")
     app.add_typer(patches.app, name="patch")
     app.add_typer(runs.app, name="run")
+    app.add_typer(ledger.app, name="ledger")
     app.command("lineage")(views.lineage)
     app.command("status")(views.status)

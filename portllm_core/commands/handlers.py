@@ -109,7 +109,7 @@ def _eval(cmd: grammar.Eval, ctx: Context) -> Reply:
 @replies
 def decide(run_id: int, approve: bool, ctx: Context, reason: str | None = None) -> Reply:
     """Approve or reject a run's rollout (typed command or button) in the run's channel."""
-    runs.decide(ctx.session_factory, run_id, approve=approve, user=ctx.user, channel=ctx.channel, reason=reason)
+    runs.decide(ctx.session_factory, ctx.enqueue, run_id, approve=approve, user=ctx.user, channel=ctx.channel, reason=reason)
     with ctx.session_factory() as s:
         card = views.run_card(s, run_id)
     if approve:
@@ -140,7 +140,7 @@ def _reject(cmd: grammar.Reject, ctx: Context) -> Reply:
 
 
 def _rollback(cmd: grammar.Rollback, ctx: Context) -> Reply:
-    assistant, version, run_id = runs.rollback(ctx.session_factory, cmd.assistant, ctx.channel, ctx.user)
+    assistant, version, run_id = runs.rollback(ctx.session_factory, ctx.enqueue, cmd.assistant, ctx.channel, ctx.user)
     return Reply(f"Rolled back {assistant} in {ctx.channel}: {version} (run #{run_id}) is live again.",
                  in_channel=True)
 

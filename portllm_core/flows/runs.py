@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from portllm_core.flows.catalog import PatchTarget
 from portllm_core.settings import Settings
 from portllm_core.staging import staged
-from portllm_core.tasks import TASK_FOR_RUN_KIND, Enqueue
+from portllm_core.tasks import SCORE_LIVE, TASK_FOR_RUN_KIND, Enqueue
 from portllm_core.workspace import Workspace
 from registry import services
 from registry.db import session_scope
-from registry.models import Rollout, RunKind
+from registry.models import Rollout, RolloutState, RunKind
 from registry.services import permissions
 
 # Runs requested from the admin CLI are not tied to a chat channel.
@@ -89,14 +89,23 @@ def request_training(ws: Workspace, target: PatchTarget, data: Path, hyper: dict
     return requested.run_id
 
 
-def decide(session_factory: sessionmaker[Session], run_id: int, *, approve: bool, user: str, channel: str,
-           reason: str | None = None) -> None:
+def decide(session_factory: sessionmaker[Session], enqueue: Enqueue, run_id: int, *, approve: bool, user: str,
+           channel: str, reason: str | None = None) -> None:
     """Approve or reject a run's rollout, in the run's channel; the registry lets one click win."""
     with session_scope(session_factory) as s:
         run = services.get_run(s, run_id)
         permissions.require_decider(run, user, channel, action="approve it" if approve else "reject it",
                                     approving=approve)
-        services.decide_rollout(s, run_id, approve=approve, user=user, reason=reason)
+        rollout = services.decide_rollout(s, run_id, approve=approve, user=user, reason=reason)
+        reference = rollout.id if _needs_live_reference(rollout) else None
+    if reference is not None:
+        enqueue(SCORE_LIVE, reference)
+
+
+def _needs_live_reference(rollout: Rollout) -> bool:
+    """A rollout that went live is the next release's reference on every gate stage: its score on
+    the full suite is computed now, in the background, rather than during that release."""
+    return rollout.state == RolloutState.LIVE and bool(rollout.assistant.full_suite_ref)
 
 
 def request_retune(session_factory: sessionmaker[Session], enqueue: Enqueue, run_id: int, *, user: str,
@@ -115,7 +124,8 @@ def request_retune(session_factory: sessionmaker[Session], enqueue: Enqueue, run
                        user=user, channel=run.channel, idempotency_key=key, patch_id=patch_id, limits=limits)
 
 
-def rollback(session_factory: sessionmaker[Session], assistant: str, channel: str, user: str) -> tuple[str, str, int]:
+def rollback(session_factory: sessionmaker[Session], enqueue: Enqueue, assistant: str, channel: str,
+             user: str) -> tuple[str, str, int]:
     """Make the previous live rollout live again; (assistant, its base version, its run id).
 
     Only in the channel it is typed in: rollouts of other channels are theirs to roll back.
@@ -124,4 +134,8 @@ def rollback(session_factory: sessionmaker[Session], assistant: str, channel: st
         owner = services.get_assistant(s, assistant)
         permissions.require_rollback_here(s, owner, user, channel)
         restored: Rollout = services.rollback(s, owner.name, channel, user)
-        return owner.name, restored.run.target_base.version, restored.run_id
+        done = owner.name, restored.run.target_base.version, restored.run_id
+        reference = restored.id if _needs_live_reference(restored) else None
+    if reference is not None:
+        enqueue(SCORE_LIVE, reference)
+    return done

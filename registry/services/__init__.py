@@ -48,6 +48,14 @@ from registry.services.rollouts import (
     newest_proposal,
     rollback,
 )
+from registry.services.ledger import (
+    BASE_ALONE,
+    ScoreKey,
+    find_score,
+    record_score,
+    list_scores,
+    forget_scores,
+)
 from registry.services.audit import (
     audit_events,
 )
@@ -107,6 +115,12 @@ __all__ = [
     "decide_rollout",
     "rollback",
     "newest_proposal",
+    "BASE_ALONE",
+    "ScoreKey",
+    "find_score",
+    "record_score",
+    "list_scores",
+    "forget_scores",
     "audit_events",
     "RELEASE_ACTOR",
     "release_targets",

@@ -275,22 +275,9 @@ def stale_runs(
     return {"queued": list(queued), "running": list(running)}
 
 
-def record_evaluation(
-    s: Session,
-    run_id: int,
-    *,
-    subject: str,
-    suite_digest: str,
-    n: int,
-    accuracy: float,
-    ci_low: float,
-    ci_high: float,
-    metrics: dict[str, Any],
-    items_ref: str | None = None,
-    duration_s: float,
-    stage: str = EvalStage.QUICK,
-) -> Evaluation:
-    """Record one subject's KPI result at a stage; a retried run replaces its earlier one."""
+def record_evaluation(s: Session, run_id: int, *, subject: str, stage: str, score_id: int, computed: bool) -> Evaluation:
+    """Record that a run used a ledger score for one subject at a stage (computed by this run, or
+    reused); a retried run replaces its earlier one."""
     if subject not in EvalSubject.__members__.values():
         raise RegistryError(f"Unknown evaluation subject '{subject}'; use one of: {', '.join(EvalSubject)}.")
     run = get_run(s, run_id)
@@ -301,18 +288,14 @@ def record_evaluation(
     if evaluation is None:
         evaluation = Evaluation(run_id=run_id, subject=str(subject), stage=str(stage))
         s.add(evaluation)
-    evaluation.suite_digest = suite_digest
-    evaluation.n = n
-    evaluation.accuracy = accuracy
-    evaluation.ci_low = ci_low
-    evaluation.ci_high = ci_high
-    evaluation.metrics = metrics
-    evaluation.items_ref = items_ref
-    evaluation.duration_s = duration_s
+    evaluation.score_id = score_id
+    evaluation.computed = computed
     evaluation.created_at = utcnow()
     s.flush()
+    s.refresh(evaluation, ["score"])
     audit(s, actor=run.worker or "worker", action="evaluation.recorded", entity_type="evaluation",
-          entity_id=evaluation.id, assistant_id=run.assistant_id, run_id=run_id,
-          subject=str(subject), n=n, accuracy=accuracy, ci95=[ci_low, ci_high])
+          entity_id=evaluation.id, assistant_id=run.assistant_id, run_id=run_id, subject=str(subject),
+          stage=str(stage), score_id=score_id, reused_from_run=evaluation.reused_from_run,
+          n=evaluation.n, accuracy=evaluation.accuracy)
     s.expire(run, ["evaluations"])
     return evaluation

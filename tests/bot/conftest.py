@@ -12,6 +12,7 @@ from portllm_core.settings import Settings
 from portllm_core.tasks import TaskQueue
 from registry import services
 from registry.db import session_scope
+from tests.registry.helpers import record_scored
 
 ASSISTANT = "support-assistant"
 FAMILY = "demo"
@@ -77,9 +78,8 @@ def finish_as_worker(session_factory, run_id: int, *, accuracy: float = 0.76, ve
         services.claim_run(s, run_id, "test-worker")
         services.report_progress(s, run_id, 0.5, "evaluating")
         for subject, acc in (("candidate", accuracy), ("target_base", 0.17)):
-            services.record_evaluation(s, run_id, subject=subject, suite_digest="d" * 64, n=50, accuracy=acc,
-                                       ci_low=max(0.0, acc - 0.1), ci_high=min(1.0, acc + 0.1),
-                                       metrics={"exact_match": acc}, duration_s=1.0)
+            record_scored(s, run_id, subject=subject, accuracy=acc, n=50, suite_digest="d" * 64,
+                          ci=(max(0.0, acc - 0.1), min(1.0, acc + 0.1)))
         services.open_rollout(s, run_id, verdict=verdict, live_accuracy=live_accuracy)
         services.finish_run(s, run_id, status="succeeded",
                             compat_report={"compatible": True, "errors": [], "warnings": []},

@@ -26,6 +26,8 @@ def same(default: object, written: str) -> bool:
         return True  # "—", "unset" or prose saying what happens instead
     if isinstance(default, Path):
         return written == str(default).replace(str(Path.home()), "~", 1)
+    if isinstance(default, bool):
+        return written == str(default).lower()
     if isinstance(default, (int, float)):
         return float(written) == float(default)
     return written == str(default)

@@ -45,6 +45,17 @@ def register_patch(s: Session, *, origin_base: str, parent_patch: int | None = N
     )
 
 
+def record_scored(s: Session, run_id: int, *, subject: str, accuracy: float, n: int = 100,
+                  suite_digest: str = "5" * 64, ci: tuple[float, float] | None = None, stage: str = "quick"):
+    """What a worker records for one subject: its ledger score (a distinct key per run and subject),
+    then the run's evaluation pointing at it."""
+    low, high = ci or (max(accuracy - 0.08, 0.0), min(accuracy + 0.08, 1.0))
+    key = sv.ScoreKey(f"run-{run_id}", subject, suite_digest, "float32", "cpu", 1)
+    score, _ = sv.record_score(s, key, run_id=run_id, computed_by="worker-1", n=n, accuracy=accuracy, ci_low=low,
+                               ci_high=high, metrics={"exact_match": accuracy}, items_ref=None, duration_s=1.5)
+    return sv.record_evaluation(s, run_id, subject=subject, stage=stage, score_id=score.id, computed=True)
+
+
 def finished_run(
     s: Session, version: str, *, channel: str = "support", kind: str = "transplant",
     accuracy: float = 0.9, patch_id: int | None = None, drift: float = 0.1,
@@ -57,11 +68,7 @@ def finished_run(
     )
     sv.claim_run(s, run.id, "worker-1")
     for subject, acc in (("target_base", 0.2), ("candidate", accuracy)):
-        sv.record_evaluation(
-            s, run.id, subject=subject, suite_digest="5" * 64, n=100, accuracy=acc,
-            ci_low=max(acc - 0.08, 0.0), ci_high=min(acc + 0.08, 1.0), metrics={"exact_match": acc},
-            duration_s=1.5,
-        )
+        record_scored(s, run.id, subject=subject, accuracy=acc)
     return sv.finish_run(
         s, run.id, status="succeeded", compat_report={"compatible": True, "errors": [], "warnings": []},
         drift_report={"overall": drift, "modules": {"q_proj": drift}}, result_patch_id=result_patch_id,

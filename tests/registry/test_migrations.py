@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from registry import cli
 from registry.db import make_engine, make_session_factory, session_scope
 from registry.models import Base
-from tests.registry.helpers import live, proposed, seed
+from tests.registry.helpers import live, proposed, record_scored, seed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,3 +148,49 @@ def test_releases_and_ratings_migrate_down_and_up_with_data(migrated_url):
                 assert conn.execute(sa.text("PRAGMA foreign_key_check")).all() == []
     finally:
         engine.dispose()
+
+
+def _evaluations(url: str, columns: str) -> list[tuple]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(f"SELECT {columns} FROM evaluations ORDER BY id"))]
+    finally:
+        engine.dispose()
+
+
+def test_the_ledger_migrates_down_and_up_with_data(migrated_url):
+    """0006 moves the evaluations' numbers into the ledger and back, keeping every evaluation."""
+    from registry import services as sv
+
+    factory = make_session_factory(migrated_url)
+    with session_scope(factory) as s:
+        seed(s)
+        first, second = proposed(s, "v2"), proposed(s, "v2", channel="sales")  # the same key twice
+        live_eval = record_scored(s, second.run_id, subject="live", accuracy=0.85)
+    factory.kw["bind"].dispose()
+    at_head = _evaluations(migrated_url, "run_id, subject")
+
+    cli.downgrade(migrated_url, "0005")
+    assert "scores" not in _tables(migrated_url)
+    restored = _evaluations(migrated_url, "run_id, subject, accuracy, n, suite_digest")
+    # every candidate and base-alone evaluation keeps its numbers; `live` has no place before 0006
+    assert [(run, subject) for run, subject, *_ in restored] == [e for e in at_head if e[1] != "live"]
+    assert {(subject, accuracy, n) for _, subject, accuracy, n, _ in restored} == {
+        ("target_base", 0.2, 100), ("candidate", 0.9, 100)}
+    assert live_eval.subject == "live"
+
+    cli.upgrade(migrated_url)
+    cli.check(migrated_url)
+    factory = make_session_factory(migrated_url)
+    with factory() as s:
+        runs = {first.run_id: sv.get_run(s, first.run_id), second.run_id: sv.get_run(s, second.run_id)}
+        for run in runs.values():
+            assert {(e.subject, e.accuracy, e.n, e.reused_from_run) for e in run.evaluations} == {
+                ("target_base", 0.2, 100, None), ("candidate", 0.9, 100, None)}  # both computed their own
+        # the same (base, patch, suite) of the two runs is one ledger entry, from before the ledger
+        scores = sv.list_scores(s)
+        assert len(scores) == 2 and {sc.scorer_version for sc in scores} == {0}
+        assert {sc.patch_digest for sc in scores} == {"", "1" * 64}
+        assert all(sc.run_id == first.run_id for sc in scores)
+    factory.kw["bind"].dispose()

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from registry import services as sv
 from registry.db import session_scope
 from registry.errors import ConcurrentUpdate, ReplacedByNewerRun, RunNotAwaitingApproval
-from registry.models import AuditEvent, Rollout, Run
+from registry.models import AuditEvent, Rollout, Run, Score
 from tests.registry.helpers import ASSISTANT, finished_run, live, proposed, seed
 
 THREADS = 10
@@ -169,3 +169,25 @@ def test_two_requests_at_once_cannot_both_take_the_last_free_run(session_factory
     assert len(refused) == 1 and "try again" in str(refused[0]).lower(), outcomes
     with session_scope(session_factory) as s:
         assert _count(s, Run) == 1
+
+
+def test_ten_runs_recording_the_same_missing_score_keep_one_ledger_entry(session_factory):
+    """The evaluation ledger's unique key: the first recording wins, every other one reads it."""
+    with session_scope(session_factory) as s:
+        seed(s)
+        run_ids = [finished_run(s, "v2").id for _ in range(THREADS)]
+    key = sv.ScoreKey("f" * 64, "1" * 64, "5" * 64, "float32", "cpu", 1)
+
+    def record(s, i: int):
+        score, inserted = sv.record_score(s, key, run_id=run_ids[i], computed_by=f"worker-{i}", n=10,
+                                          accuracy=i / 10, ci_low=0.0, ci_high=1.0, metrics={}, items_ref=None,
+                                          duration_s=1.0)
+        return score.id, score.run_id, inserted
+
+    outcomes = _race(session_factory, record)
+    assert all(isinstance(o, tuple) for o in outcomes), outcomes
+    assert [inserted for *_, inserted in outcomes].count(True) == 1
+    assert len({(score, run) for score, run, _ in outcomes}) == 1  # every racer uses the winner's entry
+    with session_scope(session_factory) as s:
+        assert _count(s, Score) == 1 + 2 * THREADS  # the seeded runs' own scores, and one entry for the key
+        assert sv.find_score(s, key).run_id == outcomes[0][1]

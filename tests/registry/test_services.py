@@ -20,7 +20,7 @@ from registry.errors import (
     UnknownRun,
 )
 from registry.models import AuditEvent, Run
-from tests.registry.helpers import ASSISTANT, finished_run, live, proposed, register_patch, seed
+from tests.registry.helpers import ASSISTANT, finished_run, live, proposed, record_scored, register_patch, seed
 
 
 @pytest.fixture
@@ -145,11 +145,13 @@ def test_worker_lifecycle(factory):
         progressed = sv.report_progress(s, run.id, 1.7, "evaluating candidate")
         assert progressed.progress == 1.0 and progressed.step == "evaluating candidate"
         sv.set_notify_ref(s, run.id, {"channel": "C1", "ts": "9.9"})
-        sv.record_evaluation(s, run.id, subject="candidate", suite_digest="d", n=10, accuracy=0.5,
-                             ci_low=0.2, ci_high=0.8, metrics={}, duration_s=1.0)
+        first = record_scored(s, run.id, subject="candidate", accuracy=0.5).score_id
         # a retried attempt replaces the earlier result for the same subject
-        sv.record_evaluation(s, run.id, subject="candidate", suite_digest="d", n=10, accuracy=0.7,
-                             ci_low=0.4, ci_high=0.9, metrics={}, duration_s=1.0)
+        score, _ = sv.record_score(s, sv.ScoreKey("m", "", "d", "float32", "cpu", 1), run_id=run.id, computed_by="w",
+                                   n=10, accuracy=0.7, ci_low=0.4, ci_high=0.9, metrics={}, items_ref=None,
+                                   duration_s=1.0)
+        sv.record_evaluation(s, run.id, subject="candidate", stage="quick", score_id=score.id, computed=True)
+        assert score.id != first
         done = sv.finish_run(s, run.id, status="succeeded", drift_report={"overall": 0.28, "modules": {}})
     with session_scope(factory) as s:
         run = sv.get_run(s, run.id)
