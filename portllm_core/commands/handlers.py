@@ -192,7 +192,7 @@ def _ask(cmd: grammar.Ask, ctx: Context) -> Reply:
 
 
 def _rate(cmd: grammar.Rate, ctx: Context) -> Reply:
-    return rated(ratings.rate(ctx.session_factory, cmd.answer_id, user=ctx.user, up=cmd.up))
+    return rated(ratings.rate(ctx.session_factory, cmd.answer_id, user=ctx.user, channel=ctx.channel, up=cmd.up))
 
 
 def rated(rating: ratings.Rated) -> Reply:

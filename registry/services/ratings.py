@@ -24,8 +24,10 @@ class Satisfaction:
 
 
 class UnknownAnswer(NotFound):
+    # The same words whether the answer does not exist or was given in another channel: answer
+    # numbers are sequential, so a refusal that differed would map other channels' answers.
     def __init__(self, answer_id: int):
-        super().__init__(f"There is no answer #{answer_id}; the number is shown under each answer.")
+        super().__init__(f"There is no answer #{answer_id} here; the number is shown under each answer.")
         self.answer_id = answer_id
 
 
@@ -45,6 +47,14 @@ def set_answer_message(s: Session, answer_id: int, message_ts: str) -> None:
 def get_answer(s: Session, answer_id: int) -> Answer:
     answer = s.get(Answer, answer_id) if id_in_range(answer_id) else None
     if answer is None:
+        raise UnknownAnswer(answer_id)
+    return answer
+
+
+def answer_in(s: Session, answer_id: int, channel: str) -> Answer:
+    """Answer #N as seen from `channel`: only the channel it was given in may rate it."""
+    answer = get_answer(s, answer_id)
+    if answer.channel != channel:
         raise UnknownAnswer(answer_id)
     return answer
 

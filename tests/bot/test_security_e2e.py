@@ -170,3 +170,47 @@ def test_what_a_person_typed_is_escaped_in_the_reply(serve, fake_slack):
     everything = json.dumps(reply.body)
     assert "<!channel>" not in everything and "<https://evil" not in everything
     assert "&lt;!channel&gt;" in reply.body["text"]  # the fallback text too, not only the blocks
+
+
+# -- issue 20: ratings, offers, quotas and input, as Slack sees them ------------------------------
+
+def answered_here(world, *, guard: tuple[int, float] | None = None) -> int:
+    """A live rollout in CHANNEL (v1, then v2 to roll back from) and one answer it gave there."""
+    from registry import services
+    from registry.db import session_scope
+    from tests.bot.conftest import live_run
+
+    live_run(world.session_factory, key="k-v1", version="v1")
+    v2 = live_run(world.session_factory, key="k-v2", version="v2")
+    with session_scope(world.session_factory) as s:
+        if guard is not None:
+            services.update_assistant(s, ASSISTANT, actor="test", guard_min_ratings=guard[0],
+                                      guard_min_satisfaction=guard[1])
+        return services.record_answer(s, s.get(Run, v2).rollout, asked_by=OUTSIDER, question="reset?").id
+
+
+def test_a_rating_counts_only_in_the_answers_channel_and_the_guard_card_goes_there(serve, world, fake_slack):
+    server = serve()
+    answer = answered_here(world, guard=(2, 0.5))
+
+    def rate(text: str, user: str, channel: str, name: str) -> dict:
+        slack_http.slash(server.url, text, user=user, channel=channel, trigger_id=f"t-{name}",
+                         response_url=response_url(fake_slack, name))
+        [reply] = fake_slack.wait_for(f"response/{name}", 1)
+        return reply.body
+
+    elsewhere = rate(f"rate {answer} down", OUTSIDER, "COTHER1", "other")
+    missing = rate(f"rate {answer + 1000} down", OUTSIDER, "COTHER1", "missing")
+    # The same refusal as for a number that is no answer at all: nothing about #support leaks.
+    assert elsewhere["text"] == missing["text"].replace(str(answer + 1000), str(answer))
+    assert f"There is no answer #{answer} here" in elsewhere["text"]
+    leaked = json.dumps(elsewhere)
+    assert CHANNEL not in leaked and ASSISTANT not in leaked and "v2" not in leaked
+    assert elsewhere["response_type"] == "ephemeral"
+    with world.session_factory() as s:
+        assert s.query(Rollout).filter(Rollout.guard_tripped_at.is_not(None)).count() == 0
+
+    rate(f"rate {answer} down", OUTSIDER, CHANNEL, "here-1")
+    tripped = rate(f"rate {answer} down", APPROVER, CHANNEL, "here-2")
+    assert tripped["response_type"] == "in_channel" and "below the guard's 50%" in json.dumps(tripped["blocks"])
+    assert [c.method for c in fake_slack.calls if "below the guard" in json.dumps(c.body)] == ["response/here-2"]
