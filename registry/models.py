@@ -430,6 +430,15 @@ class Rating(Base):
     answer: Mapped[Answer] = relationship()
 
 
+class Requester(Base):
+    """A person who requested runs from chat. Their requests lock this row and take turns, so the
+    per-person run quota holds when they arrive together for different assistants or channels."""
+
+    __tablename__ = "requesters"
+
+    user: Mapped[str] = mapped_column(String(200), primary_key=True)
+
+
 class AuditEvent(Base):
     """Append-only record of every state change: who did what to which entity, and when."""
 
