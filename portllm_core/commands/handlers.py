@@ -18,7 +18,7 @@ from portllm_core import views
 from portllm_core.commands import grammar
 from portllm_core.commands.grammar import ParseError
 from portllm_core.commands.replies import Reply
-from portllm_core.flows import ratings, releases, runs
+from portllm_core.flows import ratings, runs
 from portllm_core.tasks import ANSWER_QUESTION, Enqueue
 from registry import services
 from registry.errors import RegistryError
@@ -208,10 +208,8 @@ def rated(rating: ratings.Rated) -> Reply:
 @replies
 def accept_offer(release_id: int, assistant: str, ctx: Context) -> Reply:
     """Queue the run a release offered here (policy `ask`): the offer card's button."""
-    run_id, created = releases.accept_offer(ctx.session_factory, ctx.enqueue, release_id, assistant, ctx.channel,
-                                            user=ctx.user)
-    return Reply(f"Run #{run_id} {'queued' if created else 'is already queued'}: the release's transplant of "
-                 f"{assistant} here.", run_id=run_id)
+    return _queued(runs.accept_offer(ctx.session_factory, ctx.enqueue, release_id, assistant, user=ctx.user,
+                                     channel=ctx.channel, limits=ctx.limits))
 
 
 def handle_help() -> Reply:

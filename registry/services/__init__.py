@@ -56,7 +56,8 @@ from registry.services.releases import (
     release_targets,
     get_release,
     open_release,
-    accept_offer,
+    release_key,
+    offered_release,
 )
 from registry.services.ratings import (
     Satisfaction,
@@ -113,7 +114,8 @@ __all__ = [
     "release_targets",
     "get_release",
     "open_release",
-    "accept_offer",
+    "release_key",
+    "offered_release",
     "Satisfaction",
     "record_answer",
     "set_answer_message",

@@ -214,3 +214,46 @@ def test_a_rating_counts_only_in_the_answers_channel_and_the_guard_card_goes_the
     tripped = rate(f"rate {answer} down", APPROVER, CHANNEL, "here-2")
     assert tripped["response_type"] == "in_channel" and "below the guard's 50%" in json.dumps(tripped["blocks"])
     assert [c.method for c in fake_slack.calls if "below the guard" in json.dumps(c.body)] == ["response/here-2"]
+
+
+def test_a_release_offer_click_passes_the_same_requester_and_quota_checks_as_typing(serve, world, fake_slack):
+    from registry import services
+    from registry.db import session_scope
+    from tests.bot.conftest import live_run
+
+    server = serve(PORTLLM_RUNS_PER_USER_PER_HOUR="1")
+    live_run(world.session_factory, key="k-v1", version="v1")
+    with session_scope(world.session_factory) as s:
+        services.update_assistant(s, ASSISTANT, actor="test", on_release="ask", requesters=["UREQUESTER1", "UBUSY1"])
+        release, _ = services.open_release(s, services.get_base(s, "demo", "v2"), actor="test")
+        release_id = release.id
+    with session_scope(world.session_factory) as s:  # UBUSY1 used up their hour already
+        services.request_run(s, assistant=ASSISTANT, version="v3", idempotency_key="busy",
+                             requested_by="UBUSY1", channel=CHANNEL)
+    with world.session_factory() as s:
+        runs_before = s.query(Run).count()
+
+    def accept(user: str, name: str) -> None:
+        slack_http.click(server.url, Action.ACCEPT_OFFER, f"{release_id}:{ASSISTANT}", user=user, channel=CHANNEL,
+                         message_ts="1700000002.000100", response_url=response_url(fake_slack, name))
+
+    accept(OUTSIDER, "offer-outsider")
+    accept("UBUSY1", "offer-busy")
+    refusals = {c.body["user"]: c.body["text"] for c in fake_slack.wait_for("chat.postEphemeral", 2)}
+    typed = {}
+    for user in (OUTSIDER, "UBUSY1"):  # what typing the same request says to each of them
+        slack_http.slash(server.url, f"patch {ASSISTANT} onto v2", user=user, channel=CHANNEL,
+                         trigger_id=f"t-typed-{user}", response_url=response_url(fake_slack, f"typed-{user}"))
+        typed[user] = fake_slack.wait_for(f"response/typed-{user}", 1)[0].body["text"]
+    assert "Only @UREQUESTER1" in refusals[OUTSIDER] and refusals[OUTSIDER] == typed[OUTSIDER]
+    assert "Your runs: 1 requested" in refusals["UBUSY1"] and "Your runs: 1 requested" in typed["UBUSY1"]
+    assert not fake_slack.calls_to("chat.update")  # the offer card still offers
+    with world.session_factory() as s:
+        assert s.query(Run).count() == runs_before
+
+    accept("UREQUESTER1", "offer-ok")
+    [update] = fake_slack.wait_for("chat.update", 1)
+    assert "queued: transplant of support-assistant onto v2" in update.body["text"]
+    with world.session_factory() as s:
+        [run] = s.query(Run).filter_by(release_id=release_id).all()
+        assert run.requested_by == "UREQUESTER1" and run.channel == CHANNEL

@@ -63,11 +63,11 @@ def test_the_policy_decides_ask_offers_once_and_off_does_nothing(session_factory
         sv.update_assistant(s, ASSISTANT, actor="eng", on_release="ask")
         release, runs = sv.open_release(s, new_base(s, "v2"), actor="eng")
         assert runs == [] and release.offers == [{"assistant": ASSISTANT, "channel": "#support"}]
-        taken, created = sv.accept_offer(s, release, sv.get_assistant(s, ASSISTANT), "#support", user="alice")
-        assert created and taken.release_id == release.id and taken.requested_by == "alice"
-        assert sv.accept_offer(s, release, sv.get_assistant(s, ASSISTANT), "#support", user="bob") == (taken, False)
-        with pytest.raises(RegistryError, match="offered no run to style-assistant in #style"):
-            sv.accept_offer(s, release, sv.get_assistant(s, OTHER), "#style", user="alice")
+        assert sv.offered_release(s, release.id, sv.get_assistant(s, ASSISTANT), "#support") == release
+        with pytest.raises(RegistryError, match="offered no run to support-assistant here"):
+            sv.offered_release(s, release.id, sv.get_assistant(s, ASSISTANT), "#style")
+        with pytest.raises(RegistryError, match="offered no run to style-assistant here"):
+            sv.offered_release(s, release.id, sv.get_assistant(s, OTHER), "#style")
 
 
 def test_a_base_nobody_runs_on_and_a_channel_already_on_it_get_no_run(session_factory):
