@@ -71,3 +71,26 @@ def test_bad_policy_and_guard_say_what_would_be_right(registered):
     assert assistant["live_guard"] == {"min_ratings": 20, "min_satisfaction": 0.7}
     quiet = registered.ok("release", "show", "tiny", "v1").stdout  # every registered base has its release
     assert "no assistant is live on this family" in quiet
+
+
+def test_watch_refuses_version_folders_and_files_that_lead_outside_the_store(
+        registered, tiny_world, session_factory, tmp_path):
+    """Issue 20: `store/v-link -> /elsewhere/model` was registered and released."""
+    live_on_v1(registered, tiny_world, session_factory)
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    store.mkdir()
+    shutil.copytree(tiny_world.v2, elsewhere / "model")
+    (store / "v-link").symlink_to(elsewhere / "model", target_is_directory=True)
+    inside_out = store / "v-file-link"  # a real folder whose weights are a link out of the store
+    inside_out.mkdir()
+    for item in (elsewhere / "model").iterdir():
+        (inside_out / item.name).symlink_to(item) if item.suffix == ".safetensors" else shutil.copy(item, inside_out)
+    before = runs(session_factory)
+
+    result = registered("base", "watch", "tiny", store, "--once")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert f"v-link: refused: {store / 'v-link'} leads to {(elsewhere / 'model').resolve()}, outside the model store" \
+        in " ".join(result.stderr.split())
+    assert "v-file-link: refused:" in result.stderr and ".safetensors leads to" in " ".join(result.stderr.split())
+    assert runs(session_factory) == before
+    assert {b["version"] for b in registered.json("base", "list", "tiny")} == {"v1", "v2", "other"}
