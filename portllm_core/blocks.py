@@ -80,11 +80,13 @@ def pct(value: float | None) -> str:
 
 
 def satisfaction_text(score: Satisfaction | None) -> str:
-    """'4/5 👍 80% (38–96%)': the live KPI in a few characters; '–' before the first rating."""
-    if score is None or not score.n:
+    """'80% 👍 (38–96%) from 5 people, 7 ratings': the live KPI, per person; '–' before the first rating."""
+    if score is None or not score.people:
         return "–"
-    low, high = wilson_interval(score.up, score.n)
-    return f"{score.up}/{score.n} 👍 {score.rate * 100:.0f}% ({low * 100:.0f}–{high * 100:.0f}%)"
+    low, high = wilson_interval(score.up, score.people)
+    people = "1 person" if score.people == 1 else f"{score.people} people"
+    ratings = "1 rating" if score.ratings == 1 else f"{score.ratings} ratings"
+    return f"{score.rate * 100:.0f}% 👍 ({low * 100:.0f}–{high * 100:.0f}%) from {people}, {ratings}"
 
 
 def progress_bar(progress: float, width: int = 20) -> str:
@@ -355,7 +357,7 @@ def table_blocks(table: Table) -> list[dict]:
 def guard_text(proposal: GuardProposal) -> str:
     return (f"{proposal.assistant} {proposal.version} in {proposal.channel}: "
             f"{satisfaction_text(proposal.satisfaction)}, below the guard's {proposal.min_satisfaction:.0%} "
-            f"after {proposal.satisfaction.n} ratings (it watches from {proposal.min_ratings})")
+            f"(it watches from {proposal.min_ratings} people)")
 
 
 def guard_blocks(proposal: GuardProposal) -> list[dict]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from portllm_core import views
+from portllm_core.blocks import satisfaction_text
 from portllm_core.commands import grammar
 from portllm_core.commands.grammar import ParseError
 from portllm_core.commands.replies import Reply
@@ -197,9 +198,8 @@ def _rate(cmd: grammar.Rate, ctx: Context) -> Reply:
 
 def rated(rating: ratings.Rated) -> Reply:
     """What a rating says back (a typed `rate` or a Slack reaction), with the guard's card if it tripped."""
-    score = rating.satisfaction
     text = (f"Answer #{rating.answer_id} rated {'👍' if rating.up else '👎'}. {rating.assistant} "
-            f"{rating.version} in {rating.channel}: {score.up} of {score.n} 👍 ({score.rate:.0%}).")
+            f"{rating.version} in {rating.channel}: {satisfaction_text(rating.satisfaction)}.")
     if rating.guard is not None:
         return Reply(text + " The live guard proposes a rollback.", view=rating.guard, in_channel=True)
     return Reply(text)

@@ -129,7 +129,7 @@ def status_json(stack, monkeypatch) -> dict:
 def test_a_rating_changes_status_json_and_enough_thumbs_down_bring_the_guards_card(
         stack, worker, workspace, live_in_three_channels, demo_world, monkeypatch):
     catalog.update_assistant(workspace, ASSISTANT, actor="console:test", live_guard="2:0.5")
-    assert status_json(stack, monkeypatch)["satisfaction"]["n"] == 0
+    assert status_json(stack, monkeypatch)["satisfaction"]["people"] == 0
 
     bob, bob_out = console(stack, "bob")
     assert bob.run_line(f"ask {ASSISTANT} {demo_world.questions[0]}").ok
@@ -138,7 +138,7 @@ def test_a_rating_changes_status_json_and_enough_thumbs_down_bring_the_guards_ca
 
     reply = bob.run_line(f"rate {answer} down")
     assert reply.ok and reply.view is None, reply.text
-    assert status_json(stack, monkeypatch)["satisfaction"] == {"n": 1, "up": 0, "down": 1, "rate": 0.0,
+    assert status_json(stack, monkeypatch)["satisfaction"] == {"people": 1, "ratings": 1, "up": 0.0, "rate": 0.0,
                                                                "ci95": pytest.approx([0.0, 0.7935], abs=1e-3)}
 
     carol, carol_out = console(stack, "carol")
