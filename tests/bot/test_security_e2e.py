@@ -257,3 +257,54 @@ def test_a_release_offer_click_passes_the_same_requester_and_quota_checks_as_typ
     with world.session_factory() as s:
         [run] = s.query(Run).filter_by(release_id=release_id).all()
         assert run.requested_by == "UREQUESTER1" and run.channel == CHANNEL
+
+
+# Every control character a person could send, but tab and line breaks (which are spacing).
+CONTROL_CHARACTERS = [chr(c) for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if chr(c) not in "\t\n\r"]
+
+
+def test_every_control_character_is_refused_the_same_way_on_every_entry_point(serve, world, fake_slack, data_dir):
+    """Issue 20: `<@UBOT> hello\\u0000` made the answer fail inside PostgreSQL and nobody replied.
+    Each character goes through a slash command, an @mention (a question, with an assistant live),
+    a DM, every card button and the console, and each gets the grammar's one refusal."""
+    import io
+
+    from portllm_cli.console import run_console
+    from portllm_core.settings import Settings
+    from tests.bot.conftest import live_run
+
+    refusal = "The message contains control characters (such as NUL); type it again without them. Try `help`."
+    server = serve()
+    run_id = live_run(world.session_factory, key="k-live", version="v1")
+    buttons = [(Action.APPROVE, str(run_id)), (Action.REJECT, str(run_id)), (Action.RETUNE, str(run_id)),
+               (Action.ROLLBACK, ASSISTANT), (Action.ACCEPT_OFFER, f"1:{ASSISTANT}")]
+    for i, char in enumerate(CONTROL_CHARACTERS):
+        typed = slack_http.slash(server.url, f"status{char}", user=OUTSIDER, channel=CHANNEL, trigger_id=f"t-ctl-{i}",
+                                 response_url=response_url(fake_slack, f"ctl-{i}"))
+        assert typed.status_code == 200 and typed.json()["text"] == refusal, (i, typed.text)
+        ts = f"1700000100.{i:06d}"
+        mention = {"type": "app_mention", "channel": CHANNEL, "user": OUTSIDER, "ts": ts, "event_ts": ts,
+                   "text": f"<@{BOT_USER_ID}> hello{char} how do I reset the X200?"}
+        direct = {"type": "message", "channel_type": "im", "channel": "D0DIRECT1", "user": OUTSIDER, "ts": ts,
+                  "event_ts": ts, "text": f"status{char}"}
+        for name, body in (("mention", mention), ("dm", direct)):
+            assert slack_http.event(server.url, body, event_id=f"Ev-ctl-{name}-{i}",
+                                    bot_user=BOT_USER_ID).status_code == 200
+        for action, value in buttons:
+            assert slack_http.click(server.url, action, value + char, user=APPROVER, channel=CHANNEL,
+                                    message_ts=ts, response_url=response_url(fake_slack, f"b-{i}")).status_code == 200
+
+    n = len(CONTROL_CHARACTERS)
+    posted = fake_slack.wait_for("chat.postMessage", 2 * n, timeout=60)
+    told = fake_slack.wait_for("chat.postEphemeral", len(buttons) * n, timeout=60)
+    assert {c.body["text"] for c in posted} == {refusal} and {c.body["text"] for c in told} == {refusal}
+    assert sorted(c.body["channel"] for c in posted) == sorted([CHANNEL, "D0DIRECT1"] * n)  # a reply for each
+    assert world.messages("serve") == [] and world.messages("gpu") == []  # nothing asked, nothing queued
+    with world.session_factory() as s:
+        assert s.query(Run).count() == 1 and s.query(Rollout).filter_by(state="live").count() == 1
+
+    out = io.StringIO()
+    code = run_console("#support", "alice", stdin=io.StringIO("".join(f"status{c}\n" for c in CONTROL_CHARACTERS)),
+                       out=out, settings=Settings(data_dir=data_dir), session_factory=world.session_factory,
+                       enqueue=world.queue, poll_s=0.05, wait_s=5)
+    assert code == 1 and out.getvalue().count("The message contains control characters") == n
