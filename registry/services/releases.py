@@ -49,13 +49,26 @@ def get_release(s: Session, base: BaseModel) -> Release | None:
     return s.scalar(select(Release).where(Release.base_id == base.id))
 
 
+def earlier_label(s: Session, base: BaseModel) -> BaseModel | None:
+    """The base of the same family registered first with the same weights, when `base` is only
+    another label for them (`v3-copy` of `v3`); None for new weights."""
+    return s.scalar(select(BaseModel).where(
+        func.lower(BaseModel.family) == base.family.lower(), BaseModel.fingerprint == base.fingerprint,
+        BaseModel.id < base.id).order_by(BaseModel.id))
+
+
 def open_release(s: Session, base: BaseModel, *, actor: str) -> tuple[Release, list[Run]]:
     """Open the base's release: per its assistants' policy, queue a transplant run per live
     channel (auto) or record an offer (ask). Returns (release, the runs it created now); a
-    release opened before returns with no runs."""
+    release opened before returns with no runs. Another label for weights the family already
+    has releases nothing: their first label's release carried them."""
     existing = get_release(s, base)
     if existing is not None:
         return existing, []
+    first = earlier_label(s, base)
+    if first is not None:
+        raise RegistryError(f"{base.label} has the same weights as {first.label}: it is another label for them, "
+                            f"so it releases nothing (`portllm release show {first.family} {first.version}`).")
     release = Release(base_id=base.id, offers=[], created_by=actor)
     s.add(release)
     s.flush()

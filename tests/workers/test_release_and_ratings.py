@@ -20,6 +20,7 @@ from portllm_core.workspace import Workspace
 from registry import services
 from registry.db import session_scope
 from registry.models import Run
+from tests.admin.tiny_world import new_version_of
 from tests.workers.conftest import stack_for
 from tests.workers.harness import WorkerProcess
 from tests.workers.seed import ASSISTANT
@@ -84,9 +85,10 @@ def run_count(stack) -> int:
 
 
 def test_a_release_queues_one_run_per_live_channel_and_a_second_registration_none(
-        stack, worker, workspace, live_in_three_channels, demo_world):
+        stack, worker, workspace, live_in_three_channels, demo_world, tmp_path):
     before = run_count(stack)
-    added = catalog.register_base(workspace, "demo", "v4", str(demo_world.bases["v3"]), actor="console:test")
+    v4 = new_version_of(demo_world.bases["v3"], tmp_path / "v4")
+    added = catalog.register_base(workspace, "demo", "v4", str(v4), actor="console:test")
     assert sorted((a, c) for _, a, c in added.release.queued) == sorted([
         (ASSISTANT, "#sales"), (ASSISTANT, "#support"), (OTHER, "#style")])
     assert run_count(stack) == before + 3
@@ -96,7 +98,7 @@ def test_a_release_queues_one_run_per_live_channel_and_a_second_registration_non
         assert run.rollout.state in ("awaiting_approval", "blocked")  # approval stays with people
 
     with pytest.raises(BadInput, match="already registered"):
-        catalog.register_base(workspace, "demo", "v4", str(demo_world.bases["v3"]), actor="console:test")
+        catalog.register_base(workspace, "demo", "v4", str(v4), actor="console:test")
     again = start_release(workspace.session_factory, workspace.queue, "demo", "v4", actor="console:test")
     assert not again.created and again.queued == () and run_count(stack) == before + 3
 
