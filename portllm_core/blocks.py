@@ -49,13 +49,24 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# Bidi embeddings, overrides and isolates (LRE RLE PDF LRO RLO, LRI RLI FSI PDI): they reorder the
+# text around them, so a reason can show reversed ("Trojan Source"). The marks (LRM, RLM, ALM)
+# only nudge neighbouring punctuation and right-to-left text needs them: they stay.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def neutralise_bidi(text: str) -> str:
+    """Text from a person as it is shown: in the order it was typed, whatever controls it carries."""
+    return _BIDI_CONTROLS.sub("", text)
+
+
 def escape(text: str) -> str:
-    """Escape the three characters Slack's mrkdwn treats as control characters.
+    """Escape the three characters Slack's mrkdwn treats as control characters, and drop bidi controls.
 
     Everything a person or a model wrote goes through here before Slack sees it: `<!channel>`
     would ping the channel and `<https://evil|reset your password>` would disguise a link.
     """
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return neutralise_bidi(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def fallback_text(text: str) -> str:

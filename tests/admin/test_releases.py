@@ -119,3 +119,23 @@ def test_the_same_weights_under_a_new_label_are_another_label_and_release_nothin
         (refused.stdout + refused.stderr).split())
     versions = {b["version"]: b["fingerprint"] for b in registered.json("base", "list", "tiny")}
     assert versions["v2-copy"] == versions["v2"] and versions["v3-latest"] == versions["v3"]
+
+
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def test_run_show_neutralises_bidi_controls_in_what_people_typed(registered, tiny_world, session_factory):
+    """Issue 20: a reason with U+202E (right-to-left override) showed reversed in cards and `run show`."""
+    live_on_v1(registered, tiny_world, session_factory)
+    with session_scope(session_factory) as s:
+        run, _ = services.request_run(s, assistant="support", version="v2", idempotency_key="bidi",
+                                      requested_by="console:\u202eecila", channel="#sup\u2066port\u2069")
+        services.claim_run(s, run.id, "w")
+        services.finish_run(s, run.id, status="succeeded")
+        services.open_rollout(s, run.id, verdict="pass")
+        services.decide_rollout(s, run.id, approve=False, user="alice", reason="\u202edesserper eb ot\u202c fine")
+    shown = registered.ok("run", "show", run.id).stdout
+    assert not set(BIDI_CONTROLS) & set(shown)
+    shown = " ".join(shown.replace("│", " ").split())  # the card's panel wraps its lines
+    assert "rejected by alice: desserper eb ot fine" in shown
+    assert registered.json("run", "show", run.id)["rollout"]["reason"].startswith("\u202e")  # the record keeps it

@@ -253,3 +253,8 @@ def test_release_summary_and_offer_cards():
     offer = blocks.offer_blocks(4, "v3", "style-assistant", "#style")
     assert_valid(offer)
     assert offer[1]["elements"][0]["value"] == "4:style-assistant"
+
+
+def test_escape_drops_bidi_controls_and_keeps_the_marks_right_to_left_text_needs():
+    assert blocks.escape("\u202eevil\u202c <b> \u2066x\u2069") == "evil &lt;b&gt; x"
+    assert blocks.escape("שלום\u200f!") == "שלום\u200f!"  # RLM is a mark, not an override

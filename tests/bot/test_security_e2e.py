@@ -308,3 +308,16 @@ def test_every_control_character_is_refused_the_same_way_on_every_entry_point(se
                        out=out, settings=Settings(data_dir=data_dir), session_factory=world.session_factory,
                        enqueue=world.queue, poll_s=0.05, wait_s=5)
     assert code == 1 and out.getvalue().count("The message contains control characters") == n
+
+
+def test_bidi_controls_in_a_reason_are_neutralised_in_the_card(serve, world, fake_slack):
+    """Issue 20: U+202E in a reject reason showed the reason reversed on the run card."""
+    server = serve()
+    run_id = awaiting_run(world.session_factory, key="k-bidi")
+    reason = "\u202edesserper eb ot\u202c \u2067fine\u2069"
+    slack_http.slash(server.url, f"reject {run_id} {reason}", user=APPROVER, channel=CHANNEL, trigger_id="t-bidi",
+                     response_url=response_url(fake_slack, "bidi"))
+    [reply] = fake_slack.wait_for("response/bidi", 1)
+    shown = json.dumps(reply.body, ensure_ascii=False)
+    assert "Rejected by <@UAPPROVER1>: desserper eb ot fine" in shown
+    assert not set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069") & set(shown)
