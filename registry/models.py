@@ -192,8 +192,8 @@ class Assistant(Base):
     system_prompt: Mapped[str] = mapped_column(Text, default="")
     owner: Mapped[str] = mapped_column(String(200), default="")
     on_release: Mapped[str] = mapped_column(String(10), default=OnRelease.AUTO, server_default=OnRelease.AUTO.value)
-    # The live guard: with at least this many ratings, satisfaction below this proposes a rollback.
-    guard_min_ratings: Mapped[int | None] = mapped_column(Integer)  # people who rated, not ratings
+    # The live guard: once this many people rated (not ratings), satisfaction below this proposes a rollback.
+    guard_min_ratings: Mapped[int | None] = mapped_column(Integer)
     guard_min_satisfaction: Mapped[float | None] = mapped_column(Float)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -34,15 +34,19 @@ def version_folders(store: Path) -> list[Path]:
     return sorted(p for p in store.iterdir() if p.is_dir() and (p / "config.json").is_file())
 
 
-def leaves_store(folder: Path, store: Path) -> Path | None:
-    """The first path in `folder` (itself included, links followed) that resolves outside `store`; None if none."""
+def leaves_store(folder: Path, store: Path) -> str | None:
+    """Why `folder` is refused: the first path in it (itself included, links followed) that does not
+    resolve inside `store`; None when everything stays inside."""
     seen: set[Path] = set()
     todo = [folder]
     while todo:
         path = todo.pop()
-        real = path.resolve()
+        try:
+            real = path.resolve()
+        except RuntimeError:  # Python's word for a symlink loop
+            return f"{path} is a symlink loop"
         if not real.is_relative_to(store):
-            return path
+            return f"{path} leads to {real}, outside the model store {store}"
         if real.is_dir() and real not in seen:  # a link back to a folder already walked ends here
             seen.add(real)
             todo.extend(path.iterdir())
@@ -62,8 +66,7 @@ def scan(ws: Workspace, family: str, store: Path, *, actor: str) -> list[Seen]:
             continue
         outside = leaves_store(folder, store)
         if outside is not None:
-            seen.append(Seen(folder.name, folder, error=f"refused: {outside} leads to {outside.resolve()}, outside the "
-                                                        f"model store {store}; put the model's files in the store"))
+            seen.append(Seen(folder.name, folder, error=f"refused: {outside}; put the model's files in the store"))
             continue
         try:
             # The resolved folder: what a worker loads later is what was checked here.

@@ -87,6 +87,9 @@ def test_watch_refuses_version_folders_and_files_that_lead_outside_the_store(
     inside_out.mkdir()
     for item in (elsewhere / "model").iterdir():
         (inside_out / item.name).symlink_to(item) if item.suffix == ".safetensors" else shutil.copy(item, inside_out)
+    looped = store / "v-loop"  # a folder holding a link to itself: refused, the watcher keeps going
+    shutil.copytree(tiny_world.v2, looped)
+    (looped / "loop").symlink_to(looped / "loop")
     before = runs(session_factory)
 
     result = registered("base", "watch", "tiny", store, "--once")
@@ -94,6 +97,7 @@ def test_watch_refuses_version_folders_and_files_that_lead_outside_the_store(
     assert f"v-link: refused: {store / 'v-link'} leads to {(elsewhere / 'model').resolve()}, outside the model store" \
         in " ".join(result.stderr.split())
     assert "v-file-link: refused:" in result.stderr and ".safetensors leads to" in " ".join(result.stderr.split())
+    assert "is a symlink loop" in " ".join(result.stderr.split())
     assert runs(session_factory) == before
     assert {b["version"] for b in registered.json("base", "list", "tiny")} == {"v1", "v2", "other"}
 
