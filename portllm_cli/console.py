@@ -188,4 +188,6 @@ def _lines(stdin: TextIO, prompt_to: Console | None) -> Iterator[str]:
         if not line:
             return
         if line.strip():
-            yield line.strip()
+            # Only the line break and spaces come off: str.strip() would also drop control characters
+            # at the ends, which the grammar refuses wherever they are.
+            yield line.rstrip("\r\n").strip(" \t")

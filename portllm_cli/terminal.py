@@ -14,6 +14,7 @@ from portllm_core.blocks import (
     RELEASE_COLUMNS,
     guard_text,
     kpi_rows,
+    neutralise_bidi,
     reused_text,
     pct,
     release_rows,
@@ -34,7 +35,7 @@ MAX_COMPAT_LINES = 5  # a wrong-shape base fails every module; the first few say
 def render(reply: Reply) -> RenderableType:
     view = reply.view
     style = None if reply.ok else "red"
-    text = Text(reply.text, style=style)
+    text = Text(neutralise_bidi(reply.text), style=style)  # it may echo what was typed
     if isinstance(view, RunCard):
         return Group(text, run_card(view))
     if isinstance(view, StatusView):
@@ -55,7 +56,7 @@ def _table(title: str | None, columns: tuple[str, ...], rows: list[tuple[str, ..
     for column in columns:
         out.add_column(column)
     for row in rows:
-        out.add_row(*row)
+        out.add_row(*(neutralise_bidi(cell) for cell in row))
     return out
 
 
@@ -66,7 +67,9 @@ def run_card(card: RunCard) -> Panel:
     else:
         origin = f" (trained on {card.origin_version})" if card.origin_version else ""
         what = f"{card.kind} of the {card.assistant} patch{origin} onto {card.target_version}"
-    parts.append(Text(f"{what} · {card.status}{produced(card)} · requested by {card.requested_by} in {card.channel}"))
+    # Who asked and why a decision was made are a person's text: shown in the order typed.
+    requested_by, channel = neutralise_bidi(card.requested_by), neutralise_bidi(card.channel)
+    parts.append(Text(f"{what} · {card.status}{produced(card)} · requested by {requested_by} in {channel}"))
     if card.active:
         parts.append(Text(f"{progress_bar(card.progress)} {round(card.progress * 100)}% {card.step}"))
     for error in card.compat_errors[:MAX_COMPAT_LINES]:
@@ -84,7 +87,7 @@ def run_card(card: RunCard) -> Panel:
         worst = ", ".join(f"{m} {d:.3f}" for m, d in card.drift_modules[:5])
         parts.append(Text(f"drift {card.drift_overall:.3f} overall" + (f" · most changed: {worst}" if worst else "")))
     if card.live_satisfaction is not None:
-        parts.append(Text(f"live in {card.channel}: {satisfaction_text(card.live_satisfaction)} from ratings"))
+        parts.append(Text(f"live in {channel}: {satisfaction_text(card.live_satisfaction)} from ratings"))
     if card.verdict:
         line = Text("gate ")
         line.append(card.verdict, style=VERDICT_STYLE.get(card.verdict))
@@ -99,8 +102,8 @@ def run_card(card: RunCard) -> Panel:
         hint = f"blocked by the gate: an admin may `approve {card.run_id} <reason>`; or `reject {card.run_id}`"
         parts.append(Text(hint, style="bold red"))
     elif card.rollout_state:
-        by = f" by {card.decided_by}" if card.decided_by else ""
-        reason = f": {card.decision_reason}" if card.decision_reason else ""
+        by = f" by {neutralise_bidi(card.decided_by)}" if card.decided_by else ""
+        reason = f": {neutralise_bidi(card.decision_reason)}" if card.decision_reason else ""
         if card.replaced_by_run is not None:
             by = f" (run #{card.replaced_by_run}): decide that one"
         parts.append(Text(f"{ROLLOUT_TEXT.get(card.rollout_state, card.rollout_state)}{by}{reason}", style="bold"))
@@ -142,7 +145,7 @@ def lineage(view: LineageView) -> Tree:
                 bits.append(f"{ROLLOUT_TEXT.get(run.rollout_state, run.rollout_state)}{where}{by}")
             if run.satisfaction is not None:
                 bits.append(f"rated {satisfaction_text(run.satisfaction)}")
-            node.add(Text(", ".join(bits)))
+            node.add(Text(neutralise_bidi(", ".join(bits))))
     return tree
 
 

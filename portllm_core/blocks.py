@@ -49,13 +49,24 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# Bidi embeddings, overrides and isolates (LRE RLE PDF LRO RLO, LRI RLI FSI PDI): they reorder the
+# text around them, so a reason can show reversed ("Trojan Source"). The marks (LRM, RLM, ALM)
+# only nudge neighbouring punctuation and right-to-left text needs them: they stay.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def neutralise_bidi(text: str) -> str:
+    """Text from a person as it is shown: in the order it was typed, whatever controls it carries."""
+    return _BIDI_CONTROLS.sub("", text)
+
+
 def escape(text: str) -> str:
-    """Escape the three characters Slack's mrkdwn treats as control characters.
+    """Escape the three characters Slack's mrkdwn treats as control characters, and drop bidi controls.
 
     Everything a person or a model wrote goes through here before Slack sees it: `<!channel>`
     would ping the channel and `<https://evil|reset your password>` would disguise a link.
     """
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return neutralise_bidi(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def fallback_text(text: str) -> str:
@@ -80,11 +91,13 @@ def pct(value: float | None) -> str:
 
 
 def satisfaction_text(score: Satisfaction | None) -> str:
-    """'4/5 👍 80% (38–96%)': the live KPI in a few characters; '–' before the first rating."""
-    if score is None or not score.n:
+    """'80% 👍 (38–96%) from 5 people, 7 ratings': the live KPI, per person; '–' before the first rating."""
+    if score is None or not score.people:
         return "–"
-    low, high = wilson_interval(score.up, score.n)
-    return f"{score.up}/{score.n} 👍 {score.rate * 100:.0f}% ({low * 100:.0f}–{high * 100:.0f}%)"
+    low, high = wilson_interval(score.up, score.people)
+    people = "1 person" if score.people == 1 else f"{score.people} people"
+    ratings = "1 rating" if score.ratings == 1 else f"{score.ratings} ratings"
+    return f"{score.rate * 100:.0f}% 👍 ({low * 100:.0f}–{high * 100:.0f}%) from {people}, {ratings}"
 
 
 def progress_bar(progress: float, width: int = 20) -> str:
@@ -364,7 +377,7 @@ def table_blocks(table: Table) -> list[dict]:
 def guard_text(proposal: GuardProposal) -> str:
     return (f"{proposal.assistant} {proposal.version} in {proposal.channel}: "
             f"{satisfaction_text(proposal.satisfaction)}, below the guard's {proposal.min_satisfaction:.0%} "
-            f"after {proposal.satisfaction.n} ratings (it watches from {proposal.min_ratings})")
+            f"(it watches from {proposal.min_ratings} people)")
 
 
 def guard_blocks(proposal: GuardProposal) -> list[dict]:

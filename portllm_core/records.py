@@ -243,11 +243,12 @@ def status(s: Session, assistant: str | None = None, *, channel: str | None = No
 
 
 def _satisfaction(score) -> dict[str, Any]:
-    """The live KPI of a rollout; n 0 when nobody rated its answers yet."""
-    if score is None or not score.n:
-        return {"n": 0, "up": 0, "down": 0, "rate": None, "ci95": None}
-    return {"n": score.n, "up": score.up, "down": score.n - score.up, "rate": score.rate,
-            "ci95": list(wilson_interval(score.up, score.n))}
+    """The live KPI of a rollout, each person weighing one (`up`: their 👍 shares summed); people 0
+    when nobody rated its answers yet."""
+    if score is None or not score.people:
+        return {"people": 0, "ratings": 0, "up": 0.0, "rate": None, "ci95": None}
+    return {"people": score.people, "ratings": score.ratings, "up": score.up, "rate": score.rate,
+            "ci95": list(wilson_interval(score.up, score.people))}
 
 
 def release(row) -> dict[str, Any]:

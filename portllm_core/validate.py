@@ -45,8 +45,8 @@ def parse_live_guard(value: str) -> tuple[int, float] | tuple[None, None]:
     except ValueError:
         n, fraction = 0, -1.0
     if n < 1 or not 0.0 <= fraction <= 1.0:
-        raise BadInput(f"--live-guard takes MIN_RATINGS:MIN_SATISFACTION, like 20:0.7 (after 20 ratings, propose "
-                       f"a rollback below 70 % 👍), or `off` (got {value!r})")
+        raise BadInput(f"--live-guard takes MIN_RATINGS:MIN_SATISFACTION, like 20:0.7 (once 20 people rated, "
+                       f"propose a rollback below 70 % 👍), or `off` (got {value!r})")
     return n, fraction
 
 

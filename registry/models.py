@@ -193,7 +193,7 @@ class Assistant(Base):
     system_prompt: Mapped[str] = mapped_column(Text, default="")
     owner: Mapped[str] = mapped_column(String(200), default="")
     on_release: Mapped[str] = mapped_column(String(10), default=OnRelease.AUTO, server_default=OnRelease.AUTO.value)
-    # The live guard: with at least this many ratings, satisfaction below this proposes a rollback.
+    # The live guard: once this many people rated (not ratings), satisfaction below this proposes a rollback.
     guard_min_ratings: Mapped[int | None] = mapped_column(Integer)
     guard_min_satisfaction: Mapped[float | None] = mapped_column(Float)
     created_by: Mapped[str] = mapped_column(String(200))
@@ -480,6 +480,15 @@ class Rating(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     answer: Mapped[Answer] = relationship()
+
+
+class Requester(Base):
+    """A person who requested runs from chat. Their requests lock this row and take turns, so the
+    per-person run quota holds when they arrive together for different assistants or channels."""
+
+    __tablename__ = "requesters"
+
+    user: Mapped[str] = mapped_column(String(200), primary_key=True)
 
 
 class AuditEvent(Base):

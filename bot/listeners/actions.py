@@ -1,9 +1,12 @@
 """Card buttons: Approve, Reject, Re-tune, the guard's Roll back, a release offer's Transplant.
-Ack first; the registry checks who may decide.
+Ack first; a button's value passes the typed commands' grammar (it is the command it stands for);
+the registry checks who may decide.
 
 A click is handled once, by whichever process claims it first (a double delivery does nothing).
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
@@ -11,7 +14,7 @@ from slack_sdk import WebClient
 from bot.listeners.deps import Deps
 from portllm_core import blocks
 from portllm_core.commands import grammar
-from portllm_core.commands.handlers import accept_offer, decide, retune, run_command
+from portllm_core.commands.handlers import accept_offer, run_command
 from portllm_core.commands.replies import Reply
 from portllm_core.ids import Action
 from portllm_core.views import RunCard
@@ -48,38 +51,52 @@ def register(app: App, deps: Deps) -> None:
         client.chat_update(channel=ctx.channel, ts=container["message_ts"], text=blocks.fallback_text(reply.text),
                            blocks=blocks.reply_blocks(reply))
 
+    def first_click(body: dict, client: WebClient, parse: Callable[[str], object]):
+        """(context, what the button's value parses to, container) the first time a click arrives;
+        None for a redelivery, or when the value is refused (the clicker is told why, as if typed)."""
+        ctx, value, container = context_of(body)
+        if not deps.seen.first_time(ctx.request_id):
+            return None
+        parsed = parse(value)
+        if isinstance(parsed, grammar.ParseError):
+            tell_clicker(client, ctx, str(parsed))
+            return None
+        return ctx, parsed, container
+
+    def button(verb: str) -> Callable[[str], object]:
+        return lambda value: grammar.parse_button(verb, value)
+
     @app.action(Action.APPROVE.value)
     def approve_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
-        ctx, run_id, container = context_of(body)
-        if deps.seen.first_time(ctx.request_id):
-            show(decide(int(run_id), True, ctx), client, respond, ctx, container)
+        if (click := first_click(body, client, button("approve"))) is not None:
+            ctx, command, container = click
+            show(run_command(command, ctx), client, respond, ctx, container)
 
     @app.action(Action.REJECT.value)
     def reject_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
-        ctx, run_id, container = context_of(body)
-        if deps.seen.first_time(ctx.request_id):
-            show(decide(int(run_id), False, ctx), client, respond, ctx, container)
+        if (click := first_click(body, client, button("reject"))) is not None:
+            ctx, command, container = click
+            show(run_command(command, ctx), client, respond, ctx, container)
 
     @app.action(Action.RETUNE.value)
     def retune_clicked(ack: Ack, body: dict, client: WebClient) -> None:
         ack()
-        ctx, run_id, _ = context_of(body)
-        if deps.seen.first_time(ctx.request_id):
-            tell_clicker(client, ctx, retune(int(run_id), ctx).text)
+        if (click := first_click(body, client, button("retune"))) is not None:
+            ctx, command, _ = click
+            tell_clicker(client, ctx, run_command(command, ctx).text)
 
     @app.action(Action.ROLLBACK.value)
     def rollback_clicked(ack: Ack, body: dict, client: WebClient) -> None:
         ack()
-        ctx, assistant, container = context_of(body)
-        if deps.seen.first_time(ctx.request_id):
-            replace_with_text(run_command(grammar.Rollback(assistant), ctx), client, ctx, container)
+        if (click := first_click(body, client, button("rollback"))) is not None:
+            ctx, command, container = click
+            replace_with_text(run_command(command, ctx), client, ctx, container)
 
     @app.action(Action.ACCEPT_OFFER.value)
     def offer_accepted(ack: Ack, body: dict, client: WebClient) -> None:
         ack()
-        ctx, value, container = context_of(body)
-        release_id, _, assistant = value.partition(":")
-        if deps.seen.first_time(ctx.request_id):
-            replace_with_text(accept_offer(int(release_id), assistant, ctx), client, ctx, container)
+        if (click := first_click(body, client, grammar.parse_offer)) is not None:
+            ctx, (release_id, assistant), container = click
+            replace_with_text(accept_offer(release_id, assistant, ctx), client, ctx, container)

@@ -1,4 +1,4 @@
-"""@mentions and thread replies: questions for the channel's live assistant, or commands.
+"""@mentions, thread replies and direct messages: questions for the channel's live assistant, or commands.
 
 An @mention arrives twice (app_mention and message events, different event ids): both go
 through one claim on (channel, ts), so the first one answers and the second does nothing.
@@ -28,16 +28,19 @@ def register(app: App, deps: Deps) -> None:
         if not deps.seen.first_time(ctx.request_id):  # the other delivery of this message
             return
         deps.seen.first_time(f"thread:{channel}:{thread_ts}")  # replies in this thread are for us now
-        text = " ".join(_MENTION.sub(" ", event.get("text", "")).split())
-        command = _command_for(text, channel)
+        command = _command_for(event.get("text", ""), channel)
         reply = command if isinstance(command, Reply) else run_command(command, ctx)
         if reply.reply_to is not None:  # a question was queued: the worker answers in the thread
             return
         client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=blocks.fallback_text(reply.text),
                                 blocks=blocks.reply_blocks(reply))
 
-    def _command_for(text: str, channel: str) -> grammar.Command | Reply:
+    def _command_for(raw: str, channel: str) -> grammar.Command | Reply:
         """A known command verb runs the command; anything else is a question for the live assistant."""
+        refused = grammar.refuse_control(raw)  # before the split below, which takes some for spaces
+        if refused is not None:
+            return Reply(str(refused), ok=False)
+        text = " ".join(_MENTION.sub(" ", raw).split())
         first = text.split(None, 1)[0].lower() if text else ""
         if first in grammar.USAGE:
             parsed = grammar.parse(text)
@@ -61,7 +64,12 @@ def register(app: App, deps: Deps) -> None:
 
     @app.event("message")
     def on_message(event: dict, client: WebClient, context: BoltContext) -> None:
-        if event.get("subtype") or event.get("bot_id") or "thread_ts" not in event:
+        if event.get("subtype") or event.get("bot_id"):
+            return
+        if event.get("channel_type") == "im":  # a direct message is always for us
+            answer(event, client, context.team_id)
+            return
+        if "thread_ts" not in event:
             return
         bot_user = context.bot_user_id or ""
         in_our_thread = (event.get("parent_user_id") == bot_user

@@ -34,7 +34,8 @@ def register(app: App, deps: Deps) -> None:
         if rating is None or rating.guard is None:  # not an answer, or nothing to say: a reaction needs no reply
             return
         reply = rated(rating)
-        client.chat_postMessage(channel=item["channel"], text=blocks.clip(blocks.guard_text(rating.guard), 3000),
+        # The rollout's own channel, always: only there can its approvers see and use the card.
+        client.chat_postMessage(channel=rating.channel, text=blocks.clip(blocks.guard_text(rating.guard), 3000),
                                 blocks=blocks.reply_blocks(reply))
 
     @app.event("reaction_removed")

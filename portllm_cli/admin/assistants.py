@@ -14,8 +14,8 @@ REQUESTER_HELP = "Who may request runs (repeat); none: everyone in the channel. 
 FOUR_EYES_HELP = "Four-eyes rule: whoever requested a run cannot approve it."
 ON_RELEASE_HELP = ("When a new base version of the family is registered: auto queues a transplant run per live "
                    "channel, ask posts a card offering it, off does nothing.")
-LIVE_GUARD_HELP = ("After MIN_N ratings of the live rollout's answers, propose a rollback when the share of 👍 is "
-                   "below MIN_RATE (e.g. 20:0.7); `off` removes it.")
+LIVE_GUARD_HELP = ("Once MIN_N people rated the live rollout's answers, propose a rollback when the share of 👍 "
+                   "(each person weighing one) is below MIN_RATE (e.g. 20:0.7); `off` removes it.")
 
 app = typer.Typer(help="Assistants: a family, a KPI suite, a gate and the people who approve.", no_args_is_help=True)
 

@@ -22,7 +22,7 @@ def add(
 ) -> None:
     """Register a base: fingerprint its weights and record its architecture signature, then
     release it: every assistant live on the family gets a transplant run per channel (its policy)."""
-    from portllm_cli.admin.releases import print_started
+    from portllm_cli.admin.releases import print_registered
     from portllm_core.flows import catalog
 
     with stderr().status(f"Fingerprinting {ref}…"):
@@ -34,7 +34,7 @@ def add(
         f"Base {added.label} registered: {sig.get('model_type')}, {sig.get('num_layers')} layers, "
         f"hidden {sig.get('hidden_size')}, vocab {sig.get('vocab_size')}, fingerprint {short(added.fingerprint)}"
     )
-    print_started(added.release)
+    print_registered(added)
 
 
 @app.command("list")

@@ -13,6 +13,15 @@ app = typer.Typer(help="Releases: a new base version and the runs it queued in e
                   no_args_is_help=True)
 
 
+def print_registered(added) -> None:
+    """What `base add` and `base watch` say about the release of a base they registered."""
+    if added.alias_of is not None:
+        stdout().print(f"{added.label} has the same weights as {added.alias_of}: registered as another label for "
+                       f"them; no release, nothing queued.")
+        return
+    print_started(added.release)
+
+
 def print_started(started) -> None:
     """What `base add`, `base watch` and `release start` say about the release they started."""
     if not started.created:
@@ -79,7 +88,7 @@ def watch(
                 warn(f"{seen.path}: {seen.error} (retried on the next look)")
                 continue
             stdout().print(f"Base {seen.registered.label} registered from {seen.path}.")
-            print_started(seen.registered.release)
+            print_registered(seen.registered)
         if once:
             return
         time.sleep(ws.settings.watch_interval_s)

@@ -116,14 +116,24 @@ _RUN_REF = re.compile(r"^#?(\d{1,18})$")
 _MENTION = re.compile(r"^<@[A-Z0-9]+(\|[^>]*)?>$")  # a leading @bot mention in a Slack message
 
 
-# C0 control characters other than tab and line breaks: never typed on purpose, and NUL cannot
-# even be stored (PostgreSQL refuses it in text).
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters (C0, DEL and C1) other than tab and line breaks: never typed on purpose, NUL
+# cannot even be stored (PostgreSQL refuses it in text), and Python's split() takes some of them
+# for spaces, so they are refused before anything else reads the text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def refuse_control(text: str) -> ParseError | None:
+    """The one check every entry point runs on what a person sent (slash command, @mention, DM,
+    console line, button value) before reading it: the refusal to reply, or None."""
+    if _CONTROL.search(text):
+        return ParseError("The message contains control characters (such as NUL); type it again without them.", "help")
+    return None
 
 
 def parse(text: str) -> Command | ParseError:
-    if _CONTROL.search(text):
-        return ParseError("The command contains control characters (such as NUL); type it again without them.", "help")
+    refused = refuse_control(text)
+    if refused is not None:
+        return refused
     words = text.split(None, 1)
     if words and _MENTION.match(words[0]):
         words = words[1].split(None, 1) if len(words) > 1 else []
@@ -260,6 +270,30 @@ def _parse_rate(rest: str) -> Command | ParseError:
     if up is None:
         return _usage_error("rate", f"rate an answer `up` or `down`, not `{_clip(words[1])}`.")
     return Rate(int(match.group(1)), up)
+
+
+def parse_button(verb: str, value: str) -> Command | ParseError:
+    """A card button as the command it stands for (Approve `12` is `approve 12`): its value passes
+    the same grammar as typed text, and is one word, so it can never carry a reason."""
+    refused = refuse_control(value)
+    if refused is not None:
+        return refused
+    if len(value.split()) != 1:
+        return _usage_error(verb, f"This button carries `{_clip(value)}`, not one {verb} argument.")
+    return parse(f"{verb} {value}")
+
+
+def parse_offer(value: str) -> tuple[int, str] | ParseError:
+    """A release offer button's value, `<release id>:<assistant>`, through the same checks."""
+    refused = refuse_control(value)
+    if refused is not None:
+        return refused
+    release, _, assistant = value.partition(":")
+    match = _RUN_REF.match(release)
+    if not match or not assistant or len(assistant.split()) != 1:
+        return ParseError(f"This button carries `{_clip(value)}`, not a release and an assistant.",
+                          "patch <assistant> onto <version>")
+    return int(match.group(1)), assistant
 
 
 _PARSERS = {

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from portllm_core import views
+from portllm_core.blocks import satisfaction_text
 from portllm_core.commands import grammar
 from portllm_core.commands.grammar import ParseError
 from portllm_core.commands.replies import Reply
-from portllm_core.flows import ratings, releases, runs
+from portllm_core.flows import ratings, runs
 from portllm_core.tasks import ANSWER_QUESTION, Enqueue
 from registry import services
 from registry.errors import RegistryError
@@ -192,14 +193,13 @@ def _ask(cmd: grammar.Ask, ctx: Context) -> Reply:
 
 
 def _rate(cmd: grammar.Rate, ctx: Context) -> Reply:
-    return rated(ratings.rate(ctx.session_factory, cmd.answer_id, user=ctx.user, up=cmd.up))
+    return rated(ratings.rate(ctx.session_factory, cmd.answer_id, user=ctx.user, channel=ctx.channel, up=cmd.up))
 
 
 def rated(rating: ratings.Rated) -> Reply:
     """What a rating says back (a typed `rate` or a Slack reaction), with the guard's card if it tripped."""
-    score = rating.satisfaction
     text = (f"Answer #{rating.answer_id} rated {'👍' if rating.up else '👎'}. {rating.assistant} "
-            f"{rating.version} in {rating.channel}: {score.up} of {score.n} 👍 ({score.rate:.0%}).")
+            f"{rating.version} in {rating.channel}: {satisfaction_text(rating.satisfaction)}.")
     if rating.guard is not None:
         return Reply(text + " The live guard proposes a rollback.", view=rating.guard, in_channel=True)
     return Reply(text)
@@ -208,10 +208,8 @@ def rated(rating: ratings.Rated) -> Reply:
 @replies
 def accept_offer(release_id: int, assistant: str, ctx: Context) -> Reply:
     """Queue the run a release offered here (policy `ask`): the offer card's button."""
-    run_id, created = releases.accept_offer(ctx.session_factory, ctx.enqueue, release_id, assistant, ctx.channel,
-                                            user=ctx.user)
-    return Reply(f"Run #{run_id} {'queued' if created else 'is already queued'}: the release's transplant of "
-                 f"{assistant} here.", run_id=run_id)
+    return _queued(runs.accept_offer(ctx.session_factory, ctx.enqueue, release_id, assistant, user=ctx.user,
+                                     channel=ctx.channel, limits=ctx.limits))
 
 
 def handle_help() -> Reply:

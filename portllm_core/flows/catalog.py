@@ -37,14 +37,18 @@ class BaseRegistered:
     label: str
     signature: dict
     fingerprint: str
-    release: ReleaseStarted
+    release: ReleaseStarted | None  # None: another label for weights the family has (`alias_of`)
     warnings: list[str] = field(default_factory=list)
+    alias_of: str | None = None  # "demo v3": the family's first label for these weights
 
 
 def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: str,
                   description: str = "") -> BaseRegistered:
     """Fingerprint a local model folder (or a hub id in the local cache), register it, and start
-    its release: the assistants live on the family get their runs (or offers) per their policy."""
+    its release: the assistants live on the family get their runs (or offers) per their policy.
+
+    Weights the family already has are registered as another label for them and release
+    nothing: the release of their first label carried them to the live channels already."""
     from portllm_engine.models import resolve_model_dir
 
     check_name("family", family)
@@ -59,15 +63,20 @@ def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: 
     signature, fingerprint, tokenizer_fp = describe_base(model_dir)
     with ws.session() as s:
         warnings = [
-            f"same weights as {twin.family} {twin.version} (fingerprint {short(fingerprint)}); "
+            f"same weights as {twin.family} {twin.version} of another family (fingerprint {short(fingerprint)}); "
             f"registering {family} {version} anyway"
-            for twin in services.list_bases(s, family=None) if twin.fingerprint == fingerprint
+            for twin in services.list_bases(s, family=None)
+            if twin.fingerprint == fingerprint and twin.family.lower() != family.lower()
         ]
         base = services.register_base(
             s, family=family, version=version, source_ref=source_ref, fingerprint=fingerprint,
             signature=signature, tokenizer_fingerprint=tokenizer_fp, actor=actor,
             **({"description": description} if description else {}),
         )
+        first = services.earlier_label(s, base)
+        if first is not None:
+            return BaseRegistered(f"{family} {version}", signature, fingerprint, None, warnings,
+                                  alias_of=f"{first.family} {first.version}")
         release = open_release(s, base, actor=actor)
     enqueue_release(ws.queue, release)
     return BaseRegistered(release.label, signature, fingerprint, release, warnings)

@@ -30,9 +30,10 @@ class Rated:
     guard: GuardProposal | None  # the live guard tripped on this rating: post it
 
 
-def rate(session_factory: sessionmaker[Session], answer_id: int, *, user: str, up: bool) -> Rated:
+def rate(session_factory: sessionmaker[Session], answer_id: int, *, user: str, channel: str, up: bool) -> Rated:
+    """Rate answer #N (the typed `rate`) from `channel`, which must be the answer's own."""
     with session_scope(session_factory) as s:
-        return _rate(s, services.get_answer(s, answer_id), user, up)
+        return _rate(s, services.answer_in(s, answer_id, channel), user, up)
 
 
 def rate_message(session_factory: sessionmaker[Session], channel: str, message_ts: str, *, user: str,

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from portllm_core.tasks import ANNOUNCE_RELEASE, TASK_FOR_RUN_KIND, Enqueue
 from registry import services
 from registry.db import session_scope
-from registry.models import Release, RunKind
+from registry.models import RunKind
 
 
 @dataclass(frozen=True)
@@ -54,17 +54,3 @@ def enqueue_release(enqueue: Enqueue, started: ReleaseStarted) -> None:
         enqueue(TASK_FOR_RUN_KIND[RunKind.TRANSPLANT], run_id)
     if started.created and (started.queued or started.offers):  # a release that reaches nobody says nothing
         enqueue(ANNOUNCE_RELEASE, started.release_id)
-
-
-def accept_offer(session_factory: sessionmaker[Session], enqueue: Enqueue, release_id: int, assistant: str,
-                 channel: str, *, user: str) -> tuple[int, bool]:
-    """Queue the run a release offered to an assistant in a channel (the offer card's button); (run id, created)."""
-    with session_scope(session_factory) as s:
-        release = s.get(Release, release_id)
-        if release is None:
-            raise services.RegistryError(f"There is no release #{release_id}; `bases` lists the registered bases.")
-        run, created = services.accept_offer(s, release, services.get_assistant(s, assistant), channel, user=user)
-        run_id = run.id
-    if created:
-        enqueue(TASK_FOR_RUN_KIND[RunKind.TRANSPLANT], run_id)
-    return run_id, created

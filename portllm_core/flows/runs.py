@@ -56,22 +56,25 @@ class RunRequested:
 
 def request_run(session_factory: sessionmaker[Session], enqueue: Enqueue, *, kind: str, assistant: str,
                 version: str, user: str, channel: str, idempotency_key: str, patch_id: int | None = None,
-                spec: dict | None = None, limits: RateLimits | None = None) -> RunRequested:
+                spec: dict | None = None, limits: RateLimits | None = None,
+                release_id: int | None = None) -> RunRequested:
     """Record a run of `kind` and put it on its queue (once per idempotency key).
 
-    With `limits` (a request from chat) the person must be one of the assistant's requesters
-    and within the rate limits; a repeated request is answered before it is counted.
+    With `limits` (a request from chat: typed, or a card's button) the person must be one of the
+    assistant's requesters and within the rate limits; a repeated request is answered before it
+    is counted.
     """
     with session_scope(session_factory) as s:
         owner = services.get_assistant(s, assistant)
         base = services.get_base(s, owner.family, version)
-        if limits is not None and services.find_run_by_key(s, idempotency_key) is None:
+        if limits is not None:
             permissions.require_requester(owner, user)
-            permissions.require_run_quota(s, owner, user, per_user=limits.per_user,
-                                          per_assistant=limits.per_assistant, window_s=RATE_WINDOW_S)
+            if services.find_run_by_key(s, idempotency_key) is None:
+                permissions.require_run_quota(s, owner, user, per_user=limits.per_user,
+                                              per_assistant=limits.per_assistant, window_s=RATE_WINDOW_S)
         run, created = services.request_run(
             s, assistant=owner.name, version=base.version, kind=kind, idempotency_key=idempotency_key,
-            requested_by=user, channel=channel, patch_id=patch_id, spec=spec)
+            requested_by=user, channel=channel, patch_id=patch_id, spec=spec, release_id=release_id)
         requested = RunRequested(run.id, created, kind, owner.name, base.version, run.status)
     if created:
         enqueue(TASK_FOR_RUN_KIND[kind], requested.run_id)
@@ -122,6 +125,19 @@ def request_retune(session_factory: sessionmaker[Session], enqueue: Enqueue, run
         key = services.retune_key(s, run_id)
     return request_run(session_factory, enqueue, kind=RunKind.RETUNE, assistant=assistant, version=version,
                        user=user, channel=run.channel, idempotency_key=key, patch_id=patch_id, limits=limits)
+
+
+def accept_offer(session_factory: sessionmaker[Session], enqueue: Enqueue, release_id: int, assistant: str, *,
+                 user: str, channel: str, limits: RateLimits) -> RunRequested:
+    """Queue the transplant a release offered to an assistant in this channel (the offer card's
+    button): the request typing `patch <assistant> onto <version>` here makes, with the same
+    requester and quota checks; one run per offer, whoever clicks first."""
+    with session_scope(session_factory) as s:
+        owner = services.get_assistant(s, assistant)
+        release = services.offered_release(s, release_id, owner, channel)
+        version, key = release.base.version, services.release_key(release.id, owner.id, channel)
+    return request_run(session_factory, enqueue, kind=RunKind.TRANSPLANT, assistant=owner.name, version=version,
+                       user=user, channel=channel, idempotency_key=key, limits=limits, release_id=release_id)
 
 
 def rollback(session_factory: sessionmaker[Session], enqueue: Enqueue, assistant: str, channel: str,

@@ -11,8 +11,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from registry.errors import NotRequester, OwnRunUnderFourEyes, RateLimited, WrongChannel
-from registry.models import Assistant, Rollout, RolloutState, Run, utcnow
+from registry.models import Assistant, Requester, Rollout, RolloutState, Run, utcnow
 from registry.services.catalog import require_approver, same_user
+from registry.services.common import insert_unless_exists
 
 
 def may_request(assistant: Assistant, user: str) -> bool:
@@ -49,10 +50,13 @@ def require_run_quota(s: Session, assistant: Assistant, user: str, *, per_user: 
                       window_s: int) -> None:
     """At most `per_user` runs by one person and `per_assistant` runs of one assistant per window.
 
-    Requests for one assistant are counted one at a time: a no-op write holds the assistant's row
-    until commit (PostgreSQL locks the row; SQLite takes its database write lock), so two requests
-    arriving together cannot both take the last free slot.
+    Requests by one person, and requests for one assistant, are counted one at a time: a no-op
+    write holds the person's row and then the assistant's until commit (PostgreSQL locks the rows,
+    always in that order; SQLite takes its database write lock), so two requests arriving together
+    cannot both take the last free slot, whichever assistants and channels they are for.
     """
+    insert_unless_exists(s, Requester, {"user": user}, key="user", returning=Requester.user)
+    s.execute(update(Requester).where(Requester.user == user).values(user=Requester.user))
     s.execute(update(Assistant).where(Assistant.id == assistant.id).values(name=Assistant.name))
     since = utcnow() - timedelta(seconds=window_s)
     for whose, limit, where in (("Your runs", per_user, Run.requested_by == user),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from registry.errors import NotFound, RegistryError
@@ -13,19 +13,24 @@ from registry.services.common import audit, conditional_update
 
 @dataclass(frozen=True)
 class Satisfaction:
-    """The share of 👍 among a rollout's ratings (its interval is the read models' to show)."""
+    """The share of 👍 among the people who rated a rollout's answers (its interval is the read
+    models' to show). Each person weighs one, however many answers they rated: one person's ten
+    👎 are one voice, so nobody can trip the live guard alone."""
 
-    n: int
-    up: int
+    people: int  # distinct raters
+    ratings: int
+    up: float  # each person's share of 👍 among their ratings, summed over people
 
     @property
     def rate(self) -> float | None:
-        return self.up / self.n if self.n else None
+        return self.up / self.people if self.people else None
 
 
 class UnknownAnswer(NotFound):
+    # The same words whether the answer does not exist or was given in another channel: answer
+    # numbers are sequential, so a refusal that differed would map other channels' answers.
     def __init__(self, answer_id: int):
-        super().__init__(f"There is no answer #{answer_id}; the number is shown under each answer.")
+        super().__init__(f"There is no answer #{answer_id} here; the number is shown under each answer.")
         self.answer_id = answer_id
 
 
@@ -45,6 +50,14 @@ def set_answer_message(s: Session, answer_id: int, message_ts: str) -> None:
 def get_answer(s: Session, answer_id: int) -> Answer:
     answer = s.get(Answer, answer_id) if id_in_range(answer_id) else None
     if answer is None:
+        raise UnknownAnswer(answer_id)
+    return answer
+
+
+def answer_in(s: Session, answer_id: int, channel: str) -> Answer:
+    """Answer #N as seen from `channel`: only the channel it was given in may rate it."""
+    answer = get_answer(s, answer_id)
+    if answer.channel != channel:
         raise UnknownAnswer(answer_id)
     return answer
 
@@ -91,22 +104,29 @@ def _take_turns(s: Session, answer: Answer) -> None:
 
 
 def satisfaction(s: Session, rollout_ids: list[int]) -> dict[int, Satisfaction]:
-    """Per rollout: how many ratings its answers got and how many were 👍 (absent: none yet)."""
+    """Per rollout: how many people rated its answers, how often, and their 👍 (absent: none yet)."""
     if not rollout_ids:
         return {}
-    rows = s.execute(
-        select(Answer.rollout_id, func.count(Rating.id), func.sum(cast(Rating.up, Integer)))
+    per_person = (
+        select(Answer.rollout_id, func.count(Rating.id).label("ratings"),
+               func.avg(case((Rating.up, 1.0), else_=0.0)).label("share"))
         .join(Rating, Rating.answer_id == Answer.id)
         .where(Answer.rollout_id.in_(rollout_ids))
-        .group_by(Answer.rollout_id)
+        .group_by(Answer.rollout_id, Rating.user)
+        .subquery()
     )
-    return {rollout_id: Satisfaction(int(n), int(up or 0)) for rollout_id, n, up in rows}
+    rows = s.execute(
+        select(per_person.c.rollout_id, func.count(), func.sum(per_person.c.ratings), func.sum(per_person.c.share))
+        .group_by(per_person.c.rollout_id)
+    )
+    return {rollout_id: Satisfaction(int(people), int(ratings), float(up or 0.0))
+            for rollout_id, people, ratings, up in rows}
 
 
 def guard_trips(assistant: Assistant, rollout: Rollout, score: Satisfaction) -> bool:
-    """The live guard: enough ratings, satisfaction below the threshold, not proposed yet."""
+    """The live guard: enough people rated, satisfaction below the threshold, not proposed yet."""
     return (rollout.state == RolloutState.LIVE and rollout.guard_tripped_at is None
-            and assistant.guard_min_ratings is not None and score.n >= assistant.guard_min_ratings
+            and assistant.guard_min_ratings is not None and score.people >= assistant.guard_min_ratings
             and score.rate < assistant.guard_min_satisfaction)
 
 
@@ -117,5 +137,5 @@ def trip_guard(s: Session, rollout: Rollout, score: Satisfaction) -> bool:
     if won:
         audit(s, actor="system:live-guard", action="rollout.guard_tripped", entity_type="rollout",
               entity_id=rollout.id, assistant_id=rollout.assistant_id, channel=rollout.channel,
-              ratings=score.n, satisfaction=score.rate)
+              people=score.people, ratings=score.ratings, satisfaction=score.rate)
     return bool(won)

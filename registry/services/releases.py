@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry.errors import RegistryError
-from registry.models import Assistant, BaseModel, OnRelease, Release, Rollout, RolloutState, Run, RunKind
+from registry.models import Assistant, BaseModel, OnRelease, Release, Rollout, RolloutState, Run, RunKind, id_in_range
 from registry.services.common import audit
 from registry.services.runs import request_run
 
@@ -49,13 +49,26 @@ def get_release(s: Session, base: BaseModel) -> Release | None:
     return s.scalar(select(Release).where(Release.base_id == base.id))
 
 
+def earlier_label(s: Session, base: BaseModel) -> BaseModel | None:
+    """The base of the same family registered first with the same weights, when `base` is only
+    another label for them (`v3-copy` of `v3`); None for new weights."""
+    return s.scalar(select(BaseModel).where(
+        func.lower(BaseModel.family) == base.family.lower(), BaseModel.fingerprint == base.fingerprint,
+        BaseModel.id < base.id).order_by(BaseModel.id))
+
+
 def open_release(s: Session, base: BaseModel, *, actor: str) -> tuple[Release, list[Run]]:
     """Open the base's release: per its assistants' policy, queue a transplant run per live
     channel (auto) or record an offer (ask). Returns (release, the runs it created now); a
-    release opened before returns with no runs."""
+    release opened before returns with no runs. Another label for weights the family already
+    has releases nothing: their first label's release carried them."""
     existing = get_release(s, base)
     if existing is not None:
         return existing, []
+    first = earlier_label(s, base)
+    if first is not None:
+        raise RegistryError(f"{base.label} has the same weights as {first.label}: it is another label for them, "
+                            f"so it releases nothing (`portllm release show {first.family} {first.version}`).")
     release = Release(base_id=base.id, offers=[], created_by=actor)
     s.add(release)
     s.flush()
@@ -79,14 +92,14 @@ def open_release(s: Session, base: BaseModel, *, actor: str) -> tuple[Release, l
     return release, created
 
 
-def accept_offer(s: Session, release: Release, assistant: Assistant, channel: str, *, user: str) -> tuple[Run, bool]:
-    """Queue the run a release offered to (assistant, channel) under the `ask` policy; once."""
-    offered = {"assistant": assistant.name, "channel": channel}
-    if offered not in release.offers:
+def offered_release(s: Session, release_id: int, assistant: Assistant, channel: str) -> Release:
+    """The release that offered `assistant` a run in `channel` (policy `ask`); any other is refused.
+    Accepting it is an ordinary run request (portllm_core.flows.runs.accept_offer)."""
+    release = s.get(Release, release_id) if id_in_range(release_id) else None
+    if release is None:
+        raise RegistryError(f"There is no release #{release_id}; `bases` lists the registered bases.")
+    if {"assistant": assistant.name, "channel": channel} not in release.offers:
         raise RegistryError(
-            f"{release.base.label} offered no run to {assistant.name} in {channel}; "
-            f"use `patch {assistant.name} onto {release.base.version}` to carry the patch there.")
-    return request_run(
-        s, assistant=assistant, version=release.base.version, kind=RunKind.TRANSPLANT,
-        idempotency_key=release_key(release.id, assistant.id, channel), requested_by=user,
-        channel=channel, release_id=release.id)
+            f"{release.base.label} offered no run to {assistant.name} here; "
+            f"use `patch {assistant.name} onto {release.base.version}` to carry the patch here.")
+    return release

@@ -27,12 +27,17 @@ def test_bases_are_listed_with_fingerprint_and_signature(registered, tiny_world)
     assert "v2" in table and "llama" in table
 
 
-def test_the_same_weights_under_a_new_version_are_allowed_with_a_warning(registered, tiny_world):
+def test_the_same_weights_under_a_new_version_are_another_label_or_a_warning_in_another_family(
+        registered, tiny_world):
     result = registered.ok("base", "add", "tiny", "v1-copy", tiny_world.v1)
     v1 = registered.json("base", "list")[0]
-    assert f"warning: same weights as tiny v1 (fingerprint {v1['fingerprint'][:12]})" in result.stderr
+    assert "tiny v1-copy has the same weights as tiny v1: registered as another label" in result.stdout
     copy = registered.json("base", "list")[-1]
     assert (copy["version"], copy["fingerprint"]) == ("v1-copy", v1["fingerprint"])
+    elsewhere = registered.ok("base", "add", "tiny-fork", "v1", tiny_world.v1)  # new to that family: released
+    assert f"warning: same weights as tiny v1 of another family (fingerprint {v1['fingerprint'][:12]})" \
+        in " ".join(elsewhere.stderr.split())
+    assert "Release tiny-fork v1" in elsewhere.stdout
 
 
 def test_an_assistant_keeps_its_suite_content_addressed_and_can_be_changed(registered, tiny_world, tmp_path):

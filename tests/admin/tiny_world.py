@@ -149,3 +149,14 @@ def build_tiny_world(root: Path) -> TinyWorld:
         bad_suite=bad_suite,
         train_data=train_data,
     )
+
+
+def new_version_of(model: Path, out: Path) -> Path:
+    """A copy of `model` that fingerprints as new weights (its config.json gains a key): a stand-in
+    for a retrained base, since the same weights under a new label release nothing."""
+    import shutil
+
+    shutil.copytree(model, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "portllm_test_version": out.name}))
+    return out

@@ -219,24 +219,25 @@ def test_the_card_says_which_test_decided_each_stage_and_escapes_it():
 
 
 def test_live_satisfaction_shows_in_home_status_and_the_card():
-    score = Satisfaction(n=5, up=4)
+    score = Satisfaction(people=5, ratings=9, up=4.0)
     view = StatusView(None, (LiveRow("support-assistant", "#support", "v2", 3, 0.9, score),), ())
     assert_valid(blocks.home_view(view)["blocks"])
-    assert "4/5 👍 80% (38–96%)" in json.dumps(blocks.home_view(view), ensure_ascii=False)
-    assert blocks.satisfaction_text(None) == "–" and blocks.satisfaction_text(Satisfaction(0, 0)) == "–"
+    assert "80% 👍 (38–96%) from 5 people, 9 ratings" in json.dumps(blocks.home_view(view), ensure_ascii=False)
+    assert blocks.satisfaction_text(None) == "–" and blocks.satisfaction_text(Satisfaction(0, 0, 0.0)) == "–"
+    assert blocks.satisfaction_text(Satisfaction(1, 1, 0.0)).endswith("from 1 person, 1 rating")
     out = blocks.run_card_blocks(card(live_satisfaction=score))
     assert_valid(out)
-    assert any(b["block_id"] == Block.RUN_LIVE_KPI and "4/5" in b["elements"][0]["text"] for b in out)
+    assert any(b["block_id"] == Block.RUN_LIVE_KPI and "5 people" in b["elements"][0]["text"] for b in out)
 
 
 def test_the_guard_card_rolls_back_in_one_click_or_says_there_is_nothing_to_roll_back_to():
-    proposal = GuardProposal("support-assistant", "#support", "v3", "v2", Satisfaction(10, 3), 10, 0.7)
+    proposal = GuardProposal("support-assistant", "#support", "v3", "v2", Satisfaction(10, 12, 3.0), 10, 0.7)
     out = blocks.guard_blocks(proposal)
     assert_valid(out)
     [button] = out[1]["elements"]
     assert (button["action_id"], button["value"]) == (Action.ROLLBACK, "support-assistant")
     assert "Roll back to v2" in button["text"]["text"] and "confirm" in button
-    first = blocks.guard_blocks(GuardProposal("support-assistant", "#support", "v1", None, Satisfaction(10, 3), 10, 0.7))
+    first = blocks.guard_blocks(GuardProposal("support-assistant", "#support", "v1", None, Satisfaction(10, 12, 3.0), 10, 0.7))
     assert_valid(first)
     assert all(b["type"] != "actions" for b in first) and "Nothing to roll back to" in json.dumps(first)
 
@@ -252,3 +253,8 @@ def test_release_summary_and_offer_cards():
     offer = blocks.offer_blocks(4, "v3", "style-assistant", "#style")
     assert_valid(offer)
     assert offer[1]["elements"][0]["value"] == "4:style-assistant"
+
+
+def test_escape_drops_bidi_controls_and_keeps_the_marks_right_to_left_text_needs():
+    assert blocks.escape("\u202eevil\u202c <b> \u2066x\u2069") == "evil &lt;b&gt; x"
+    assert blocks.escape("שלום\u200f!") == "שלום\u200f!"  # RLM is a mark, not an override

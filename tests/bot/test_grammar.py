@@ -132,3 +132,36 @@ def test_control_characters_are_refused_with_a_reason():
     refused = parse("status support\x00assistant")
     assert isinstance(refused, ParseError) and "control characters" in str(refused)
     assert not isinstance(parse("status\tsupport-assistant"), ParseError)
+
+
+@pytest.mark.parametrize("verb, value, expected", [
+    ("approve", "12", Approve(12)),
+    ("reject", "#12", Reject(12)),
+    ("retune", "12", Retune(12)),
+    ("rollback", "support-assistant", Rollback("support-assistant")),
+])
+def test_a_button_is_the_command_it_stands_for(verb, value, expected):
+    from portllm_core.commands.grammar import parse_button
+
+    assert parse_button(verb, value) == expected
+
+
+@pytest.mark.parametrize("verb, value, says", [
+    ("approve", "12\x1c", "control characters"),  # split() would take \x1c for a space
+    ("approve", "12 flaky items", "not one approve argument"),  # a value never carries an override reason
+    ("approve", "twelve", "not a run number"),
+    ("rollback", "support\x85assistant", "control characters"),
+])
+def test_a_button_value_is_refused_as_typed_text_would_be(verb, value, says):
+    from portllm_core.commands.grammar import parse_button
+
+    refused = parse_button(verb, value)
+    assert isinstance(refused, ParseError) and says in str(refused)
+
+
+def test_an_offer_button_carries_a_release_and_an_assistant():
+    from portllm_core.commands.grammar import parse_offer
+
+    assert parse_offer("4:support-assistant") == (4, "support-assistant")
+    for bad in ("4:support\x00assistant", "four:support-assistant", "4:", "4:a b"):
+        assert isinstance(parse_offer(bad), ParseError), bad

@@ -170,3 +170,154 @@ def test_what_a_person_typed_is_escaped_in_the_reply(serve, fake_slack):
     everything = json.dumps(reply.body)
     assert "<!channel>" not in everything and "<https://evil" not in everything
     assert "&lt;!channel&gt;" in reply.body["text"]  # the fallback text too, not only the blocks
+
+
+# -- issue 20: ratings, offers, quotas and input, as Slack sees them ------------------------------
+
+def answered_here(world, *, guard: tuple[int, float] | None = None) -> int:
+    """A live rollout in CHANNEL (v1, then v2 to roll back from) and one answer it gave there."""
+    from registry import services
+    from registry.db import session_scope
+    from tests.bot.conftest import live_run
+
+    live_run(world.session_factory, key="k-v1", version="v1")
+    v2 = live_run(world.session_factory, key="k-v2", version="v2")
+    with session_scope(world.session_factory) as s:
+        if guard is not None:
+            services.update_assistant(s, ASSISTANT, actor="test", guard_min_ratings=guard[0],
+                                      guard_min_satisfaction=guard[1])
+        return services.record_answer(s, s.get(Run, v2).rollout, asked_by=OUTSIDER, question="reset?").id
+
+
+def test_a_rating_counts_only_in_the_answers_channel_and_the_guard_card_goes_there(serve, world, fake_slack):
+    server = serve()
+    answer = answered_here(world, guard=(2, 0.5))
+
+    def rate(text: str, user: str, channel: str, name: str) -> dict:
+        slack_http.slash(server.url, text, user=user, channel=channel, trigger_id=f"t-{name}",
+                         response_url=response_url(fake_slack, name))
+        [reply] = fake_slack.wait_for(f"response/{name}", 1)
+        return reply.body
+
+    elsewhere = rate(f"rate {answer} down", OUTSIDER, "COTHER1", "other")
+    missing = rate(f"rate {answer + 1000} down", OUTSIDER, "COTHER1", "missing")
+    # The same refusal as for a number that is no answer at all: nothing about #support leaks.
+    assert elsewhere["text"] == missing["text"].replace(str(answer + 1000), str(answer))
+    assert f"There is no answer #{answer} here" in elsewhere["text"]
+    leaked = json.dumps(elsewhere)
+    assert CHANNEL not in leaked and ASSISTANT not in leaked and "v2" not in leaked
+    assert elsewhere["response_type"] == "ephemeral"
+    with world.session_factory() as s:
+        assert s.query(Rollout).filter(Rollout.guard_tripped_at.is_not(None)).count() == 0
+
+    rate(f"rate {answer} down", OUTSIDER, CHANNEL, "here-1")
+    tripped = rate(f"rate {answer} down", APPROVER, CHANNEL, "here-2")
+    assert tripped["response_type"] == "in_channel" and "below the guard's 50%" in json.dumps(tripped["blocks"])
+    assert [c.method for c in fake_slack.calls if "below the guard" in json.dumps(c.body)] == ["response/here-2"]
+
+
+def test_a_release_offer_click_passes_the_same_requester_and_quota_checks_as_typing(serve, world, fake_slack):
+    from registry import services
+    from registry.db import session_scope
+    from tests.bot.conftest import live_run
+
+    server = serve(PORTLLM_RUNS_PER_USER_PER_HOUR="1")
+    live_run(world.session_factory, key="k-v1", version="v1")
+    with session_scope(world.session_factory) as s:
+        services.update_assistant(s, ASSISTANT, actor="test", on_release="ask", requesters=["UREQUESTER1", "UBUSY1"])
+        release, _ = services.open_release(s, services.get_base(s, "demo", "v2"), actor="test")
+        release_id = release.id
+    with session_scope(world.session_factory) as s:  # UBUSY1 used up their hour already
+        services.request_run(s, assistant=ASSISTANT, version="v3", idempotency_key="busy",
+                             requested_by="UBUSY1", channel=CHANNEL)
+    with world.session_factory() as s:
+        runs_before = s.query(Run).count()
+
+    def accept(user: str, name: str) -> None:
+        slack_http.click(server.url, Action.ACCEPT_OFFER, f"{release_id}:{ASSISTANT}", user=user, channel=CHANNEL,
+                         message_ts="1700000002.000100", response_url=response_url(fake_slack, name))
+
+    accept(OUTSIDER, "offer-outsider")
+    accept("UBUSY1", "offer-busy")
+    refusals = {c.body["user"]: c.body["text"] for c in fake_slack.wait_for("chat.postEphemeral", 2)}
+    typed = {}
+    for user in (OUTSIDER, "UBUSY1"):  # what typing the same request says to each of them
+        slack_http.slash(server.url, f"patch {ASSISTANT} onto v2", user=user, channel=CHANNEL,
+                         trigger_id=f"t-typed-{user}", response_url=response_url(fake_slack, f"typed-{user}"))
+        typed[user] = fake_slack.wait_for(f"response/typed-{user}", 1)[0].body["text"]
+    assert "Only @UREQUESTER1" in refusals[OUTSIDER] and refusals[OUTSIDER] == typed[OUTSIDER]
+    assert "Your runs: 1 requested" in refusals["UBUSY1"] and "Your runs: 1 requested" in typed["UBUSY1"]
+    assert not fake_slack.calls_to("chat.update")  # the offer card still offers
+    with world.session_factory() as s:
+        assert s.query(Run).count() == runs_before
+
+    accept("UREQUESTER1", "offer-ok")
+    [update] = fake_slack.wait_for("chat.update", 1)
+    assert "queued: transplant of support-assistant onto v2" in update.body["text"]
+    with world.session_factory() as s:
+        [run] = s.query(Run).filter_by(release_id=release_id).all()
+        assert run.requested_by == "UREQUESTER1" and run.channel == CHANNEL
+
+
+# Every control character a person could send, but tab and line breaks (which are spacing).
+CONTROL_CHARACTERS = [chr(c) for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if chr(c) not in "\t\n\r"]
+
+
+def test_every_control_character_is_refused_the_same_way_on_every_entry_point(serve, world, fake_slack, data_dir):
+    """Issue 20: `<@UBOT> hello\\u0000` made the answer fail inside PostgreSQL and nobody replied.
+    Each character goes through a slash command, an @mention (a question, with an assistant live),
+    a DM, every card button and the console, and each gets the grammar's one refusal."""
+    import io
+
+    from portllm_cli.console import run_console
+    from portllm_core.settings import Settings
+    from tests.bot.conftest import live_run
+
+    refusal = "The message contains control characters (such as NUL); type it again without them. Try `help`."
+    server = serve()
+    run_id = live_run(world.session_factory, key="k-live", version="v1")
+    buttons = [(Action.APPROVE, str(run_id)), (Action.REJECT, str(run_id)), (Action.RETUNE, str(run_id)),
+               (Action.ROLLBACK, ASSISTANT), (Action.ACCEPT_OFFER, f"1:{ASSISTANT}")]
+    for i, char in enumerate(CONTROL_CHARACTERS):
+        typed = slack_http.slash(server.url, f"status{char}", user=OUTSIDER, channel=CHANNEL, trigger_id=f"t-ctl-{i}",
+                                 response_url=response_url(fake_slack, f"ctl-{i}"))
+        assert typed.status_code == 200 and typed.json()["text"] == refusal, (i, typed.text)
+        ts = f"1700000100.{i:06d}"
+        mention = {"type": "app_mention", "channel": CHANNEL, "user": OUTSIDER, "ts": ts, "event_ts": ts,
+                   "text": f"<@{BOT_USER_ID}> hello{char} how do I reset the X200?"}
+        direct = {"type": "message", "channel_type": "im", "channel": "D0DIRECT1", "user": OUTSIDER, "ts": ts,
+                  "event_ts": ts, "text": f"status{char}"}
+        for name, body in (("mention", mention), ("dm", direct)):
+            assert slack_http.event(server.url, body, event_id=f"Ev-ctl-{name}-{i}",
+                                    bot_user=BOT_USER_ID).status_code == 200
+        for action, value in buttons:
+            assert slack_http.click(server.url, action, value + char, user=APPROVER, channel=CHANNEL,
+                                    message_ts=ts, response_url=response_url(fake_slack, f"b-{i}")).status_code == 200
+
+    n = len(CONTROL_CHARACTERS)
+    posted = fake_slack.wait_for("chat.postMessage", 2 * n, timeout=60)
+    told = fake_slack.wait_for("chat.postEphemeral", len(buttons) * n, timeout=60)
+    assert {c.body["text"] for c in posted} == {refusal} and {c.body["text"] for c in told} == {refusal}
+    assert sorted(c.body["channel"] for c in posted) == sorted([CHANNEL, "D0DIRECT1"] * n)  # a reply for each
+    assert world.messages("serve") == [] and world.messages("gpu") == []  # nothing asked, nothing queued
+    with world.session_factory() as s:
+        assert s.query(Run).count() == 1 and s.query(Rollout).filter_by(state="live").count() == 1
+
+    out = io.StringIO()
+    code = run_console("#support", "alice", stdin=io.StringIO("".join(f"status{c}\n" for c in CONTROL_CHARACTERS)),
+                       out=out, settings=Settings(data_dir=data_dir), session_factory=world.session_factory,
+                       enqueue=world.queue, poll_s=0.05, wait_s=5)
+    assert code == 1 and out.getvalue().count("The message contains control characters") == n
+
+
+def test_bidi_controls_in_a_reason_are_neutralised_in_the_card(serve, world, fake_slack):
+    """Issue 20: U+202E in a reject reason showed the reason reversed on the run card."""
+    server = serve()
+    run_id = awaiting_run(world.session_factory, key="k-bidi")
+    reason = "\u202edesserper eb ot\u202c \u2067fine\u2069"
+    slack_http.slash(server.url, f"reject {run_id} {reason}", user=APPROVER, channel=CHANNEL, trigger_id="t-bidi",
+                     response_url=response_url(fake_slack, "bidi"))
+    [reply] = fake_slack.wait_for("response/bidi", 1)
+    shown = json.dumps(reply.body, ensure_ascii=False)
+    assert "Rejected by <@UAPPROVER1>: desserper eb ot fine" in shown
+    assert not set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069") & set(shown)

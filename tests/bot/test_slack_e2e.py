@@ -228,7 +228,7 @@ def test_thumbs_down_reactions_rate_the_answer_and_the_guard_card_rolls_back_in_
     [button] = [e for b in card.body["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert button["action_id"] == Action.ROLLBACK and button["value"] == ASSISTANT
     with world.session_factory() as s:
-        assert services.satisfaction(s, [s.get(Run, v2).rollout.id])[s.get(Run, v2).rollout.id].n == 2
+        assert services.satisfaction(s, [s.get(Run, v2).rollout.id])[s.get(Run, v2).rollout.id].people == 2
 
     # Taking a reaction back takes the rating back; removing a 👍 the person never gave changes nothing.
     for i, reaction in enumerate(("+1", "-1")):
@@ -239,10 +239,10 @@ def test_thumbs_down_reactions_rate_the_answer_and_the_guard_card_rolls_back_in_
     with world.session_factory() as s:
         rollout_id = s.get(Run, v2).rollout.id
         deadline = time.monotonic() + 10  # Bolt acks first and runs the listener after
-        while services.satisfaction(s, [rollout_id])[rollout_id].n != 1 and time.monotonic() < deadline:
+        while services.satisfaction(s, [rollout_id])[rollout_id].people != 1 and time.monotonic() < deadline:
             time.sleep(0.05)
             s.expire_all()
-        assert services.satisfaction(s, [rollout_id])[rollout_id] == services.Satisfaction(n=1, up=0)
+        assert services.satisfaction(s, [rollout_id])[rollout_id] == services.Satisfaction(people=1, ratings=1, up=0.0)
 
     response = slack_http.click(server.url, Action.ROLLBACK, ASSISTANT, user=APPROVER, channel=CHANNEL,
                                 message_ts="1700000001.000200", response_url=response_url(fake_slack, "rb"))

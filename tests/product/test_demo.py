@@ -71,7 +71,7 @@ def test_demo_plays_the_whole_story(demo_env, production_flags, demo_world, data
         assert services.live_rollout(s, "support-assistant", "#support").run_id == retuned.id
         # both answers were rated, each for the rollout that gave it.
         assert services.satisfaction(s, [v2.rollout.id, retuned.rollout.id]) == {
-            v2.rollout.id: services.Satisfaction(1, 1), retuned.rollout.id: services.Satisfaction(1, 1)}
+            v2.rollout.id: services.Satisfaction(1, 1, 1.0), retuned.rollout.id: services.Satisfaction(1, 1, 1.0)}
         # the unrelated model was refused before anything was loaded onto it.
         assert other.status == "failed" and other.compat_report["errors"] and not other.evaluations
         # the lineage lists every run of the story.

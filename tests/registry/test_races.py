@@ -191,3 +191,41 @@ def test_ten_runs_recording_the_same_missing_score_keep_one_ledger_entry(session
     with session_scope(session_factory) as s:
         assert _count(s, Score) == 1 + 2 * THREADS  # the seeded runs' own scores, and one entry for the key
         assert sv.find_score(s, key).run_id == outcomes[0][1]
+
+
+def test_ten_requests_by_one_person_at_once_across_assistants_and_channels_keep_the_personal_quota(
+        session_factory, monkeypatch):
+    """Issue 20: the per-person limit holds exactly when one person's requests for two assistants in
+    two channels arrive together (the assistants' locks alone let both assistants' requests count
+    the same free slots). The gap between counting and recording is widened, as above."""
+    import time
+
+    from portllm_core.flows.runs import RateLimits, request_run
+    from registry.errors import RateLimited
+
+    with session_scope(session_factory) as s:
+        seed(s)
+        sv.create_assistant(s, name="other-assistant", family="demo", suite_ref="sha256:" + "5" * 64,
+                            suite_digest="5" * 64, min_accuracy=0.6, max_regression=0.05, approvers=["alice"],
+                            admins=[], actor="eng")
+        sv.register_patch(s, assistant="other-assistant", origin_base="v1", artifact_ref="sha256:" + "1" * 64,
+                          artifact_digest="1" * 64, rank=8, alpha=16.0, target_modules=["q_proj"],
+                          size_bytes=1, provenance={}, actor="eng")
+    recorded = sv.request_run
+
+    def slow_record(*args, **kwargs):
+        time.sleep(0.3)
+        return recorded(*args, **kwargs)
+
+    monkeypatch.setattr(sv, "request_run", slow_record)
+    targets = [(ASSISTANT, "support"), ("other-assistant", "sales")]
+    outcomes = _race(session_factory, lambda s, i: request_run(
+        session_factory, lambda *a: None, kind="eval", assistant=targets[i % 2][0], version="v2", user="mallory",
+        channel=targets[i % 2][1], idempotency_key=f"quota-{i}", limits=RateLimits(per_user=2, per_assistant=100)))
+
+    granted = [o for o in outcomes if not isinstance(o, Exception)]
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(granted) == 2 and all(isinstance(o, RateLimited) for o in refused), outcomes
+    assert all(str(o).startswith("Your runs: 2 requested in the last 60 minutes") for o in refused)
+    with session_scope(session_factory) as s:
+        assert _count(s, Run, Run.requested_by == "mallory") == 2

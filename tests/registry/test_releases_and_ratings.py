@@ -63,11 +63,11 @@ def test_the_policy_decides_ask_offers_once_and_off_does_nothing(session_factory
         sv.update_assistant(s, ASSISTANT, actor="eng", on_release="ask")
         release, runs = sv.open_release(s, new_base(s, "v2"), actor="eng")
         assert runs == [] and release.offers == [{"assistant": ASSISTANT, "channel": "#support"}]
-        taken, created = sv.accept_offer(s, release, sv.get_assistant(s, ASSISTANT), "#support", user="alice")
-        assert created and taken.release_id == release.id and taken.requested_by == "alice"
-        assert sv.accept_offer(s, release, sv.get_assistant(s, ASSISTANT), "#support", user="bob") == (taken, False)
-        with pytest.raises(RegistryError, match="offered no run to style-assistant in #style"):
-            sv.accept_offer(s, release, sv.get_assistant(s, OTHER), "#style", user="alice")
+        assert sv.offered_release(s, release.id, sv.get_assistant(s, ASSISTANT), "#support") == release
+        with pytest.raises(RegistryError, match="offered no run to support-assistant here"):
+            sv.offered_release(s, release.id, sv.get_assistant(s, ASSISTANT), "#style")
+        with pytest.raises(RegistryError, match="offered no run to style-assistant here"):
+            sv.offered_release(s, release.id, sv.get_assistant(s, OTHER), "#style")
 
 
 def test_a_base_nobody_runs_on_and_a_channel_already_on_it_get_no_run(session_factory):
@@ -88,12 +88,16 @@ def test_ratings_count_once_per_person_and_the_guard_trips_once(session_factory)
         sv.rate(s, answers[0], user="bob", up=True)
         sv.rate(s, answers[0], user="bob", up=False)  # changed their mind: still one rating
         score = sv.satisfaction(s, [rollout.id])[rollout.id]
-        assert (score.n, score.up) == (1, 0)
-        assert not sv.guard_trips(rollout.assistant, rollout, score)  # too few ratings yet
+        assert score == sv.Satisfaction(people=1, ratings=1, up=0.0)
+        assert not sv.guard_trips(rollout.assistant, rollout, score)  # too few people yet
         sv.rate(s, answers[1], user="carol", up=True)
         sv.rate(s, answers[2], user="bob", up=False)
         score = sv.satisfaction(s, [rollout.id])[rollout.id]
-        assert (score.n, score.up) == (3, 1) and score.rate == 1 / 3
+        assert score == sv.Satisfaction(people=2, ratings=3, up=1.0) and score.rate == 0.5  # bob's two 👎 weigh one
+        assert not sv.guard_trips(rollout.assistant, rollout, score)
+        sv.rate(s, answers[1], user="dave", up=False)
+        score = sv.satisfaction(s, [rollout.id])[rollout.id]
+        assert score == sv.Satisfaction(people=3, ratings=4, up=1.0) and score.rate == 1 / 3
         assert sv.guard_trips(rollout.assistant, rollout, score)
         assert sv.trip_guard(s, rollout, score) and not sv.trip_guard(s, rollout, score)
         s.refresh(rollout)
@@ -107,3 +111,22 @@ def test_a_live_guard_needs_both_numbers_in_range(session_factory, guard):
         with pytest.raises(RegistryError, match="live guard"):
             sv.update_assistant(s, ASSISTANT, actor="eng", guard_min_ratings=guard[0],
                                 guard_min_satisfaction=guard[1])
+
+
+def test_one_person_cannot_trip_the_live_guard_alone(session_factory):
+    """Issue 20: with a guard of 4:0.5, one person 👎'd four answers and the guard proposed a rollback."""
+    with session_scope(session_factory) as s:
+        seed(s, ("v1", "v2"))
+        live(s, "v1", channel="#support")
+        rollout = live(s, "v2", channel="#support")
+        sv.update_assistant(s, ASSISTANT, actor="eng", guard_min_ratings=4, guard_min_satisfaction=0.5)
+        for i in range(4):
+            sv.rate(s, sv.record_answer(s, rollout, asked_by="mallory", question=f"q{i}"), user="mallory", up=False)
+        score = sv.satisfaction(s, [rollout.id])[rollout.id]
+        assert score == sv.Satisfaction(people=1, ratings=4, up=0.0)
+        assert not sv.guard_trips(rollout.assistant, rollout, score)
+        # Half of one person's ratings 👍 is half a vote, whatever the count.
+        mixed = [sv.record_answer(s, rollout, asked_by="erin", question=f"m{i}") for i in range(3)]
+        for answer, up in zip(mixed, (True, True, False)):
+            sv.rate(s, answer, user="erin", up=up)
+        assert sv.satisfaction(s, [rollout.id])[rollout.id] == sv.Satisfaction(people=2, ratings=7, up=2 / 3)

@@ -20,6 +20,7 @@ from portllm_core.workspace import Workspace
 from registry import services
 from registry.db import session_scope
 from registry.models import Run
+from tests.admin.tiny_world import new_version_of
 from tests.workers.conftest import stack_for
 from tests.workers.harness import WorkerProcess
 from tests.workers.seed import ASSISTANT
@@ -84,9 +85,10 @@ def run_count(stack) -> int:
 
 
 def test_a_release_queues_one_run_per_live_channel_and_a_second_registration_none(
-        stack, worker, workspace, live_in_three_channels, demo_world):
+        stack, worker, workspace, live_in_three_channels, demo_world, tmp_path):
     before = run_count(stack)
-    added = catalog.register_base(workspace, "demo", "v4", str(demo_world.bases["v3"]), actor="console:test")
+    v4 = new_version_of(demo_world.bases["v3"], tmp_path / "v4")
+    added = catalog.register_base(workspace, "demo", "v4", str(v4), actor="console:test")
     assert sorted((a, c) for _, a, c in added.release.queued) == sorted([
         (ASSISTANT, "#sales"), (ASSISTANT, "#support"), (OTHER, "#style")])
     assert run_count(stack) == before + 3
@@ -96,7 +98,7 @@ def test_a_release_queues_one_run_per_live_channel_and_a_second_registration_non
         assert run.rollout.state in ("awaiting_approval", "blocked")  # approval stays with people
 
     with pytest.raises(BadInput, match="already registered"):
-        catalog.register_base(workspace, "demo", "v4", str(demo_world.bases["v3"]), actor="console:test")
+        catalog.register_base(workspace, "demo", "v4", str(v4), actor="console:test")
     again = start_release(workspace.session_factory, workspace.queue, "demo", "v4", actor="console:test")
     assert not again.created and again.queued == () and run_count(stack) == before + 3
 
@@ -129,7 +131,7 @@ def status_json(stack, monkeypatch) -> dict:
 def test_a_rating_changes_status_json_and_enough_thumbs_down_bring_the_guards_card(
         stack, worker, workspace, live_in_three_channels, demo_world, monkeypatch):
     catalog.update_assistant(workspace, ASSISTANT, actor="console:test", live_guard="2:0.5")
-    assert status_json(stack, monkeypatch)["satisfaction"]["n"] == 0
+    assert status_json(stack, monkeypatch)["satisfaction"]["people"] == 0
 
     bob, bob_out = console(stack, "bob")
     assert bob.run_line(f"ask {ASSISTANT} {demo_world.questions[0]}").ok
@@ -138,7 +140,7 @@ def test_a_rating_changes_status_json_and_enough_thumbs_down_bring_the_guards_ca
 
     reply = bob.run_line(f"rate {answer} down")
     assert reply.ok and reply.view is None, reply.text
-    assert status_json(stack, monkeypatch)["satisfaction"] == {"n": 1, "up": 0, "down": 1, "rate": 0.0,
+    assert status_json(stack, monkeypatch)["satisfaction"] == {"people": 1, "ratings": 1, "up": 0.0, "rate": 0.0,
                                                                "ci95": pytest.approx([0.0, 0.7935], abs=1e-3)}
 
     carol, carol_out = console(stack, "carol")
