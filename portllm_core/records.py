@@ -75,20 +75,15 @@ def patch(row) -> dict[str, Any]:
     }
 
 
+def _result(row) -> dict[str, Any]:
+    """A score's numbers, read from a ledger entry or through an evaluation that uses one."""
+    return {"suite_digest": row.suite_digest, "n": row.n, "accuracy": row.accuracy, "ci95": [row.ci_low, row.ci_high],
+            "metrics": row.metrics, "items_ref": row.items_ref, "duration_s": row.duration_s}
+
+
 def evaluation(row) -> dict[str, Any]:
-    return {
-        "subject": row.subject,
-        "stage": row.stage,
-        "suite_digest": row.suite_digest,
-        "n": row.n,
-        "accuracy": row.accuracy,
-        "ci95": [row.ci_low, row.ci_high],
-        "metrics": row.metrics,
-        "items_ref": row.items_ref,
-        "duration_s": row.duration_s,
-        "score_id": row.score_id,
-        "reused_from_run": row.reused_from_run,  # None: this run computed the score
-    }
+    return {"subject": row.subject, "stage": row.stage, **_result(row), "score_id": row.score_id,
+            "reused_from_run": row.reused_from_run}  # None: this run computed the score
 
 
 def score(row) -> dict[str, Any]:
@@ -97,16 +92,10 @@ def score(row) -> dict[str, Any]:
         "id": row.id,
         "model_fingerprint": row.model_fingerprint,
         "patch_digest": row.patch_digest or None,  # None: the base alone
-        "suite_digest": row.suite_digest,
         "dtype": row.dtype,
         "device_kind": row.device_kind,
         "scorer_version": row.scorer_version,
-        "n": row.n,
-        "accuracy": row.accuracy,
-        "ci95": [row.ci_low, row.ci_high],
-        "metrics": row.metrics,
-        "items_ref": row.items_ref,
-        "duration_s": row.duration_s,
+        **_result(row),
         "run_id": row.run_id,
         "computed_by": row.computed_by,
         "created_at": _iso(row.created_at),

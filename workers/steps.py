@@ -184,11 +184,13 @@ def gated(job: RunJob, inputs: RunInputs, patch_ref: str, patch_digest: str, low
              EvalSubject.LIVE: f"live ({live.label})" if live else ""}
     split = low + (0.92 - low) * 0.4 if len(inputs.suites) > 1 else 0.92
     with Scorer(job, resident_bases()) as scorer:
-        for suite, (start, end) in zip(inputs.suites, ((low, split), (split, 0.92))):
+        for stage, (suite, (start, end)) in enumerate(zip(inputs.suites, ((low, split), (split, 0.92)))):
             width = (end - start) / len(subjects)
+            # The full stage starts with the base the quick stage ended on: no base is loaded twice.
+            order = subjects if stage % 2 == 0 else subjects[::-1]
             scored = {subject.kind: scorer.score(subject, suite, start + i * width, start + (i + 1) * width,
                                                  whats[subject.kind])
-                      for i, subject in enumerate(subjects)}
+                      for i, subject in enumerate(order)}
             outcome.evaluations += scored.values()
             job.step(end + 0.01, f"computing the gate verdict ({suite.stage} suite)")
             on_live = scored.get(EvalSubject.LIVE)
