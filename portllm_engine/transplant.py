@@ -52,7 +52,9 @@ def merged_weight(weight, a, b, lora: patches.LoraModule):
     delta = (b @ a).mul_(lora.scale)
     if lora.embedding or lora.fan_in_fan_out:
         delta = delta.T
-    return delta.add_(weight).to(weight.dtype)
+    # Widening a narrower weight to float32 first is exact, and keeps the add on torch's vectorised
+    # same-dtype path (a mixed-dtype add casts element by element, several times slower).
+    return delta.add_(weight if weight.dtype.itemsize > 4 else weight.float()).to(weight.dtype)
 
 
 def merge_into(model, patch_dir: str | Path):
@@ -157,6 +159,7 @@ def _stream_merged_files(patch_dir, layouts: list["_SafetensorsLayout"], out: Pa
     done = 0
     with (
         torch.no_grad(),
+        _one_cpu_thread(device),
         safe_open(str(patches.adapter_weights_path(patch_dir)), framework="pt") as factors,
         _BlockWriter() as writer,
     ):
@@ -174,6 +177,22 @@ def _stream_merged_files(patch_dir, layouts: list["_SafetensorsLayout"], out: Pa
                     done += 1
                     if progress is not None:
                         progress(done / total, key)
+
+
+@contextmanager
+def _one_cpu_thread(device: str) -> Iterator[None]:
+    """On CPU, merge with one intra-op thread: each operation on a cache-sized block is too short for
+    OpenMP's fork and join to pay (on a busy machine it costs several times the work), and the
+    writer thread gets the other core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _merged_blocks(src, layout: "_SafetensorsLayout", tensor: "_TensorSpan", a, b, lora: patches.LoraModule, device: str):
@@ -194,13 +213,14 @@ def _merged_blocks(src, layout: "_SafetensorsLayout", tensor: "_TensorSpan", a, 
     # At least 2 rows: BLAS takes its matrix-vector path for one, which sums in another order.
     step = max(2, MERGE_BLOCK_BYTES // (4 * max(1, cols)))
     transposed = lora.embedding or lora.fan_in_fan_out
+    buffer = bytearray(min(rows, 2 * step - 1) * row_bytes)  # reused: a block is merged before the next is read
     first = 0
     while first < rows:
         # The last block takes the remainder with it rather than leaving a short (maybe 1-row) block.
         block = slice(first, first + step if rows - first >= 2 * step else rows)
         first = block.stop
         start = tensor.begin + block.start * row_bytes
-        raw = _read_exactly(src, layout, layout.data_start + start, (block.stop - block.start) * row_bytes)
+        raw = _read_exactly(src, layout, buffer, layout.data_start + start, (block.stop - block.start) * row_bytes)
         weight = torch.frombuffer(raw, dtype=getattr(torch, dtype)).view(-1, cols).to(device)
         if transposed:
             merged = merged_weight(weight, a[:, block], b, lora)
@@ -209,8 +229,8 @@ def _merged_blocks(src, layout: "_SafetensorsLayout", tensor: "_TensorSpan", a, 
         yield start, merged.contiguous().cpu()
 
 
-def _read_exactly(src, layout: "_SafetensorsLayout", offset: int, size: int) -> bytearray:
-    raw = bytearray(size)
+def _read_exactly(src, layout: "_SafetensorsLayout", buffer: bytearray, offset: int, size: int) -> memoryview:
+    raw = memoryview(buffer)[:size]
     got = os.preadv(src.fileno(), [raw], offset) if size else 0
     if got != size:
         raise EngineError(f"{layout.path} ended early while it was read: was it modified during the transplant?")
