@@ -287,8 +287,8 @@ class _SafetensorsLayout:
                  for key, info in entries.items() if key != "__metadata__"),
                 key=lambda span: span.begin,
             )
-        except (ValueError, TypeError, KeyError) as exc:
-            raise damaged(f"unreadable header: {exc}") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise damaged(f"unreadable header: {exc!r}") from None
         position = 0
         for span in spans:
             if span.begin != position or span.end < span.begin:
