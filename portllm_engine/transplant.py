@@ -6,6 +6,7 @@ import os
 import queue
 import shutil
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +113,8 @@ def transplant_to_dir(
 
     The output keeps the base's files: the same shards, index and headers, so each file's header is
     written first, then its data in order. Weights the patch leaves alone are copied as bytes by the
-    kernel; each adapted weight is merged a block of rows at a time while a thread writes the blocks
-    before it. Peak memory is a few blocks and one module's factors, whatever the size of the model,
+    kernel; each adapted weight is merged a block of rows at a time, MERGE_THREADS blocks at once,
+    while a thread writes the blocks before them. Peak memory is a few blocks and one module's factors, whatever the size of the model,
     its shards or its largest tensor. The weights are identical to `transplant`'s on the same device.
     The folder appears complete or not at all: it is written aside, then renamed.
     """
@@ -146,8 +147,10 @@ def _fresh_out_dir(out_dir: str | Path) -> Path:
 # float32 bytes of the delta merged at a time: small enough to stay in the CPU's cache, large enough
 # that the per-call overhead of the few operations per block does not show.
 MERGE_BLOCK_BYTES = 4 * 1024**2
-# Merged blocks waiting for the writer: bounds memory when the disk is slower than the math.
-PENDING_WRITES = 4
+# Blocks being merged or waiting for the writer: bounds memory when the disk is slower than the math.
+PENDING_WRITES = 6
+# Blocks merged at once, each with one intra-op thread.
+MERGE_THREADS = 2
 
 
 def _stream_merged_files(patch_dir, layouts: list["_SafetensorsLayout"], out: Path, progress, device: str) -> None:
@@ -161,6 +164,7 @@ def _stream_merged_files(patch_dir, layouts: list["_SafetensorsLayout"], out: Pa
         torch.no_grad(),
         _one_cpu_thread(device),
         safe_open(str(patches.adapter_weights_path(patch_dir)), framework="pt") as factors,
+        ThreadPoolExecutor(MERGE_THREADS, thread_name_prefix="transplant-merge") as merging,
         _BlockWriter() as writer,
     ):
         for layout in layouts:
@@ -172,7 +176,7 @@ def _stream_merged_files(patch_dir, layouts: list["_SafetensorsLayout"], out: Pa
                         writer.copy(layout, src.fileno(), dst.fileno(), tensor)
                     else:
                         a, b = (factors.get_tensor(k).to(device, torch.float32) for k in (lora.a_key, lora.b_key))
-                        for start, merged in _merged_blocks(src, layout, tensor, a, b, lora, device):
+                        for start, merged in _merged_blocks(merging, src, layout, tensor, a, b, lora, device):
                             writer.write(dst.fileno(), layout.data_start + start, merged)
                     done += 1
                     if progress is not None:
@@ -181,9 +185,9 @@ def _stream_merged_files(patch_dir, layouts: list["_SafetensorsLayout"], out: Pa
 
 @contextmanager
 def _one_cpu_thread(device: str) -> Iterator[None]:
-    """On CPU, merge with one intra-op thread: each operation on a cache-sized block is too short for
-    OpenMP's fork and join to pay (on a busy machine it costs several times the work), and the
-    writer thread gets the other core."""
+    """On CPU, one intra-op thread per merging thread: each operation on a cache-sized block is too
+    short for OpenMP's fork and join to pay (on a busy machine it costs several times the work);
+    blocks are merged side by side instead."""
     import torch
 
     threads = torch.get_num_threads()
@@ -195,14 +199,12 @@ def _one_cpu_thread(device: str) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _merged_blocks(src, layout: "_SafetensorsLayout", tensor: "_TensorSpan", a, b, lora: patches.LoraModule, device: str):
-    """(offset in the data, bytes) of merged_weight(W, a, b, lora), a block of W's rows at a time.
+def _merged_blocks(merging, src, layout: "_SafetensorsLayout", tensor: "_TensorSpan", a, b, lora: patches.LoraModule, device: str):
+    """(offset in the data, future bytes) of merged_weight(W, a, b, lora), a block of W's rows at a time.
 
     Row i of the merged weight depends on row i of W and on the factors' row i (B's, or A's column
     when the delta is transposed) alone, so each block is merged_weight's own arithmetic on its rows.
     """
-    import torch
-
     if len(tensor.shape) != 2:
         raise PatchError(f"{tensor.key} has shape {tuple(tensor.shape)}: only 2-D weights can take a LoRA delta")
     dtype = _TORCH_DTYPES.get(tensor.dtype)
@@ -213,25 +215,31 @@ def _merged_blocks(src, layout: "_SafetensorsLayout", tensor: "_TensorSpan", a, 
     # At least 2 rows: BLAS takes its matrix-vector path for one, which sums in another order.
     step = max(2, MERGE_BLOCK_BYTES // (4 * max(1, cols)))
     transposed = lora.embedding or lora.fan_in_fan_out
-    buffer = bytearray(min(rows, 2 * step - 1) * row_bytes)  # reused: a block is merged before the next is read
     first = 0
     while first < rows:
         # The last block takes the remainder with it rather than leaving a short (maybe 1-row) block.
         block = slice(first, first + step if rows - first >= 2 * step else rows)
         first = block.stop
         start = tensor.begin + block.start * row_bytes
-        raw = _read_exactly(src, layout, buffer, layout.data_start + start, (block.stop - block.start) * row_bytes)
-        weight = torch.frombuffer(raw, dtype=getattr(torch, dtype)).view(-1, cols).to(device)
-        if transposed:
-            merged = merged_weight(weight, a[:, block], b, lora)
-        else:
-            merged = merged_weight(weight, a, b[block], lora)
-        yield start, merged.contiguous().cpu()
+        factors = (a[:, block], b) if transposed else (a, b[block])
+        read = (src, layout, layout.data_start + start, (block.stop - block.start) * row_bytes)
+        yield start, merging.submit(_merge_block, read, dtype, cols, *factors, lora, device)
 
 
-def _read_exactly(src, layout: "_SafetensorsLayout", buffer: bytearray, offset: int, size: int) -> memoryview:
-    raw = memoryview(buffer)[:size]
-    got = os.preadv(src.fileno(), [raw], offset) if size else 0
+def _merge_block(read, dtype: str, cols: int, a, b, lora: patches.LoraModule, device: str):
+    import torch
+
+    raw = _read_exactly(*read)
+    weight = raw.view(getattr(torch, dtype)).view(-1, cols).to(device)
+    return merged_weight(weight, a, b, lora).contiguous().cpu()
+
+
+def _read_exactly(src, layout: "_SafetensorsLayout", offset: int, size: int):
+    """`size` bytes of the file at `offset`, as a uint8 tensor (not zeroed first: every byte is read)."""
+    import torch
+
+    raw = torch.empty(size, dtype=torch.uint8)
+    got = os.preadv(src.fileno(), [raw.numpy()], offset) if size else 0
     if got != size:
         raise EngineError(f"{layout.path} ended early while it was read: was it modified during the transplant?")
     return raw
@@ -352,6 +360,9 @@ class _BlockWriter:
             try:
                 if self._failure is None and not self._skip:
                     job[0](*job[1:])
+                else:  # a merge still running reads from a file about to be closed: let it finish first
+                    futures = [part for part in job[1:] if isinstance(part, Future)]
+                    wait([future for future in futures if not future.cancel()])
             except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
                 self._failure = exc
             finally:
@@ -362,6 +373,8 @@ class _BlockWriter:
 def _write_all(fd: int, offset: int, data) -> None:
     import torch
 
+    if isinstance(data, Future):
+        data = data.result()
     view = memoryview(data if isinstance(data, bytes) else data.view(-1).view(torch.uint8).numpy())
     while view:
         written = os.pwrite(fd, view, offset)
