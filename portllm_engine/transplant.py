@@ -144,8 +144,8 @@ def _fresh_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-# float32 bytes of the delta merged at a time: small enough to stay in the CPU's cache, large enough
-# that the per-call overhead of the few operations per block does not show.
+# float32 bytes of the delta merged at a time. Measured on one thread over a 8192x3072 bf16 weight:
+# 1 MiB blocks 0.040 s, 4 MiB 0.030 s, 12 MiB 0.125 s (the elementwise passes fall out of cache).
 MERGE_BLOCK_BYTES = 4 * 1024**2
 # Blocks being merged or waiting for the writer: bounds memory when the disk is slower than the math.
 PENDING_WRITES = 6
