@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from portllm_engine.errors import EngineError, IncompatiblePatchError
-from portllm_engine.transplant import DEFAULT_MAX_SHARD_BYTES
 
 EXIT_ERROR = 1
 EXIT_INCOMPATIBLE = 3
@@ -141,15 +140,12 @@ def transplant_cmd(
     base: str = typer.Option(..., "--base", help="base model folder or hub id"),
     out: Path = typer.Option(..., "--out", help="a new folder for the merged model (sharded safetensors)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda for the merges (default: cuda when available)"),
-    max_shard_mib: int = typer.Option(
-        DEFAULT_MAX_SHARD_BYTES // 1024**2, "--max-shard-mib", min=1, help="largest output shard; bounds peak memory"
-    ),
 ) -> None:
-    """Merge a patch into a base on disk, shard by shard, into a folder loadable by from_pretrained."""
+    """Merge a patch into a base on disk, streamed into files laid out as the base's (from_pretrained loads them)."""
     from portllm_engine.transplant import transplant_to_dir
 
     with progress_bar("transplanting") as report:
-        written = transplant_to_dir(patch, base, out, progress=report, max_shard_bytes=max_shard_mib * 1024**2, device=device)
+        written = transplant_to_dir(patch, base, out, progress=report, device=device)
     typer.echo(str(written))
 
 

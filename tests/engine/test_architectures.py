@@ -53,9 +53,9 @@ PATCHES = {
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Tolerances against PEFT's merge_and_unload(), per dtype of the base:
-# - float32: the engine adds scale·B·A with one fused addmm, PEFT forms the delta first; both are
-#   float32 roundings: weights within 1e-5 relative, logits within 1e-4 of the largest |logit|
-#   (measured: identical logits on every architecture).
+# - float32: both form the delta scale·B·A and add it to W in float32, though not necessarily
+#   with the same operations: weights within 1e-5 relative, logits within 1e-4 of the largest
+#   |logit| (measured: identical logits on every architecture).
 # - bfloat16: PEFT rounds the delta to bf16 and then rounds the sum again; the engine rounds the
 #   float32 sum once. Weights therefore differ by at most one bf16 step (2**-7, relative) of the
 #   operands |W| + |W + delta| (not of the result, which can cancel to 0). Logits of the two bf16
@@ -212,7 +212,7 @@ def test_transplant_equals_peft_merge_and_unload(world, arch, dtype_name, kind, 
     assert len(list(base.glob("*.safetensors"))) > 1  # the base is read shard by shard
     expected = peft_merged(base, found.patches[kind], dtype)
     merged, tokenizer = transplant(found.patches[kind], base, device="cpu")
-    out = transplant_to_dir(found.patches[kind], base, tmp_path / "streamed", max_shard_bytes=30_000, device="cpu")
+    out = transplant_to_dir(found.patches[kind], base, tmp_path / "streamed", device="cpu")
 
     in_memory = merged.state_dict()
     streamed = streamed_weights(out)

@@ -122,35 +122,62 @@ def merged_files(folder) -> dict[str, torch.Tensor]:
     return {key: value for file in sorted(folder.glob("*.safetensors")) for key, value in load_file(str(file)).items()}
 
 
+def tensor_bytes(file) -> tuple[bytes, dict[str, bytes]]:
+    """A safetensors file's header as stored, and each tensor's bytes, read with the format's spec alone."""
+    data = file.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header.pop("__metadata__", None)
+    start = 8 + length
+    return data[:start], {key: data[start + info["data_offsets"][0] : start + info["data_offsets"][1]] for key, info in header.items()}
+
+
+def assert_streamed_like_in_memory(tiny, base, out, in_memory, dtype) -> None:
+    """Same files, index and headers as the base; adapted weights torch.equal to the in-memory merge;
+    every other tensor the base's bytes."""
+    adapted = {f"{name}.weight" for name in lora_modules(tiny.patch)}
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(p.name for p in base.glob("*.safetensors"))
+    assert (out / INDEX_FILE).is_file() == (base / INDEX_FILE).is_file()
+    if (base / INDEX_FILE).is_file():
+        assert (out / INDEX_FILE).read_bytes() == (base / INDEX_FILE).read_bytes()
+    streamed = merged_files(out)
+    assert streamed.keys() == in_memory.keys()
+    for key, tensor in in_memory.items():
+        assert tensor.dtype == dtype and torch.equal(streamed[key], tensor), key
+    for file in base.glob("*.safetensors"):
+        (base_header, base_tensors), (out_header, out_tensors) = tensor_bytes(file), tensor_bytes(out / file.name)
+        assert out_header == base_header
+        for key, raw in base_tensors.items():
+            assert (out_tensors[key] != raw) if key in adapted else (out_tensors[key] == raw), key
+    assert adapted <= streamed.keys()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_streamed_transplant_is_identical_to_the_in_memory_merge(tiny, tmp_path, dtype):
+@pytest.mark.parametrize("block_rows", [3, None], ids=["3-row-blocks", "whole-tensors"])
+def test_streamed_transplant_is_identical_to_the_in_memory_merge(tiny, tmp_path, monkeypatch, dtype, block_rows):
+    from portllm_engine import transplant as engine
+
+    if block_rows is not None:  # widest adapted row: 64 columns; the last block of each weight is a remainder
+        monkeypatch.setattr(engine, "MERGE_BLOCK_BYTES", 4 * 64 * block_rows)
     model, _ = load_base(tiny.base, device="cpu", dtype=dtype)
     sharded = save_model(model, tiny.tokenizer, tmp_path / "base", max_shard_size="40KB")
-    assert (sharded / INDEX_FILE).is_file()
-    in_memory, _ = transplant(tiny.patch, sharded, out_dir=tmp_path / "in-memory", device="cpu")
+    assert len(list(sharded.glob("*.safetensors"))) > 2
+    in_memory, _ = transplant(tiny.patch, sharded, device="cpu")
     seen = []
-    out = transplant_to_dir(
-        tiny.patch, sharded, tmp_path / "streamed", progress=lambda f, step: seen.append(f), max_shard_bytes=30_000, device="cpu"
-    )
-    index = json.loads((out / INDEX_FILE).read_text())
-    assert sorted(set(index["weight_map"].values())) == sorted(p.name for p in out.glob("*.safetensors"))
-    assert len(set(index["weight_map"].values())) > 2
-    streamed, saved = merged_files(out), merged_files(tmp_path / "in-memory")
-    assert streamed.keys() == saved.keys() == in_memory.state_dict().keys()
-    for key, tensor in in_memory.state_dict().items():
-        assert tensor.dtype == dtype
-        assert torch.equal(streamed[key], tensor), key
-        assert torch.equal(saved[key], tensor), key
+    out = transplant_to_dir(tiny.patch, sharded, tmp_path / "streamed", progress=lambda f, step: seen.append(f), device="cpu")
+    assert_streamed_like_in_memory(tiny, sharded, out, in_memory.state_dict(), dtype)
     assert seen[-1] == 1.0 and seen == sorted(seen)
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (sharded / name).read_bytes(), name
     assert not list(tmp_path.glob(".*partial*"))
 
 
-def test_streamed_transplant_of_a_small_model_is_one_file(tiny, tmp_path):
+def test_streamed_transplant_of_a_single_file_base_is_one_file(tiny, tmp_path):
+    in_memory, _ = transplant(tiny.patch, tiny.base, device="cpu")
     out = transplant_to_dir(tiny.patch, tiny.base, tmp_path / "merged", device="cpu")
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
     assert not (out / INDEX_FILE).exists()
+    assert_streamed_like_in_memory(tiny, tiny.base, out, in_memory.state_dict(), torch.float32)
 
 
 def test_streamed_transplant_leaves_nothing_behind_when_refused(tiny, tmp_path):
@@ -162,3 +189,34 @@ def test_streamed_transplant_leaves_nothing_behind_when_refused(tiny, tmp_path):
         transplant_to_dir(tiny.patch, tiny.base, tmp_path / "taken", device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+
+
+def test_a_half_written_base_is_named_and_nothing_is_written(tiny, tmp_path):
+    base = save_model(load_base(tiny.base, device="cpu")[0], tiny.tokenizer, tmp_path / "base", max_shard_size="40KB")
+    shard = sorted(base.glob("*.safetensors"))[1]
+    with open(shard, "r+b") as fh:
+        fh.truncate(shard.stat().st_size - 1000)
+    with pytest.raises(EngineError, match=f"{shard.name} is damaged \\(1000 bytes short of what its header describes\\)"):
+        transplant_to_dir(tiny.patch, base, tmp_path / "merged", device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+
+
+def test_a_base_that_shrinks_during_the_transplant_leaves_no_output(tiny, tmp_path, monkeypatch):
+    """A file cut short after its header was read: the copy or the merge ends early, the staging
+    folder goes, and the final name never appears."""
+    from portllm_engine import transplant as engine
+
+    base = save_model(load_base(tiny.base, device="cpu")[0], tiny.tokenizer, tmp_path / "base", max_shard_size="40KB")
+    read = engine._SafetensorsLayout.read
+
+    def read_then_truncate(path):
+        layout = read(path)
+        with open(path, "r+b") as fh:
+            fh.truncate(layout.data_start + 100)
+        return layout
+
+    monkeypatch.setattr(engine._SafetensorsLayout, "read", staticmethod(read_then_truncate))
+    monkeypatch.setattr(engine, "_require_compatible", lambda patch, base: None)  # it would see the damage first
+    with pytest.raises(EngineError, match="ended early .*: was it modified during the transplant"):
+        transplant_to_dir(tiny.patch, base, tmp_path / "merged", device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
