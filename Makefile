@@ -19,8 +19,11 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	$(VENV)/bin/portllm demo
 
+# Every core (pytest-xdist; a module's tests stay on one worker, so its fixtures are built once),
+# the slowest tests printed. The session starts its own PostgreSQL and Redis (tests/fixtures/services.py).
+PYTEST_ARGS ?= -n auto --dist loadfile --durations=15
 test: $(INSTALLED)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(INSTALLED)
 	$(PY) bench/transplant.py
