@@ -19,9 +19,10 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	$(VENV)/bin/portllm demo
 
-# Every core (pytest-xdist; a module's tests stay on one worker, so its fixtures are built once),
-# the slowest tests printed. The session starts its own PostgreSQL and Redis (tests/fixtures/services.py).
-PYTEST_ARGS ?= -n auto --dist loadfile --durations=15
+# Every core (pytest-xdist; a module's tests stay on one worker, so its fixtures are built once;
+# files in collection order, which puts the demo world's users last), the slowest tests printed.
+# The session starts its own PostgreSQL and Redis (tests/fixtures/services.py).
+PYTEST_ARGS ?= -n auto --dist loadfile --no-loadscope-reorder --durations=15
 test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
