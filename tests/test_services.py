@@ -9,7 +9,7 @@ from tests.fixtures import services
 
 
 def test_each_xdist_worker_has_its_own_block_of_redis_db_numbers(redis_server, monkeypatch):
-    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")  # db 3 is no other test's, on gw0 or gw1
     first = services.redis_db_url(redis_server, 3)
     redis.Redis.from_url(first).set("left-over", "1")
     assert services.redis_db_url(redis_server, 3) == first
