@@ -19,8 +19,12 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	$(VENV)/bin/portllm demo
 
+# Every core (pytest-xdist; a module's tests stay on one worker, so its fixtures are built once;
+# files in collection order, which puts the demo world's users last), the slowest tests printed.
+# The session starts its own PostgreSQL and Redis (tests/fixtures/services.py).
+PYTEST_ARGS ?= -n auto --dist loadfile --no-loadscope-reorder --durations=15
 test: $(INSTALLED)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(INSTALLED)
 	$(PY) bench/transplant.py

@@ -6,7 +6,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import requests
+
+from tests.fixtures.services import free_port
 
 SIGNING_SECRET = "test-signing-secret-0123456789abcdef"
 TEAM = "T0PORTLLM"
@@ -68,12 +69,6 @@ def event(url: str, event_body: dict, *, event_id: str, bot_user: str, headers: 
                 "type": "event_callback", "event_id": event_id, "event_time": int(time.time()),
                 "authorizations": [{"team_id": TEAM, "user_id": bot_user, "is_bot": True}]}
     return post(url, json.dumps(envelope), "application/json", headers=headers, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

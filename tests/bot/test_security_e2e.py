@@ -9,7 +9,6 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 import requests
 
 from portllm_core.ids import Action
@@ -100,9 +99,7 @@ def shared_store(request) -> dict[str, str]:
     """The env that selects the dedupe store: the registry database (embedded default) or Redis."""
     if request.param == "database":
         return {}
-    url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/13"
-    redis.Redis.from_url(url).flushdb()
-    return {"PORTLLM_BROKER_URL": url}
+    return {"PORTLLM_BROKER_URL": request.getfixturevalue("redis_db")(13)}
 
 
 def test_two_app_processes_answer_each_event_and_command_once(serve, fake_slack, shared_store):

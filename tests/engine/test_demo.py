@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import typer
@@ -20,6 +22,26 @@ def test_a_world_from_another_recipe_is_not_reused(tmp_path):
     (tmp_path / "world.json").write_text(json.dumps({"recipe_hash": "old"}))
     assert load_demo_world(tmp_path) is None
     assert load_demo_world(tmp_path / "missing") is None
+
+
+def test_two_builders_at_once_build_the_world_once(tmp_path, monkeypatch):
+    """Two xdist workers on a cold cache: one builds, the other waits on the lock and reuses its world."""
+    import portllm_engine.demo as demo
+
+    builds = []
+
+    def build(out, report):
+        builds.append(out)
+        time.sleep(0.5)  # the second builder arrives meanwhile
+        meta = {"recipe_hash": demo.recipe_hash(), "bases": {}, "patch": "p", "train_data": "t", "suite": "s",
+                "suite_mc": "m", "questions": [], "fresh_patches": {}}
+        (out / "world.json").write_text(json.dumps(meta))
+        return meta
+
+    monkeypatch.setattr(demo, "_build", build)
+    with ThreadPoolExecutor(2) as pool:  # flock excludes two open files of one process too
+        first, second = pool.map(lambda _: build_demo_world(tmp_path / "world"), range(2))
+    assert len(builds) == 1 and first == second
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy import select
@@ -28,10 +27,7 @@ def production_flags(request, database_url):
     """SQLite: the embedded defaults (SQLite queue too). PostgreSQL: `--database-url` and `--redis`."""
     if database_url.startswith("sqlite"):
         return ["--database-url", database_url]
-    import redis
-
-    broker = urlunsplit(urlsplit(request.getfixturevalue("redis_url"))._replace(path=f"/{DEMO_REDIS_DB}"))
-    redis.Redis.from_url(broker).flushdb()
+    broker = request.getfixturevalue("redis_db")(DEMO_REDIS_DB)
     return ["--database-url", database_url, "--redis", broker]
 
 

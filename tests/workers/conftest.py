@@ -13,14 +13,10 @@ from tests.workers.seed import seed_demo
 
 
 def broker_for(request, data_dir, redis_db: int) -> str:
-    """The embedded SQLite queue, or Redis (its own db number per module, emptied first)."""
+    """The embedded SQLite queue, or Redis (its own db number per module and xdist worker, emptied first)."""
     if request.param == "sqlite":
         return f"sqla+sqlite:///{data_dir / 'queue.db'}"
-    import redis
-
-    url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + f"/{redis_db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return request.getfixturevalue("redis_db")(redis_db)
 
 
 def stack_for(request, tmp_path_factory, world, redis_db: int):
