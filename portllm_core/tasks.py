@@ -26,6 +26,7 @@ EVAL_ONLY = "portllm.eval_only"
 RETUNE = "portllm.retune"
 TRAIN_PATCH = "portllm.train_patch"
 ANSWER_QUESTION = "portllm.answer_question"
+WARM_ANSWERS = "portllm.warm_answers"  # a rollout went live: its base and patch ready to answer
 ANNOUNCE_RELEASE = "portllm.announce_release"  # post a release's summary and its offers
 SWEEP = "portllm.sweep"  # every worker sweeps on a timer; the task serves manual triggers
 
@@ -35,6 +36,7 @@ TASK_QUEUES: dict[str, str] = {
     RETUNE: GPU_QUEUE,
     TRAIN_PATCH: GPU_QUEUE,
     ANSWER_QUESTION: SERVE_QUEUE,
+    WARM_ANSWERS: SERVE_QUEUE,
     ANNOUNCE_RELEASE: SERVE_QUEUE,
     SWEEP: GPU_QUEUE,
 }

@@ -19,7 +19,7 @@ from portllm_core.commands import grammar
 from portllm_core.commands.grammar import ParseError
 from portllm_core.commands.replies import Reply
 from portllm_core.flows import ratings, releases, runs
-from portllm_core.tasks import ANSWER_QUESTION, Enqueue
+from portllm_core.tasks import ANSWER_QUESTION, WARM_ANSWERS, Enqueue
 from registry import services
 from registry.errors import RegistryError
 from registry.models import ACTIVE_RUN_STATUSES, DECIDABLE_ROLLOUT_STATES, RunKind
@@ -113,6 +113,7 @@ def decide(run_id: int, approve: bool, ctx: Context, reason: str | None = None) 
     with ctx.session_factory() as s:
         card = views.run_card(s, run_id)
     if approve:
+        ctx.enqueue(WARM_ANSWERS, card.assistant, card.channel)  # ready before the first question
         text = f"Run #{run_id} approved: {card.assistant} on {card.target_version} is live in {card.channel}."
     else:
         text = f"Run #{run_id} rejected: {card.assistant} on {card.target_version} will not go live."
@@ -141,6 +142,7 @@ def _reject(cmd: grammar.Reject, ctx: Context) -> Reply:
 
 def _rollback(cmd: grammar.Rollback, ctx: Context) -> Reply:
     assistant, version, run_id = runs.rollback(ctx.session_factory, cmd.assistant, ctx.channel, ctx.user)
+    ctx.enqueue(WARM_ANSWERS, assistant, ctx.channel)
     return Reply(f"Rolled back {assistant} in {ctx.channel}: {version} (run #{run_id}) is live again.",
                  in_channel=True)
 
@@ -149,7 +151,9 @@ def _status(cmd: grammar.Status, ctx: Context) -> Reply:
     with ctx.session_factory() as s:
         name = services.get_assistant(s, cmd.assistant).name if cmd.assistant else None
         view = views.status_view(s, name, channel=ctx.channel)  # this channel's; others may be private
-    live = ", ".join(f"{r.assistant} {r.version}" for r in view.live) or "nothing live"
+    live = ", ".join(f"{r.assistant} {r.version}" + (" (answered by the local backend: the vLLM engine refused "
+                                                     "its patch)" if r.served_locally else "")
+                     for r in view.live) or "nothing live"
     waiting = sum(1 for r in view.pending if r.rollout_state in DECIDABLE_ROLLOUT_STATES)
     running = sum(1 for r in view.pending if r.status in ACTIVE_RUN_STATUSES)
     return Reply(f"Live: {live}. {running} run(s) in flight, {waiting} awaiting a decision.", view=view)

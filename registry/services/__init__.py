@@ -47,6 +47,8 @@ from registry.services.rollouts import (
     decide_rollout,
     newest_proposal,
     rollback,
+    record_served_locally,
+    served_locally,
 )
 from registry.services.audit import (
     audit_events,
@@ -108,6 +110,8 @@ __all__ = [
     "rollback",
     "newest_proposal",
     "audit_events",
+    "record_served_locally",
+    "served_locally",
     "RELEASE_ACTOR",
     "release_targets",
     "get_release",
