@@ -42,6 +42,7 @@ test: $(INSTALLED)
 bench: $(INSTALLED)
 	$(PY) bench/transplant.py
 	$(PY) bench/run_memory.py
+	$(PY) bench/patch_serving.py
 	$(PY) bench/serve.py
 	$(PY) bench/ack.py
 

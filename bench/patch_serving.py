@@ -8,7 +8,7 @@
 
 The three models are measured in interleaved rounds (order rotated) so that load on the machine
 hits them alike; ratios are paired per round, then the median is taken.
-    python bench/serve.py [--tokens 64] [--rounds 15] [--base v2] [--threads 1] [--device cuda]
+    python bench/patch_serving.py [--tokens 64] [--rounds 15] [--base v2] [--threads 1] [--device cuda]
 """
 from __future__ import annotations
 
