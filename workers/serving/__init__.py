@@ -12,7 +12,6 @@ from collections.abc import Callable
 from portllm_core.settings import Settings
 from workers.serving.backend import Served, ServingBackend
 
-
 _backend: ServingBackend | None = None
 _lock = threading.Lock()
 
