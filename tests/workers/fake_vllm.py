@@ -3,12 +3,14 @@
 
 Run as PORTLLM_VLLM_PYTHON (tests write a launcher script around it): it takes the same flags,
 answers /health, loads any adapter whose folder has no `refuse` file, and streams a completion
-naming the adapter: `answer from <adapter>`, word by word.
+naming the adapter: `answer from <adapter>`, word by word. It exits after the first word when the
+adapter's folder has a `die` file (once) or an `always-die` file (every time).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,10 +48,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
+            patch = Path(adapters[body["model"]])
             for word in [" answer", " from", f" {body['model']}"]:
                 self.wfile.write(f"data: {json.dumps({'choices': [{'text': word}]})}\n\n".encode())
                 self.wfile.flush()
                 time.sleep(0.01)
+                if (patch / "die").exists() and not (patch / "died").exists():  # the engine crashes mid-answer
+                    (patch / "died").write_text("")
+                    os._exit(1)
+                if (patch / "always-die").exists():
+                    os._exit(1)
             self.wfile.write(b"data: [DONE]\n\n")
             return
         self._json(404, {"error": {"message": "no route"}})

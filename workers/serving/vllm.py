@@ -380,14 +380,21 @@ class VllmBackend:
     def _ready(self, served: Served) -> Engine:
         """The base's server up with the patch on it, started and restarted (once) as needed."""
         engine = self.engines.get(served)
+        engine.busy(+1)  # a server being warmed is not idle: neither the reaper nor a new base stops it
         try:
-            self.engines.wait_ready(engine)
-            self.engines.load_adapter(engine, served)
-        except EngineDown as exc:
-            log.warning("%s; starting it again", exc)
-            engine = self.engines.restart(engine, served)
-            self.engines.wait_ready(engine)
-            self.engines.load_adapter(engine, served)
+            try:
+                self.engines.wait_ready(engine)
+                self.engines.load_adapter(engine, served)
+            except EngineDown as exc:
+                log.warning("%s; starting it again", exc)
+                engine.busy(-1)
+                engine = self.engines.restart(engine, served)
+                engine.busy(+1)
+                self.engines.wait_ready(engine)
+                self.engines.load_adapter(engine, served)
+        finally:
+            engine.busy(-1)
+            engine.last_used = self.engines.clock()
         return engine
 
     def warm(self, served: Served) -> None:
