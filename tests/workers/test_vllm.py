@@ -133,6 +133,7 @@ def test_eight_concurrent_asks_are_all_answered_by_one_engine(stack, worker, dem
     wall = time.monotonic() - started
     assert all(text.strip() and not text.startswith(("Sorry", "(The engine")) for text in got.values()), got
     assert worker.text().count("starting a vLLM server for demo/v2") == 1
+    assert "loading base" not in worker.text()  # the base lives in vLLM only: the worker read its tokenizer
     print(f"8 concurrent asks answered in {wall:.1f} s")
 
 
