@@ -26,6 +26,15 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
     && useradd --create-home --uid 10001 portllm \
     && mkdir -p /data && chown portllm /data
 
+# The vLLM serve worker's image (compose profile `vllm`) adds vLLM in an environment of its own:
+#   --build-arg VLLM_PACKAGE=vllm   (its transformers pin is below ours; text models need no
+#   torchvision, torchaudio or torchcodec, whose wheels may not match its torch)
+ARG VLLM_PACKAGE=
+RUN if [ -n "${VLLM_PACKAGE}" ]; then \
+        python -m venv /opt/vllm && /opt/vllm/bin/pip install "${VLLM_PACKAGE}" \
+        && /opt/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec; \
+    fi
+
 USER portllm
 VOLUME ["/data"]
 CMD ["portllm", "--help"]

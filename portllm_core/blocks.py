@@ -316,6 +316,10 @@ def status_blocks(view: StatusView) -> list[dict]:
     blocks = [header(title, Block.STATUS_HEADER)]
     blocks.append(section("*Live*\n" + (code_table(LIVE_COLUMNS, live, MAX_SECTION_TEXT - 10) if live
                                         else "Nothing is live yet."), f"{Block.STATUS_ROW}_live"))
+    local = [f"{r.assistant} in {r.channel} is answered by the local backend: {escape(r.served_locally)}"
+             for r in view.live if r.served_locally]
+    if local:
+        blocks.append(section("\n".join(local)[:MAX_SECTION_TEXT], f"{Block.STATUS_ROW}_served_locally"))
     blocks.append(section("*In flight and awaiting a decision*\n"
                           + (code_table(PENDING_COLUMNS, pending, MAX_SECTION_TEXT - 40) if pending else "None."),
                           f"{Block.STATUS_ROW}_pending"))

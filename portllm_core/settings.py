@@ -51,6 +51,27 @@ class Settings(BaseSettings):
     # suite and scoring settings. Off: every run computes its own (benchmarks compare the two).
     ledger: bool = True
 
+    # -- answers ---------------------------------------------------------------------------
+    # local: the worker's resident base with the patch attached, one answer at a time per process.
+    # vllm: the serve worker supervises one vLLM OpenAI server per live base (in its own
+    # environment, `make vllm`), every live patch on it as a LoRA adapter, answers batched.
+    serve_backend: Literal["local", "vllm"] = "local"
+    # The interpreter of vLLM's environment; relative paths start at the worker's directory.
+    vllm_python: str = ".venv-vllm/bin/python"
+    # Extra arguments for each server, e.g. `--tensor-parallel-size 2` or, on CPU, where it is the
+    # share of RAM vLLM reserves, `--gpu-memory-utilization 0.15` (its default 0.92 fails there).
+    vllm_args: str = ""
+    vllm_max_servers: int = Field(default=2, ge=1)  # servers at once; the least recently used idle one makes room
+    vllm_idle_s: float = Field(default=3600.0, gt=0)  # a server unused this long is stopped
+    # A server up and its first adapter loaded within this, or the answer fails saying so.
+    vllm_start_timeout_s: float = Field(default=600.0, gt=0)
+    # Answers in flight at once in a serve worker with vllm (threads: the engine does the batching).
+    vllm_concurrency: int = Field(default=16, ge=1)
+    # Bases served by a vLLM server someone else runs (started with --enable-lora and
+    # VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, the artifacts' volume mounted at the same path):
+    # JSON from the base's "family/version" to its URL, e.g. {"llama/v2": "http://gpu-box:8000"}.
+    vllm_urls: dict[str, str] = Field(default_factory=dict)
+
     # -- Slack ---------------------------------------------------------------------------
     # SecretStr, so a logged settings object never shows them.
     slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")

@@ -27,6 +27,7 @@ RETUNE = "portllm.retune"
 TRAIN_PATCH = "portllm.train_patch"
 SCORE_LIVE = "portllm.score_live"  # what just went live, on the full suite, ahead of the next release
 ANSWER_QUESTION = "portllm.answer_question"
+WARM_ANSWERS = "portllm.warm_answers"  # a rollout went live: its base and patch ready to answer
 ANNOUNCE_RELEASE = "portllm.announce_release"  # post a release's summary and its offers
 SWEEP = "portllm.sweep"  # every worker sweeps on a timer; the task serves manual triggers
 
@@ -37,6 +38,7 @@ TASK_QUEUES: dict[str, str] = {
     TRAIN_PATCH: GPU_QUEUE,
     SCORE_LIVE: GPU_QUEUE,
     ANSWER_QUESTION: SERVE_QUEUE,
+    WARM_ANSWERS: SERVE_QUEUE,
     ANNOUNCE_RELEASE: SERVE_QUEUE,
     SWEEP: GPU_QUEUE,
 }

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from registry.errors import RegistryError, UnknownRun
 from registry.services.ratings import Satisfaction, satisfaction
-from registry.services.rollouts import newest_proposal
+from registry.services.rollouts import newest_proposal, served_locally
 from registry.models import (
     ACTIVE_RUN_STATUSES,
     EvalStage,
@@ -93,6 +93,7 @@ class LiveRow:
     run_id: int | None
     accuracy: float | None
     satisfaction: Satisfaction | None = None  # None: no rating yet
+    served_locally: str | None = None  # why vLLM refused its patch, when its answers come from `local`
 
 
 @dataclass(frozen=True)
@@ -321,8 +322,10 @@ def status_view(session: Session, assistant: str | None = None, *, channel: str 
         runs_q = runs_q.where(Assistant.name == assistant)
     live_rollouts = list(session.scalars(live_q.order_by(Assistant.name, Rollout.channel)))
     scores = satisfaction(session, [r.id for r in live_rollouts])
+    local = served_locally(session, [r.id for r in live_rollouts])
     live = tuple(
-        LiveRow(r.assistant.name, r.channel, r.run.target_base.version, r.run_id, r.accuracy, scores.get(r.id))
+        LiveRow(r.assistant.name, r.channel, r.run.target_base.version, r.run_id, r.accuracy, scores.get(r.id),
+                local.get(r.id))
         for r in live_rollouts if records.visible(r.run, channel=channel, viewer=viewer)
     )
     if channel is not None:  # the channel filter in SQL too, so `limit` counts this channel's runs

@@ -60,6 +60,26 @@ def _held_back(text: str, stops: list[str]) -> int:
     return longest
 
 
+def prepare_prompt(
+    tokenizer,
+    question: str,
+    context: int,
+    *,
+    system_prompt: str | None = None,
+    max_new_tokens: int = 128,
+    stop: list[str] | None = None,
+) -> tuple[list[int], int, list[str]]:
+    """(prompt token ids, new-token budget, stop sequences) of an answer: every engine that
+    answers (ours, or a vLLM server given the ids) starts from exactly these."""
+    chat = has_chat_template(tokenizer)
+    text = format_prompt(tokenizer, question, system_prompt)
+    stops = [s for s in (stop or []) if s] + ([] if chat else list(PLAIN_STOPS))
+    # Chat templates already write their special tokens; the plain template relies on the defaults.
+    ids = tokenizer(text, add_special_tokens=not chat)["input_ids"]
+    budget = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS_LIMIT, context - 1))
+    return ids[-(context - budget) :], budget, stops
+
+
 def stream_generate(
     model,
     tokenizer,
@@ -73,13 +93,8 @@ def stream_generate(
     import torch
     from transformers import DynamicCache
 
-    chat = has_chat_template(tokenizer)
-    text = format_prompt(tokenizer, prompt, system_prompt)
-    stops = [s for s in (stop or []) if s] + ([] if chat else list(PLAIN_STOPS))
-    # Chat templates already write their special tokens; the plain template relies on the defaults.
-    ids = tokenizer(text, add_special_tokens=not chat)["input_ids"]
-    budget = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS_LIMIT, context_length(model) - 1))
-    ids = ids[-(context_length(model) - budget) :]
+    ids, budget, stops = prepare_prompt(tokenizer, prompt, context_length(model), system_prompt=system_prompt,
+                                        max_new_tokens=max_new_tokens, stop=stop)
     stop_ids = eos_ids(model, tokenizer)
     device = next(model.parameters()).device
     step_input = torch.tensor([ids], device=device)

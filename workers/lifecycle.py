@@ -15,6 +15,9 @@ from workers import context
 log = logging.getLogger("portllm.worker")
 
 _sweeper: SweeperTimer | None = None
+# Set by workers.main for a serve worker on vLLM: its tasks run on threads in this process, so no
+# pool process starts (nor loads torch) and the engines are this process's to stop.
+threads_pool = False
 
 
 class SweeperTimer(threading.Thread):
@@ -72,7 +75,22 @@ def _start_sweeper(**_) -> None:
                  settings.sweep_interval_s, settings.queued_limit_s, settings.heartbeat_limit_s)
 
 
+@signals.worker_ready.connect
+def _threads_ready(**_) -> None:
+    if threads_pool:
+        settings = context.current().settings
+        log.info("PortLLM serve worker ready: answers on %s, up to %d at once", settings.serve_backend,
+                 settings.vllm_concurrency)
+
+
 @signals.worker_shutdown.connect
 def _stop_sweeper(**_) -> None:
     if _sweeper is not None:
         _sweeper.stopped.set()
+
+
+@signals.worker_shutdown.connect
+def _stop_engines(**_) -> None:
+    from workers import serving
+
+    serving.close()

@@ -6,6 +6,7 @@ the steps workers.steps.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 from celery import Task
@@ -16,9 +17,10 @@ from registry import services
 from registry.db import session_scope
 from registry.errors import InvalidTransition, RegistryError
 from registry.models import Rollout, RunStatus
-from workers import context
+from workers import context, serving
 from workers.celery_app import app
 from workers.protocol import run_task, worker_name
+from workers.serving.backend import Served, ServingBackend
 from workers import steps
 from workers.sweeper import sweep_once
 
@@ -92,17 +94,45 @@ def answer_question(assistant: str, channel: str, question: str, user: str, repl
             f"{assistant} is not live in {channel} yet: nothing has been approved here. "
             f"Ask for `patch {assistant} onto <version>`, then an approver approves it."
         ])
-    name, patch_dir, fingerprint, base_dir, label, system_prompt, rollout_id = served
-    reply_to = {**reply_to, "answer_id": record_answer(ctx, rollout_id, user, question)}
+    reply_to = {**reply_to, "answer_id": record_answer(ctx, served.rollout_id, user, question)}
     try:
-        server = steps.resident_bases().get(fingerprint, base_dir, label)
-        if server.patches.get(name) != patch_dir:
-            server.attach(name, patch_dir)
-        chunks = server.generate(name, question, system_prompt=system_prompt or None)
+        chunks = serving_backend(ctx).answer(served, question)
         return notifier.answer_stream(reply_to, never_silent(chunks, f"({assistant} has no answer to that.)"))
     except Exception as exc:  # the asker gets a reason, the log gets the details
         log.exception("answer for %s in %s failed", assistant, channel)
         return notifier.answer_stream(reply_to, [f"Sorry, {assistant} could not answer: {str(exc)[:200]}"])
+
+
+@app.task(name=contract.WARM_ANSWERS)
+def warm_answers(assistant: str, channel: str) -> str:
+    """A rollout went live: load its base (or start its engine) and its patch before the first question."""
+    ctx = context.current()
+    try:
+        served = live_patch_for(ctx, assistant, channel)
+    except RegistryError as exc:
+        return f"not warmed: {exc}"
+    if served is None:
+        return "nothing live"
+    started = time.monotonic()
+    try:
+        serving_backend(ctx).warm(served)
+    except Exception:  # the first answer tries again and tells the asker
+        log.exception("warming %s in %s on %s failed", assistant, channel, served.label)
+        return "failed"
+    log.info("%s in %s is ready to answer on %s (%.1f s)", assistant, channel, served.label,
+             time.monotonic() - started)
+    return "warm"
+
+
+def serving_backend(ctx) -> ServingBackend:
+    return serving.backend(ctx.settings,
+                           on_local_fallback=lambda served, reason: report_local_fallback(ctx, served, reason))
+
+
+def report_local_fallback(ctx, served: Served, reason: str) -> None:
+    """On the rollout's record, so `status` can say its answers come from the local backend."""
+    with session_scope(ctx.session_factory) as s:
+        services.record_served_locally(s, served.rollout_id, reason)
 
 
 def never_silent(chunks: Iterator[str], fallback: str) -> Iterator[str]:
@@ -121,8 +151,8 @@ def record_answer(ctx, rollout_id: int, user: str, question: str) -> int:
         return services.record_answer(s, s.get(Rollout, rollout_id), asked_by=user, question=question).id
 
 
-def live_patch_for(ctx, assistant: str, channel: str):
-    """(adapter name, patch dir, base fingerprint, base dir, label, system prompt, rollout id) of what is live."""
+def live_patch_for(ctx, assistant: str, channel: str) -> Served | None:
+    """What answers for `assistant` in `channel`: the live rollout's patch on its base; None if nothing is live."""
     from portllm_engine.models import resolve_model_dir
 
     with ctx.session_factory() as s:
@@ -133,8 +163,8 @@ def live_patch_for(ctx, assistant: str, channel: str):
         run = live.run
         patch = run.result_patch or run.patch
         base = run.target_base
-        return (f"patch-{patch.id}", steps.artifact_path(patch.artifact_ref), base.fingerprint,
-                resolve_model_dir(base.source_ref), base.label, found.system_prompt, live.id)
+        return Served(found.name, f"patch-{patch.id}", steps.artifact_path(patch.artifact_ref), base.fingerprint,
+                      resolve_model_dir(base.source_ref), base.label, found.system_prompt or None, live.id)
 
 
 @app.task(name=contract.ANNOUNCE_RELEASE)

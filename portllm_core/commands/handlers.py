@@ -19,7 +19,7 @@ from portllm_core.blocks import satisfaction_text
 from portllm_core.commands import grammar
 from portllm_core.commands.grammar import ParseError
 from portllm_core.commands.replies import Reply
-from portllm_core.flows import ratings, runs
+from portllm_core.flows import ratings, releases, runs
 from portllm_core.tasks import ANSWER_QUESTION, Enqueue
 from registry import services
 from registry.errors import RegistryError
@@ -150,7 +150,9 @@ def _status(cmd: grammar.Status, ctx: Context) -> Reply:
     with ctx.session_factory() as s:
         name = services.get_assistant(s, cmd.assistant).name if cmd.assistant else None
         view = views.status_view(s, name, channel=ctx.channel)  # this channel's; others may be private
-    live = ", ".join(f"{r.assistant} {r.version}" for r in view.live) or "nothing live"
+    live = ", ".join(f"{r.assistant} {r.version}" + (" (answered by the local backend: the vLLM engine refused "
+                                                     "its patch)" if r.served_locally else "")
+                     for r in view.live) or "nothing live"
     waiting = sum(1 for r in view.pending if r.rollout_state in DECIDABLE_ROLLOUT_STATES)
     running = sum(1 for r in view.pending if r.status in ACTIVE_RUN_STATUSES)
     return Reply(f"Live: {live}. {running} run(s) in flight, {waiting} awaiting a decision.", view=view)

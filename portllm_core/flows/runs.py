@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from portllm_core.flows.catalog import PatchTarget
 from portllm_core.settings import Settings
 from portllm_core.staging import staged
-from portllm_core.tasks import SCORE_LIVE, TASK_FOR_RUN_KIND, Enqueue
+from portllm_core.tasks import SCORE_LIVE, TASK_FOR_RUN_KIND, WARM_ANSWERS, Enqueue
 from portllm_core.workspace import Workspace
 from registry import services
 from registry.db import session_scope
@@ -100,15 +100,19 @@ def decide(session_factory: sessionmaker[Session], enqueue: Enqueue, run_id: int
         permissions.require_decider(run, user, channel, action="approve it" if approve else "reject it",
                                     approving=approve)
         rollout = services.decide_rollout(s, run_id, approve=approve, user=user, reason=reason)
-        reference = rollout.id if _needs_live_reference(rollout) else None
-    if reference is not None:
-        enqueue(SCORE_LIVE, reference)
+        follow_ups = went_live(rollout) if rollout.state == RolloutState.LIVE else []
+    for task in follow_ups:
+        enqueue(*task)
 
 
-def _needs_live_reference(rollout: Rollout) -> bool:
-    """A rollout that went live is the next release's reference on every gate stage: its score on
-    the full suite is computed now, in the background, rather than during that release."""
-    return rollout.state == RolloutState.LIVE and bool(rollout.assistant.full_suite_ref)
+def went_live(rollout: Rollout) -> list[tuple]:
+    """The tasks a rollout that went live needs, queued after its commit: its base and patch made
+    ready to answer before the first question, and (with a full suite) its score on that suite,
+    the next release's reference, computed now in the background rather than during the release."""
+    tasks: list[tuple] = [(WARM_ANSWERS, rollout.assistant.name, rollout.channel)]
+    if rollout.assistant.full_suite_ref:
+        tasks.append((SCORE_LIVE, rollout.id))
+    return tasks
 
 
 def request_retune(session_factory: sessionmaker[Session], enqueue: Enqueue, run_id: int, *, user: str,
@@ -151,7 +155,7 @@ def rollback(session_factory: sessionmaker[Session], enqueue: Enqueue, assistant
         permissions.require_rollback_here(s, owner, user, channel)
         restored: Rollout = services.rollback(s, owner.name, channel, user)
         done = owner.name, restored.run.target_base.version, restored.run_id
-        reference = restored.id if _needs_live_reference(restored) else None
-    if reference is not None:
-        enqueue(SCORE_LIVE, reference)
+        follow_ups = went_live(restored)
+    for task in follow_ups:
+        enqueue(*task)
     return done

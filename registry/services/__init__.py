@@ -47,6 +47,8 @@ from registry.services.rollouts import (
     decide_rollout,
     newest_proposal,
     rollback,
+    record_served_locally,
+    served_locally,
 )
 from registry.services.ledger import (
     BASE_ALONE,
@@ -125,6 +127,8 @@ __all__ = [
     "list_scores",
     "forget_scores",
     "audit_events",
+    "record_served_locally",
+    "served_locally",
     "RELEASE_ACTOR",
     "release_targets",
     "get_release",

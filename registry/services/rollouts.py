@@ -18,6 +18,7 @@ from registry.errors import (
 from registry.models import (
     DECIDABLE_ROLLOUT_STATES,
     Assistant,
+    AuditEvent,
     EvalSubject,
     Rollout,
     RolloutState,
@@ -303,3 +304,24 @@ def rollback(
           assistant_id=owner.id, run_id=previous.run_id, channel=channel, reason=reason,
           rolled_back_rollout_id=current.id)
     return _reload_rollout(s, previous.id)
+
+
+SERVED_LOCALLY = "rollout.served_locally"
+
+
+def record_served_locally(s: Session, rollout_id: int, reason: str) -> None:
+    """The vLLM engine refused the rollout's patch, so its answers come from the local backend."""
+    rollout = s.get(Rollout, rollout_id)
+    if rollout is not None:
+        audit(s, actor="system:serve", action=SERVED_LOCALLY, entity_type="rollout", entity_id=rollout.id,
+              assistant_id=rollout.assistant_id, reason=reason[:500])
+
+
+def served_locally(s: Session, rollout_ids: list[int]) -> dict[int, str]:
+    """Rollout id -> why its answers come from the local backend, for those the engine refused."""
+    if not rollout_ids:
+        return {}
+    events = s.scalars(select(AuditEvent).where(
+        AuditEvent.action == SERVED_LOCALLY, AuditEvent.entity_type == "rollout",
+        AuditEvent.entity_id.in_(rollout_ids)).order_by(AuditEvent.id))
+    return {event.entity_id: event.details.get("reason", "") for event in events}

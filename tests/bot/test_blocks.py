@@ -161,6 +161,19 @@ def test_home_and_status_show_live_and_waiting():
     assert "#12" in text and "awaiting approval" in text and "92.0%" in text
 
 
+def test_status_says_which_assistants_vllm_refused_and_why_escaped():
+    refused = "vLLM refused patch patch-2 (500): LoRA rank 128 is greater than max_lora_rank 64 <!channel>"
+    view = StatusView(None, (LiveRow("support-assistant", "#ops", "v2", 4, 0.9, None, refused),
+                             LiveRow("support-assistant", "#support", "v2", 3, 0.9)), ())
+    shown = blocks.status_blocks(view)
+    assert_valid(shown)
+    text = json.dumps(shown)
+    assert "support-assistant in #ops is answered by the local backend" in text
+    assert "greater than max_lora_rank 64 &lt;!channel&gt;" in text and "#support is answered" not in text
+    long = LiveRow("a", "#c", "v2", 1, 0.5, None, "x" * 5000)
+    assert_valid(blocks.status_blocks(StatusView(None, (long,) * 10, ())))
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.text(), st.text(), st.floats(min_value=-1, max_value=2), st.sampled_from(
     [None, "awaiting_approval", "blocked", "live", "superseded", "rolled_back", "rejected"]),

@@ -76,8 +76,11 @@ def test_approve_checks_the_approver_and_goes_live_once(world):
     approved = handle(f"approve {run_id}", ctx(world, user=APPROVER))
     assert approved.ok and approved.in_channel
     assert isinstance(approved.view, RunCard) and approved.view.rollout_state == "live"
+    # Warm before live: the serve queue loads its base (or starts its engine) before anyone asks.
+    assert world.messages("serve") == [("portllm.warm_answers", [ASSISTANT, CHANNEL])]
     twice = handle(f"approve {run_id}", ctx(world, user=APPROVER))
     assert not twice.ok and "not awaiting approval" in twice.text
+    assert world.messages("serve") == []  # a refused approval warms nothing
 
 
 def test_reject_with_reason(world):
@@ -109,6 +112,7 @@ def test_rollback_restores_the_previous_live(world):
     reply = handle(f"rollback {ASSISTANT}", ctx(world))
     assert reply.ok, reply.text
     assert f"run #{first}" in reply.text
+    assert world.messages("serve") == [("portllm.warm_answers", [ASSISTANT, CHANNEL])]
     nothing = handle(f"rollback {ASSISTANT}", ctx(world))
     assert not nothing.ok and "Nothing to roll back" in nothing.text
 

@@ -12,7 +12,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-EXPECTED = {"postgres", "redis", "migrate", "bot", "worker-gpu", "worker-serve", "flower", "watch"}
+EXPECTED = {"postgres", "redis", "migrate", "bot", "worker-gpu", "worker-serve", "worker-serve-vllm", "flower", "watch"}
 LONG_RUNNING = EXPECTED - {"migrate"}
 
 
@@ -67,6 +67,15 @@ def test_gpu_worker_reserves_an_nvidia_device():
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert SERVICES["worker-gpu"]["command"][-1] == "gpu"
     assert SERVICES["worker-serve"]["command"][-1] == "serve"
+
+
+def test_vllm_serving_is_a_profile_on_a_gpu():
+    vllm = SERVICES["worker-serve-vllm"]
+    assert vllm["profiles"] == ["vllm"] and vllm["command"][-1] == "serve"
+    assert vllm["environment"]["PORTLLM_SERVE_BACKEND"] == "vllm"
+    assert vllm["build"]["args"]["VLLM_PACKAGE"].startswith("${VLLM_PACKAGE")
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert "artifacts:/data" in vllm["volumes"]  # the patches' paths, as the server loads them
 
 
 def test_every_variable_is_listed_in_env_example():

@@ -69,3 +69,15 @@ def register_patch_dir(s, store, patch_dir: Path, *, train_data: str | None = No
         size_bytes=sum(p.stat().st_size for p in patch_dir.rglob("*") if p.is_file()),
         provenance=manifest.provenance, train_data_ref=train_data, actor="test",
     )
+
+
+def go_live(session_factory, version: str, *, key: str, patch_id: int, channel: str = CHANNEL) -> int:
+    """What a worker and an approver record, without the transplant's minutes: a live rollout."""
+    run_id = request(session_factory, version, key=key, patch_id=patch_id, channel=channel)
+    with session_scope(session_factory) as s:
+        services.claim_run(s, run_id, "test")
+        services.open_rollout(s, run_id, verdict="pass")
+        services.finish_run(s, run_id, status="succeeded", compat_report={"compatible": True, "errors": []},
+                            drift_report={"overall": 0.28, "modules": {}})
+        services.decide_rollout(s, run_id, approve=True, user="alice")
+    return run_id
