@@ -18,6 +18,7 @@ from portllm_core.settings import Settings, require
 
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"  # for load balancers and the compose health check; says nothing else
+METRICS_PATH = "/metrics"  # Prometheus (portllm_core.metrics): for the operator's scraper, not for Slack
 
 
 class _Gunicorn(BaseApplication):
@@ -33,14 +34,18 @@ class _Gunicorn(BaseApplication):
     def load(self):
         from slack_bolt.adapter.wsgi import SlackRequestHandler
 
+        from portllm_core import metrics
         from portllm_core.tasks import TaskQueue
         from bot.slack_app import build_app, signing_secret
+        from registry.db import make_session_factory
 
         queue = TaskQueue(self.settings)
         queue.connect()  # before the first command, not during it
-        bolt = SlackRequestHandler(build_app(self.settings, enqueue=queue), path=EVENTS_PATH)
-        return with_health_check(with_request_guard(bolt, signing_secret=signing_secret(self.settings),
-                                                    max_body_bytes=self.settings.max_request_bytes))
+        session_factory = make_session_factory(self.settings.resolved_database_url())
+        bolt = SlackRequestHandler(build_app(self.settings, session_factory, enqueue=queue), path=EVENTS_PATH)
+        guarded = with_request_guard(bolt, signing_secret=signing_secret(self.settings),
+                                     max_body_bytes=self.settings.max_request_bytes)
+        return with_health_check(with_metrics(guarded, metrics.scrape_registry(session_factory)))
 
 
 def with_request_guard(handler, *, signing_secret: str, max_body_bytes: int):
@@ -116,6 +121,20 @@ def with_health_check(handler):
     return app
 
 
+def with_metrics(handler, registry):
+    """Answer GET /metrics from `registry` (every gunicorn worker's values) beside Slack's handler."""
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") == METRICS_PATH and environ.get("REQUEST_METHOD") == "GET":
+            return metrics_app(environ, start_response)
+        return handler(environ, start_response)
+
+    return app
+
+
 def gunicorn_options(port: int, host: str, workers: int, threads: int) -> dict:
     return {
         "bind": f"{host}:{port}",
@@ -144,6 +163,10 @@ def serve_http(port: int, host: str = "0.0.0.0", *, settings: Settings | None = 
     settings = settings or Settings()
     signing_secret(settings)  # refuse to start without real secrets, before forking workers
     require(settings.slack_bot_token, "SLACK_BOT_TOKEN", "the bot token (xoxb-…) from the Slack app")
+    from portllm_core import metrics
+
+    # gunicorn forks its workers after this: each counts in its own files, /metrics adds them up.
+    metrics.share_with_forked_processes(metrics.process_dir(settings.metrics_dir, "bot", port))
     _Gunicorn(settings, gunicorn_options(port, host, workers, threads)).run()
 
 
@@ -153,6 +176,7 @@ def serve_socket(settings: Settings | None = None) -> None:
 
     from portllm_core.tasks import TaskQueue
     from bot.slack_app import build_app
+    from registry.db import make_session_factory
 
     settings = settings or Settings()
     app_token = require(settings.slack_app_token, "SLACK_APP_TOKEN",
@@ -160,5 +184,13 @@ def serve_socket(settings: Settings | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     queue = TaskQueue(settings)
     queue.connect()
+    session_factory = make_session_factory(settings.resolved_database_url())
+    if settings.metrics_port is not None:  # no HTTP server of its own: Prometheus gets a port
+        from prometheus_client import start_http_server
+
+        from portllm_core import metrics
+
+        metrics.share_with_forked_processes(metrics.process_dir(settings.metrics_dir, "bot", settings.metrics_port))
+        start_http_server(settings.metrics_port, registry=metrics.scrape_registry(session_factory))
     # The handler's Web API client is the app's, so SLACK_API_URL applies to it as well.
-    SocketModeHandler(build_app(settings, enqueue=queue, socket_mode=True), app_token).start()
+    SocketModeHandler(build_app(settings, session_factory, enqueue=queue, socket_mode=True), app_token).start()

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # The evaluation ledger: runs reuse every score already computed for the same model, patch,
     # suite and scoring settings. Off: every run computes its own (benchmarks compare the two).
     ledger: bool = True
+    # Prometheus metrics of a worker (and of the bot in Socket Mode) on this port, all interfaces;
+    # None: not served. The bot over HTTP serves /metrics on its own port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     # -- answers ---------------------------------------------------------------------------
     # local: the worker's resident base with the patch attached, one answer at a time per process.
@@ -123,6 +126,11 @@ class Settings(BaseSettings):
     def outbox_path(self) -> Path:
         """The console channel's outbox: workers append, `portllm console` tails it."""
         return self.data_dir / "console" / "outbox.jsonl"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where forking processes (gunicorn, Celery's pool) keep their Prometheus values, one folder each."""
+        return self.data_dir / "metrics"
 
     @property
     def scratch_dir(self) -> Path:

@@ -1,4 +1,5 @@
-"""Worker process lifecycle: per-process registry connections, the device log, the sweeper timer.
+"""Worker process lifecycle: per-process registry connections, the device log, the sweeper timer,
+the metrics endpoint.
 
 Connected from workers.celery_app so both `portllm worker` and `celery -A workers.celery_app
 worker` get the same behaviour.
@@ -62,6 +63,28 @@ def _describe(device: str) -> str:
 
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return device
+
+
+@signals.worker_init.connect
+def _share_metrics(**_) -> None:
+    """Before the pool forks: its processes keep their metrics where the main process reads them."""
+    settings = context.current().settings
+    if settings.metrics_port is not None:
+        from portllm_core import metrics
+
+        metrics.share_with_forked_processes(metrics.process_dir(settings.metrics_dir, "worker", settings.metrics_port))
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_) -> None:
+    ctx = context.current()
+    if ctx.settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from portllm_core import metrics
+
+        start_http_server(ctx.settings.metrics_port, registry=metrics.scrape_registry(ctx.session_factory))
+        log.info("metrics on http://0.0.0.0:%s/metrics", ctx.settings.metrics_port)
 
 
 @signals.worker_ready.connect

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from celery import Task
 from sqlalchemy import update
 
+from portllm_core import metrics
 from portllm_core.flows.catalog import NewPatch, register_stored_patch
 from registry import services
 from registry.db import session_scope
@@ -87,6 +88,7 @@ class RunJob:
             claimed = services.claim_run(s, self.run_id, self.worker)
             if claimed is not None:
                 self.release_id = claimed.release_id
+                metrics.run_started(claimed)
                 return True
             run = s.get(Run, self.run_id)
             if run is None:
@@ -100,6 +102,7 @@ class RunJob:
                 if claimed is not None:
                     log.info("run #%s: took over from a worker that stopped responding", self.run_id)
                     self.release_id = claimed.release_id
+                    metrics.run_started(claimed)
                     return True
             else:
                 log.info("run #%s is %s on %s; not starting it twice", self.run_id, run.status, run.worker)
@@ -181,18 +184,20 @@ class RunJob:
                 rollout = services.open_rollout(s, self.run_id, verdict=outcome.verdict,
                                                 live_accuracy=outcome.live_accuracy)
                 retired = [older.run_id for older in rollout.retired]
-            services.finish_run(s, self.run_id, status=RunStatus.SUCCEEDED, compat_report=self.compat_report,
-                                drift_report=self.drift_report, result_patch_id=result_patch_id,
-                                gate_report=outcome.gate_report)
+            run = services.finish_run(s, self.run_id, status=RunStatus.SUCCEEDED, compat_report=self.compat_report,
+                                      drift_report=self.drift_report, result_patch_id=result_patch_id,
+                                      gate_report=outcome.gate_report)
+            metrics.run_finished(run, outcome.verdict)
+            metrics.evaluations_used(run.assistant.name, (scored.computed for scored in outcome.evaluations))
         return retired
 
     def fail(self, message: str, compat_report: dict | None = None) -> None:
         with session_scope(self.ctx.session_factory) as s:
             if not self._touch(s):
                 raise RunTakenOver()
-            services.finish_run(s, self.run_id, status=RunStatus.FAILED, error=message,
-                                compat_report=compat_report or self.compat_report,
-                                drift_report=self.drift_report)
+            metrics.run_finished(services.finish_run(s, self.run_id, status=RunStatus.FAILED, error=message,
+                                                     compat_report=compat_report or self.compat_report,
+                                                     drift_report=self.drift_report))
 
 
 def worker_name(task: Task) -> str:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from portllm_core import metrics
 from portllm_core.tasks import TASK_FOR_RUN_KIND
 from registry import services
 from registry.db import session_scope
@@ -80,9 +81,11 @@ class Sweeper:
             for run in found["running"]:
                 if run.attempts >= self.settings.max_attempts:
                     try:
-                        services.finish_run(s, run.id, status=RunStatus.FAILED, error=give_up_message(run), actor="sweeper")
+                        finished = services.finish_run(s, run.id, status=RunStatus.FAILED,
+                                                       error=give_up_message(run), actor="sweeper")
                     except InvalidTransition:
                         continue
+                    metrics.run_finished(finished)
                     report.failed.append(run.id)
                 elif requeue_if_stale(s, run, self.settings, now):
                     report.retried.append(run.id)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from celery import Task
 from celery.exceptions import TimeLimitExceeded
 
-from portllm_core import tasks as contract
+from portllm_core import metrics, tasks as contract
 from registry import services
 from registry.db import session_scope
 from registry.errors import InvalidTransition, RegistryError
@@ -47,7 +47,8 @@ def fail_over_time(run_id: int, limit_s: float) -> None:
              "then request it again.")
     try:
         with session_scope(ctx.session_factory) as s:
-            services.finish_run(s, run_id, status=RunStatus.FAILED, error=error, actor="system:time-limit")
+            metrics.run_finished(services.finish_run(s, run_id, status=RunStatus.FAILED, error=error,
+                                                     actor="system:time-limit"))
     except InvalidTransition:  # it ended in the meantime
         return
     log.warning("run #%s exceeded the time limit of %.0f s", run_id, limit_s)
@@ -84,6 +85,7 @@ def score_live(self: Task, rollout_id: int) -> str:
 def answer_question(assistant: str, channel: str, question: str, user: str, reply_to: dict) -> str:
     """Answer with the live patched model of `assistant` in `channel`, streamed to `reply_to`."""
     ctx = context.current()
+    timer = metrics.AnswerTimer(assistant, channel)
     notifier = ctx.answer_notifier(reply_to)
     try:
         served = live_patch_for(ctx, assistant, channel)
@@ -96,9 +98,10 @@ def answer_question(assistant: str, channel: str, question: str, user: str, repl
         ])
     reply_to = {**reply_to, "answer_id": record_answer(ctx, served.rollout_id, user, question)}
     try:
-        chunks = serving_backend(ctx).answer(served, question)
+        chunks = timer.stream(serving_backend(ctx).answer(served, question))
         return notifier.answer_stream(reply_to, never_silent(chunks, f"({assistant} has no answer to that.)"))
     except Exception as exc:  # the asker gets a reason, the log gets the details
+        timer.failed()
         log.exception("answer for %s in %s failed", assistant, channel)
         return notifier.answer_stream(reply_to, [f"Sorry, {assistant} could not answer: {str(exc)[:200]}"])
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from portllm_core import metrics
 from portllm_core.views import GuardProposal, guard_proposal
 from registry import services
 from registry.db import session_scope
@@ -56,6 +57,7 @@ def unrate_message(session_factory: sessionmaker[Session], channel: str, message
 def _rate(s: Session, answer, user: str, up: bool) -> Rated:
     services.rate(s, answer, user=user, up=up)
     rollout = answer.rollout
+    metrics.rated(rollout.assistant.name, answer.channel, up)
     score = services.satisfaction(s, [rollout.id])[rollout.id]
     guard = None
     if services.guard_trips(rollout.assistant, rollout, score) and services.trip_guard(s, rollout, score):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from portllm_core import metrics
 from portllm_core.tasks import ANNOUNCE_RELEASE, TASK_FOR_RUN_KIND, Enqueue
 from registry import services
 from registry.db import session_scope
@@ -50,7 +51,8 @@ def open_release(s: Session, base, *, actor: str) -> ReleaseStarted:
 
 def enqueue_release(enqueue: Enqueue, started: ReleaseStarted) -> None:
     """Put the release's runs on the queue (a lost enqueue is re-sent by the sweeper), and its announcement."""
-    for run_id, _, _ in started.queued:
+    for run_id, assistant, channel in started.queued:
+        metrics.run_requested(assistant, channel, RunKind.TRANSPLANT)
         enqueue(TASK_FOR_RUN_KIND[RunKind.TRANSPLANT], run_id)
     if started.created and (started.queued or started.offers):  # a release that reaches nobody says nothing
         enqueue(ANNOUNCE_RELEASE, started.release_id)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from portllm_core import metrics
 from portllm_core.flows.catalog import PatchTarget
 from portllm_core.settings import Settings
 from portllm_core.staging import staged
@@ -64,7 +65,7 @@ def request_run(session_factory: sessionmaker[Session], enqueue: Enqueue, *, kin
     assistant's requesters and within the rate limits; a repeated request is answered before it
     is counted.
     """
-    with session_scope(session_factory) as s:
+    with metrics.counting_refusals(), session_scope(session_factory) as s:
         owner = services.get_assistant(s, assistant)
         base = services.get_base(s, owner.family, version)
         if limits is not None:
@@ -77,6 +78,7 @@ def request_run(session_factory: sessionmaker[Session], enqueue: Enqueue, *, kin
             requested_by=user, channel=channel, patch_id=patch_id, spec=spec, release_id=release_id)
         requested = RunRequested(run.id, created, kind, owner.name, base.version, run.status)
     if created:
+        metrics.run_requested(requested.assistant, channel, kind)
         enqueue(TASK_FOR_RUN_KIND[kind], requested.run_id)
     return requested
 
@@ -95,7 +97,7 @@ def request_training(ws: Workspace, target: PatchTarget, data: Path, hyper: dict
 def decide(session_factory: sessionmaker[Session], enqueue: Enqueue, run_id: int, *, approve: bool, user: str,
            channel: str, reason: str | None = None) -> None:
     """Approve or reject a run's rollout, in the run's channel; the registry lets one click win."""
-    with session_scope(session_factory) as s:
+    with metrics.counting_refusals(), session_scope(session_factory) as s:
         run = services.get_run(s, run_id)
         permissions.require_decider(run, user, channel, action="approve it" if approve else "reject it",
                                     approving=approve)
@@ -122,7 +124,7 @@ def request_retune(session_factory: sessionmaker[Session], enqueue: Enqueue, run
     One re-tune per attempt: asking again while one is queued or running (or after it
     succeeded) returns it; after it failed or was cancelled a new one is queued.
     """
-    with session_scope(session_factory) as s:
+    with metrics.counting_refusals(), session_scope(session_factory) as s:
         run = services.get_run(s, run_id)
         permissions.require_decider(run, user, channel, action="re-tune it", approving=False)
         assistant, version, patch_id = run.assistant.name, run.target_base.version, run.patch_id
@@ -150,7 +152,7 @@ def rollback(session_factory: sessionmaker[Session], enqueue: Enqueue, assistant
 
     Only in the channel it is typed in: rollouts of other channels are theirs to roll back.
     """
-    with session_scope(session_factory) as s:
+    with metrics.counting_refusals(), session_scope(session_factory) as s:
         owner = services.get_assistant(s, assistant)
         permissions.require_rollback_here(s, owner, user, channel)
         restored: Rollout = services.rollback(s, owner.name, channel, user)
