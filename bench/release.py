@@ -1,12 +1,13 @@
 """A release with and without the evaluation ledger, side by side in one run.
 
-One family (the demo world's v1 and v2), 3 assistants (the demo patch, each with its own third of
-the demo suite), each live on v1 in 3 channels. Registering v2 releases it: 9 transplant runs on a
-real `portllm worker`. Printed for each mode: runs, evaluations computed, ledger hits, and the
-wall time from the release to the last verdict. Target: evaluations computed = distinct keys, and
-the wall time with the ledger <= 0.45x of without.
+One family (a Llama built locally with random weights, as in bench/run_memory.py: v1, an evolved
+v2, and a rank-16 LoRA on all linear layers of v1), 3 assistants (that patch, each with a KPI suite
+of its own), each live on v1 in 3 channels. Registering v2 releases it: 9 transplant runs on a real
+`portllm worker`. Printed for each mode: runs, evaluations computed, ledger hits, and the wall time
+from the release to the last verdict. Target: evaluations computed = distinct keys (per assistant:
+its candidate, its base alone and its live), and the wall time with the ledger <= 0.45x of without.
 
-    python bench/release.py
+    python bench/release.py [--hidden 768] [--layers 8] [--items 64]
 """
 from __future__ import annotations
 
@@ -26,15 +27,15 @@ ASSISTANTS = ("support", "billing", "returns")
 CHANNELS = ("#a", "#b", "#c")
 
 
-def split_suite(suite: Path, root: Path) -> list[Path]:
-    """The suite in thirds: one per assistant, so each has its own candidate and base-alone keys."""
-    lines = suite.read_text().splitlines(keepends=True)
-    parts = []
-    for i, name in enumerate(ASSISTANTS):
-        path = root / f"{name}.jsonl"
-        path.write_text("".join(lines[i::len(ASSISTANTS)]))
-        parts.append(path)
-    return parts
+def write_suite(path: Path, topic: str, n: int) -> Path:
+    """Yes/no questions with a few sentences of context each: scoring them is real work."""
+    rows = [{"kind": "multiple_choice",
+             "context": (f"Customer ticket {i} about {topic}: the unit arrived on time, the box was intact, and "
+                         f"the manual lists model {1000 + i} with a two year warranty and a spare filter.\n"
+                         f"Q: Is model {1000 + i} covered by the warranty?\nA:"),
+             "choices": [" yes", " no"], "gold": i % 2} for i in range(n)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 def make_live(ws, assistant: str, channel: str) -> None:
@@ -51,7 +52,7 @@ def make_live(ws, assistant: str, channel: str) -> None:
         services.decide_rollout(s, run.id, approve=True, user="bench")
 
 
-def release(world, root: Path, *, ledger: bool) -> dict:
+def release(models: tuple[Path, Path, Path], root: Path, *, ledger: bool, items: int) -> dict:
     """Set up a fresh registry, start a worker, register v2 and wait for every verdict."""
     from portllm_core.flows import catalog
     from portllm_core.workspace import Workspace
@@ -64,10 +65,13 @@ def release(world, root: Path, *, ledger: bool) -> dict:
         os.environ.pop(key, None)
     ws = Workspace()
     upgrade(ws.settings.resolved_database_url())
-    catalog.register_base(ws, "demo", "v1", str(world.bases["v1"]), actor="bench")
-    for name, suite in zip(ASSISTANTS, split_suite(world.suite, root)):
-        catalog.add_assistant(ws, name, family="demo", suite=suite, approvers=["bench"], actor="bench")
-        catalog.add_patch(ws, name, world.patch, base="v1", actor="bench")
+    v1, v2, patch = models
+    catalog.register_base(ws, "bench", "v1", str(v1), actor="bench")
+    for name in ASSISTANTS:
+        suite = write_suite(root / f"{name}.jsonl", name, items)
+        catalog.add_assistant(ws, name, family="bench", suite=suite, min_accuracy=0.0, approvers=["bench"],
+                              actor="bench")
+        catalog.add_patch(ws, name, patch, base="v1", actor="bench")
         for channel in CHANNELS:
             make_live(ws, name, channel)
 
@@ -80,7 +84,7 @@ def release(world, root: Path, *, ledger: bool) -> dict:
                 raise SystemExit((root / "worker.log").read_text()[-3000:])
             time.sleep(0.2)
         started = time.monotonic()
-        added = catalog.register_base(ws, "demo", "v2", str(world.bases["v2"]), actor="bench")
+        added = catalog.register_base(ws, "bench", "v2", str(v2), actor="bench")
         run_ids = [run_id for run_id, _, _ in added.release.queued]
         while True:
             with ws.session_factory() as s:
@@ -104,14 +108,25 @@ def release(world, root: Path, *, ledger: bool) -> dict:
 
 
 def main() -> int:
+    import argparse
+
+    from bench.run_memory import build_models
     from portllm_engine.demo import build_demo_world
 
-    world = build_demo_world()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--items", type=int, default=64, help="questions per assistant's suite")
+    args = parser.parse_args()
+    world = build_demo_world()  # its tokenizer
     results = {}
-    for ledger in (True, False):
-        with tempfile.TemporaryDirectory(prefix="portllm-release-") as tmp:
-            results[ledger] = release(world, Path(tmp), ledger=ledger)
-    print(f"{len(ASSISTANTS)} assistants x {len(CHANNELS)} channels, a release of v2 (demo world, one gpu worker)")
+    with tempfile.TemporaryDirectory(prefix="portllm-release-models-") as models_dir:
+        v1, v2, patch, base_bytes = build_models(Path(models_dir), world.bases["v1"], args.hidden, args.layers)
+        for ledger in (True, False):
+            with tempfile.TemporaryDirectory(prefix="portllm-release-") as tmp:
+                results[ledger] = release((v1, v2, patch), Path(tmp), ledger=ledger, items=args.items)
+    print(f"{len(ASSISTANTS)} assistants x {len(CHANNELS)} channels, a release of v2 ({base_bytes // 4 / 1e6:.0f} M "
+          f"parameters, {args.items} questions per suite, one gpu worker)")
     print(f"{'':14}{'runs':>6}{'computed':>10}{'  (candidate / base alone / live)':34}{'ledger hits':>12}{'wall s':>9}")
     for ledger, label in ((True, "with ledger"), (False, "no ledger")):
         r = results[ledger]

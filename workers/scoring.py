@@ -115,9 +115,9 @@ class Scorer:
                 s, key, run_id=self.job.run_id, computed_by=self.job.worker, n=result.n,
                 accuracy=result.accuracy, ci_low=result.ci95[0], ci_high=result.ci95[1], metrics=result.metrics,
                 items_ref=items_ref, duration_s=result.duration_s)
-            if not inserted:
-                log.info("run #%s: run #%s recorded the same score first; using theirs", self.job.run_id, score.run_id)
-            return _scored(subject, suite, score, computed=inserted)
+            if not inserted:  # the same key gives the same numbers: the first entry stands
+                log.info("run #%s: run #%s recorded the same score first", self.job.run_id, score.run_id)
+            return _scored(subject, suite, score, computed=True)
 
     def _compute(self, subject: Subject, suite: Suite, low: float, high: float, what: str):
         from portllm_engine.kpi import evaluate, load_suite
