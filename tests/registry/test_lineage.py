@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from portllm_core import records
+from portllm_core.views import lineage_view, status_view
 from registry import services as sv
 from registry.db import session_scope
 from tests.registry.helpers import ASSISTANT, finished_run, register_patch, seed
@@ -38,7 +38,7 @@ def test_lineage_tree_is_complete_and_ordered(session_factory):
     with session_scope(session_factory) as s:
         patch_id, retuned_id, run_ids, (r_v2, r_v3, r_retune) = _history(s)
     with session_scope(session_factory) as s:
-        tree = records.lineage(s, "Support-Assistant")
+        tree = lineage_view(s, sv.get_assistant(s, "Support-Assistant")).to_json()
     assert json.loads(json.dumps(tree)) == tree  # JSON-able as is
 
     assert tree["assistant"] == ASSISTANT and tree["family"] == "demo"
