@@ -81,3 +81,11 @@ def test_lineage_tree_is_complete_and_ordered(session_factory):
     assert [e["action"] for e in v3["events"]] == ["rollout.opened", "rollout.approved", "rollout.rolled_back"]
     for rollout in (v2, v3, rt):
         assert _times(rollout["events"], "at") == sorted(_times(rollout["events"], "at"))
+
+
+def test_the_lineage_line_of_a_provenance_rounds_floats_as_the_cards_do():
+    from portllm_core.views import _provenance_line
+
+    line = _provenance_line({"final_loss": 0.010555537417531013, "lr": 0.0002, "seed": 0,
+                             "dataset_sha256": "ab" * 32, "hyper": {"nested": 1}})
+    assert line == f"final_loss 0.0106, lr 0.0002, seed 0, dataset_sha256 {'ab' * 6}"
