@@ -352,7 +352,7 @@ def _chart(bars: dict[str, dict[str, float]], assistant: str):
     ax.set_ylim(0, 100)
     # Two lines: on one, the title is wider than the chart and both ends are cut off.
     ax.set_title(f"{assistant} on each base:\ntransplanted v1 patch vs trained fresh vs re-tuned")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 

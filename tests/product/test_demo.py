@@ -125,12 +125,14 @@ def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkey
         assert len(s.scalars(select(models.Patch)).all()) == 1
 
 
-def test_the_kpi_chart_title_fits_the_figure():
+def test_the_kpi_chart_title_and_legend_fit_the_figure():
     from portllm_cli.demo import _chart
 
     bars = {v: {"base alone": 0.2, "transplanted patch": 0.8, "patch trained fresh": 0.9, "re-tuned patch": 0.95}
             for v in ("v1", "v2", "v3")}
     fig = _chart(bars, "support-assistant-12")
     fig.canvas.draw()
-    title = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
-    assert 0 <= title.x0 and title.x1 <= fig.bbox.x1 and title.y1 <= fig.bbox.y1
+    renderer = fig.canvas.get_renderer()
+    for part in (fig.axes[0].title, fig.axes[0].get_legend()):
+        box = part.get_window_extent(renderer)
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and 0 <= box.y0 and box.y1 <= fig.bbox.y1
