@@ -99,7 +99,7 @@ def _queued_run(factory, key: str) -> int:
 
 def test_followers_say_the_registry_is_unreachable_and_keep_following(own_postgres, data_dir, monkeypatch):
     """Three followers, one outage each: the console, `run wait` and `release show --wait`."""
-    from portllm_cli.console import ConsoleSession
+    from portllm_cli.console import ConsoleSession, run_console
     from portllm_core.settings import Settings
     from registry.cli import upgrade
     from registry.db import make_session_factory, session_scope
@@ -154,9 +154,16 @@ def test_followers_say_the_registry_is_unreachable_and_keep_following(own_postgr
     assert "release demo v4: the registry is back after" in result.output
     assert "succeeded" in result.output.split("the registry is back after")[-1]
 
-    # Without a wait, a command says the registry is unreachable in one line, not a traceback.
+    # Without a wait, a command says the registry is unreachable in one line, not a traceback; the
+    # console refuses a command it cannot run and goes on with the next.
     own_postgres.stop()
     result = CliRunner().invoke(app, ["release", "show", "demo", "v4"])
     assert result.exit_code == 1
     assert result.output.startswith("error: the registry database is unreachable (")
+    piped = io.StringIO()
+    code = run_console("#support", "alice", stdin=io.StringIO("status\nhelp\n"), out=piped,
+                       settings=Settings(data_dir=data_dir), session_factory=factory,
+                       enqueue=lambda *a, **k: None, poll_s=0.1, wait_s=5)
+    assert code == 1
+    assert "Something went wrong on our side" in piped.getvalue() and "PortLLM commands" in piped.getvalue()
     own_postgres.start()
