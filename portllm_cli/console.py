@@ -29,6 +29,7 @@ from portllm_core.flows.runs import RateLimits
 from portllm_core.tasks import Enqueue
 from portllm_core.workspace import Workspace
 from portllm_core.settings import Settings
+from registry.db import outage_reason, unreachable
 from registry.services.catalog import CONSOLE_ACTOR_PREFIX
 
 PROMPT = "portllm> "
@@ -76,14 +77,31 @@ class ConsoleSession:
     def follow_run(self, run_id: int) -> None:
         """Show the run's progress from the registry until it ends, then its card: a bar on a
         terminal, one line per step elsewhere (a pipe shows each line as it happens)."""
-        started, hinted, last = time.monotonic(), False, None
+        started, hinted, last, outage = time.monotonic(), False, None, None
         with Progress(TextColumn("run #{task.fields[run_id]}"), BarColumn(), TaskProgressColumn(),
                       TextColumn("{task.description}"), console=self.out, transient=True,
                       disable=not self.out.is_terminal) as bar:
             task = bar.add_task("queued", total=1.0, run_id=run_id)
             while True:
-                with self.session_factory() as s:
-                    card = views.run_card(s, run_id)
+                try:
+                    with self.session_factory() as s:
+                        card = views.run_card(s, run_id)
+                except Exception as exc:  # the registry down: say so, keep following within the wait
+                    if not unreachable(exc):
+                        raise
+                    if outage is None:
+                        outage = time.monotonic()
+                        bar.console.print(f"run #{run_id}: the registry is unreachable ({outage_reason(exc)}); "
+                                          "still following it", markup=False)
+                    if self._waited_too_long(started):
+                        raise WaitTimedOut(f"the registry stayed unreachable: run #{run_id} is where it was "
+                                           f"{time.monotonic() - outage:.0f} s ago; `portllm run wait {run_id}` "
+                                           "follows it once the registry is back") from None
+                    time.sleep(self.poll_s)
+                    continue
+                if outage is not None:
+                    bar.console.print(f"run #{run_id}: the registry is back after {time.monotonic() - outage:.0f} s")
+                    outage = None
                 bar.update(task, completed=card.progress, description=card.step or card.status)
                 if not self.out.is_terminal and (card.status, card.step) != last:
                     last = (card.status, card.step)

@@ -37,6 +37,16 @@ class StoryStopped(Exception):
     """A command of the story was refused: playing on would only pile up confusing errors."""
 
 
+@dataclass(frozen=True)
+class Cast:
+    """Who the story is about: its own assistant and channel, so that every demo on a data dir
+    starts from the same state (a second demo would otherwise carry the first one's re-tuned
+    patch onto v3, and the gate would pass it)."""
+
+    assistant: str
+    channel: str
+
+
 @dataclass
 class Outcome:
     step: str
@@ -65,13 +75,14 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
         # The worker starts first: its imports overlap the world build, which uses one core.
         with _worker(ws.settings.data_dir, console):
             world = _build_world(world_root, console)
-            _register(ws, world, console)
+            cast = _cast(ws, console)
+            _register(ws, world, cast, console)
             try:
-                outcomes = _play(ws, world, console)
+                outcomes = _play(ws, world, cast, console)
             except (StoryStopped, WaitTimedOut) as stop:
                 console.print(f"[red]The demo stopped at `{stop}`. The worker log and `portllm status` say more.[/]")
                 return 1
-        chart = _write_chart(ws, world, out or ws.settings.data_dir)
+        chart = _write_chart(ws, world, cast, out or ws.settings.data_dir)
         return _summarise(outcomes, chart, console)
     finally:
         ws.close()
@@ -88,7 +99,26 @@ def _build_world(root: Path | None, console: Console):
     return world
 
 
-def _register(ws, world, console: Console) -> None:
+def _cast(ws, console: Console) -> Cast:
+    """`support-assistant` in #support the first time; on a data dir an earlier demo played,
+    `support-assistant-2` in #support-2, and so on (an assistant registered without a run yet is reused)."""
+    from sqlalchemy import select
+
+    from registry import models
+
+    with ws.session_factory() as s:
+        played = set(s.scalars(select(models.Assistant.name).join(models.Run).distinct()))
+    n = 1
+    while (ASSISTANT if n == 1 else f"{ASSISTANT}-{n}") in played:
+        n += 1
+    if n == 1:
+        return Cast(ASSISTANT, CHANNEL)
+    cast = Cast(f"{ASSISTANT}-{n}", f"{CHANNEL}-{n}")
+    console.print(f"An earlier demo played here: this one tells the story with {cast.assistant} in {cast.channel}.")
+    return cast
+
+
+def _register(ws, world, cast: Cast, console: Console) -> None:
     """Register what is not registered yet, through the flows the operator's commands call."""
     from sqlalchemy import select
 
@@ -98,7 +128,7 @@ def _register(ws, world, console: Console) -> None:
     console.print(Rule("2. Register bases, the assistant and its patch (as `portllm base/assistant/patch add` do)"))
     with ws.session_factory() as s:
         versions = set(s.scalars(select(models.BaseModel.version).where(models.BaseModel.family == FAMILY)))
-        assistant = s.scalar(select(models.Assistant).where(models.Assistant.name == ASSISTANT))
+        assistant = s.scalar(select(models.Assistant).where(models.Assistant.name == cast.assistant))
         has_patch = assistant is not None and bool(assistant.patches)
     actor = "console:demo"
     todo = False
@@ -109,12 +139,12 @@ def _register(ws, world, console: Console) -> None:
             console.print(f"Base {added.label} registered from {path}.")
     if assistant is None:
         todo = True
-        catalog.add_assistant(ws, ASSISTANT, family=FAMILY, suite=world.suite, min_accuracy=MIN_ACCURACY,
+        catalog.add_assistant(ws, cast.assistant, family=FAMILY, suite=world.suite, min_accuracy=MIN_ACCURACY,
                               max_regression=MAX_REGRESSION, approvers=[APPROVER], admins=[ADMIN], actor=actor)
-        console.print(f"Assistant {ASSISTANT} added: gate ≥ {MIN_ACCURACY:.0%}, approver {APPROVER}.")
+        console.print(f"Assistant {cast.assistant} added: gate ≥ {MIN_ACCURACY:.0%}, approver {APPROVER}.")
     if not has_patch:
         todo = True
-        added = catalog.add_patch(ws, ASSISTANT, world.patch, base="v1", train_data=world.train_data, actor=actor)
+        added = catalog.add_patch(ws, cast.assistant, world.patch, base="v1", train_data=world.train_data, actor=actor)
         console.print(f"Patch #{added.patch_id} added, trained on {added.target.label}.")
     if not todo:
         console.print("Already registered from an earlier run: reusing it.")
@@ -144,48 +174,49 @@ def _worker(data_dir: Path, console: Console) -> Iterator[None]:
         console.print("Worker stopped.")
 
 
-def _play(ws, world, console: Console) -> list[Outcome]:
+def _play(ws, world, cast: Cast, console: Console) -> list[Outcome]:
     from portllm_cli.console import ConsoleSession
 
     factory = ws.session_factory
-    chat = ConsoleSession(channel=CHANNEL, user=APPROVER, settings=ws.settings, session_factory=factory,
+    assistant, channel = cast.assistant, cast.channel
+    chat = ConsoleSession(channel=channel, user=APPROVER, settings=ws.settings, session_factory=factory,
                           enqueue=ws.queue, out=console, poll_s=0.3, wait_s=900)
 
     def say(heading: str | None, command: str):
         if heading:
             console.print(Rule(heading))
-        console.print(f"[bold cyan]{APPROVER} in {CHANNEL}>[/] {command}")
+        console.print(f"[bold cyan]{APPROVER} in {channel}>[/] {command}")
         reply = chat.run_line(command)
         if not reply.ok:
             raise StoryStopped(command)
         return reply
 
     def ask_and_rate(heading: str, question: str, rating: str) -> int:
-        say(heading, f"ask {ASSISTANT} {question}")
+        say(heading, f"ask {assistant} {question}")
         if chat.last_answer_id is None:
-            raise StoryStopped(f"ask {ASSISTANT} {question} (no answer)")
+            raise StoryStopped(f"ask {assistant} {question} (no answer)")
         say(None, f"rate {chat.last_answer_id} {rating}")
         return chat.last_answer_id
 
-    setup = say("3. Make v1 + patch live in #support", f"patch {ASSISTANT} onto v1")
+    setup = say(f"3. Make v1 + patch live in {channel}", f"patch {assistant} onto v1")
     say(None, f"approve {setup.run_id}")
-    v2 = say("4. The base moved to v2: transplant the patch", f"patch {ASSISTANT} onto v2")
+    v2 = say("4. The base moved to v2: transplant the patch", f"patch {assistant} onto v2")
     say(None, f"approve {v2.run_id}")
     first_answer = ask_and_rate("5. Ask the live assistant (now v2 + patch) and rate its answer",
                                 world.questions[0], "up")
-    say("6. Roll back the v2 rollout", f"rollback {ASSISTANT}")
-    other = say("7. An unrelated model: the compatibility check refuses it", f"patch {ASSISTANT} onto other")
-    v3_run = _release(ws, world, chat, console, say)
+    say("6. Roll back the v2 rollout", f"rollback {assistant}")
+    other = say("7. An unrelated model: the compatibility check refuses it", f"patch {assistant} onto other")
+    v3_run = _release(ws, world, cast, chat, console, say)
     retune = _fallback(factory, v3_run, console, say)
     say(None, f"approve {retune.run_id}")
     last_answer = ask_and_rate("10. Ask the re-tuned assistant on v3 and rate its answer", world.questions[1], "up")
-    say("11. The lineage", f"lineage {ASSISTANT}")
-    return _check(factory, setup.run_id, v2.run_id, v3_run, other.run_id, retune.run_id,
+    say("11. The lineage", f"lineage {assistant}")
+    return _check(factory, cast, setup.run_id, v2.run_id, v3_run, other.run_id, retune.run_id,
                   (first_answer, last_answer))
 
 
-def _release(ws, world, chat, console: Console, say) -> int:
-    """v3 is released: registering it queues the transplant for #support by itself (policy `auto`)."""
+def _release(ws, world, cast: Cast, chat, console: Console, say) -> int:
+    """v3 is released: registering it queues the transplant for the channel by itself (policy `auto`)."""
     from portllm_cli.terminal import release as release_table
     from portllm_core import views
     from portllm_core.flows import catalog
@@ -198,14 +229,14 @@ def _release(ws, world, chat, console: Console, say) -> int:
         registered = RELEASED in {b.version for b in services.list_bases(s, FAMILY)}
     if registered:  # an earlier demo on this data dir released it: ask for the run by hand instead
         console.print(f"{FAMILY} {RELEASED} was released by an earlier demo here; asking for the run by hand.")
-        return say(None, f"patch {ASSISTANT} onto {RELEASED}").run_id
+        return say(None, f"patch {cast.assistant} onto {RELEASED}").run_id
     added = catalog.register_base(ws, FAMILY, RELEASED, str(world.bases[RELEASED]), actor="console:demo")
-    mine = [run_id for run_id, assistant, channel in added.release.queued if (assistant, channel) == (ASSISTANT, CHANNEL)]
+    mine = [run_id for run_id, assistant, channel in added.release.queued if (assistant, channel) == (cast.assistant, cast.channel)]
     if not mine:
-        raise StoryStopped(f"portllm base add {FAMILY} {RELEASED} (no run queued for {CHANNEL})")
-    console.print(f"Base {added.label} registered; release: run #{mine[0]} queued for {ASSISTANT} in {CHANNEL}, "
+        raise StoryStopped(f"portllm base add {FAMILY} {RELEASED} (no run queued for {cast.channel})")
+    console.print(f"Base {added.label} registered; release: run #{mine[0]} queued for {cast.assistant} in {cast.channel}, "
                   "requested by the system, as if someone had asked.")
-    chat.follow_run(mine[0])  # the card #support gets
+    chat.follow_run(mine[0])  # the card the channel gets
     with ws.session_factory() as s:
         console.print(release_table(views.release_view(views.find_release(s, FAMILY, RELEASED))))
     return mine[0]
@@ -230,7 +261,7 @@ def _fallback(factory, v3_run: int, console: Console, say):
     return say(None, f"retune {v3_run}")
 
 
-def _check(factory, setup_run: int, v2_run: int, v3_run: int, other_run: int, retune_run: int,
+def _check(factory, cast: Cast, setup_run: int, v2_run: int, v3_run: int, other_run: int, retune_run: int,
            answers: tuple[int, int]) -> list[Outcome]:
     """What the story must have left in the registry."""
     from portllm_core import views
@@ -239,8 +270,8 @@ def _check(factory, setup_run: int, v2_run: int, v3_run: int, other_run: int, re
     with factory() as s:
         run = lambda run_id: s.get(models.Run, run_id)  # noqa: E731
         setup, v2, v3, other, retuned = (run(i) for i in (setup_run, v2_run, v3_run, other_run, retune_run))
-        live = services.live_rollout(s, ASSISTANT, CHANNEL)
-        lineage = views.lineage_view(s, services.get_assistant(s, ASSISTANT)).to_json()
+        live = services.live_rollout(s, cast.assistant, cast.channel)
+        lineage = views.lineage_view(s, services.get_assistant(s, cast.assistant)).to_json()
         lineage_runs = {r["id"] for p in lineage["patches"] for r in p["runs"]}
         rated = [services.get_answer(s, answer).rollout.run_id for answer in answers]
         return [
@@ -251,7 +282,7 @@ def _check(factory, setup_run: int, v2_run: int, v3_run: int, other_run: int, re
             Outcome("rated answer", "a 👍 counted for the v2 rollout", rated[0] == v2_run),
             Outcome("patch onto other", "failed with compatibility errors",
                     other.status == "failed" and bool((other.compat_report or {}).get("errors"))),
-            Outcome(f"release {RELEASED}", "a run for #support, evaluated and gated, not passed",
+            Outcome(f"release {RELEASED}", f"a run for {cast.channel}, evaluated and gated, not passed",
                     v3.status == "succeeded" and v3.rollout is not None and v3.rollout.verdict != "pass"),
             Outcome(f"retune on {RELEASED}", "a new patch, child of the v1 patch, evaluated and approved",
                     retuned.status == "succeeded" and retuned.result_patch is not None
@@ -268,13 +299,9 @@ def _scored(run) -> bool:
     return {"candidate", "target_base"} <= {e.subject for e in run.evaluations}
 
 
-def _write_chart(ws, world, out_dir: Path) -> Path:
+def _write_chart(ws, world, cast: Cast, out_dir: Path) -> Path:
     """The paper's bars per base version: the base alone, the transplanted v1 patch, a patch trained
     fresh on that base (measured when the demo world was built), and the re-tuned patch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sqlalchemy import select
 
     from registry import models
@@ -283,7 +310,7 @@ def _write_chart(ws, world, out_dir: Path) -> Path:
     bars: dict[str, dict[str, float]] = {}  # version -> series -> accuracy, newest run wins
     with factory() as s:
         runs = s.scalars(select(models.Run).join(models.Assistant)
-                         .where(models.Assistant.name == ASSISTANT).order_by(models.Run.id))
+                         .where(models.Assistant.name == cast.assistant).order_by(models.Run.id))
         for run in runs:
             accuracy = {e.subject: e.accuracy for e in run.evaluations}
             if "candidate" not in accuracy:
@@ -293,6 +320,23 @@ def _write_chart(ws, world, out_dir: Path) -> Path:
             series["re-tuned patch" if run.kind == "retune" else "transplanted patch"] = accuracy["candidate"]
     for version, accuracy in world.fresh_accuracy.items():
         bars.setdefault(version, {})["patch trained fresh"] = accuracy
+    fig = _chart(bars, cast.assistant)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "demo-kpi.png"
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _chart(bars: dict[str, dict[str, float]], assistant: str):
+    """The bars (version -> series -> accuracy) as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     versions = sorted(bars)
     names = ("base alone", "transplanted patch", "patch trained fresh", "re-tuned patch")
     width = 0.2
@@ -306,14 +350,11 @@ def _write_chart(ws, world, out_dir: Path) -> Path:
     ax.set_xticks(range(len(versions)), versions)
     ax.set_ylabel("KPI accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{ASSISTANT} on each base: transplanted v1 patch vs trained fresh vs re-tuned")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, fontsize=8, frameon=False)
+    # Two lines: on one, the title is wider than the chart and both ends are cut off.
+    ax.set_title(f"{assistant} on each base:\ntransplanted v1 patch vs trained fresh vs re-tuned")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "demo-kpi.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _summarise(outcomes: list[Outcome], chart: Path, console: Console) -> int:

@@ -7,10 +7,9 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from registry.models import ACTIVE_RUN_STATUSES, DECIDABLE_ROLLOUT_STATES, Assistant, AuditEvent, BaseModel, Patch, Rollout, RolloutState, Run
-from registry.services.catalog import get_assistant, is_approver, resolve_assistant, same_user
+from registry.models import Assistant, AuditEvent, BaseModel, Patch, Rollout, Run
+from registry.services.catalog import is_approver, same_user
 from portllm_engine.kpi import wilson_interval
-from registry.services.ratings import satisfaction
 
 
 def base(row) -> dict[str, Any]:
@@ -98,7 +97,7 @@ def score(row) -> dict[str, Any]:
         **_result(row),
         "run_id": row.run_id,
         "computed_by": row.computed_by,
-        "created_at": _iso(row.created_at),
+        "created_at": iso(row.created_at),
     }
 
 
@@ -161,7 +160,7 @@ def run(row) -> dict[str, Any]:
     }
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
@@ -176,62 +175,7 @@ def visible(run: Run, *, channel: str | None = None, viewer: str | None = None) 
     return viewer is None or same_user(viewer, run.requested_by) or is_approver(run.assistant, viewer)
 
 
-def status(s: Session, assistant: str | None = None, *, channel: str | None = None,
-           viewer: str | None = None) -> dict[str, Any]:
-    """What is live per channel, what awaits a decision, and which runs are queued or running."""
-    owner = None if assistant is None else get_assistant(s, assistant)
-
-    def scoped(query, column):
-        return query if owner is None else query.where(column == owner.id)
-
-    def shown(rows, run_of=lambda row: row.run):
-        return [row for row in rows if visible(run_of(row), channel=channel, viewer=viewer)]
-
-    live = shown(s.scalars(scoped(
-        select(Rollout).where(Rollout.state == RolloutState.LIVE), Rollout.assistant_id
-    ).order_by(Rollout.assistant_id, Rollout.channel)))
-    pending = shown(s.scalars(scoped(
-        select(Rollout).where(Rollout.state.in_(DECIDABLE_ROLLOUT_STATES)),
-        Rollout.assistant_id,
-    ).order_by(Rollout.created_at, Rollout.id)))
-    runs = shown(s.scalars(scoped(
-        select(Run).where(Run.status.in_(ACTIVE_RUN_STATUSES)), Run.assistant_id
-    ).order_by(Run.created_at, Run.id)), run_of=lambda run: run)
-    scores = satisfaction(s, [r.id for r in live])
-    return {
-        "assistant": None if owner is None else owner.name,
-        "live": [
-            {
-                "assistant": r.assistant.name, "channel": r.channel, "rollout_id": r.id,
-                "run_id": r.run_id, "base": r.run.target_base.label,
-                "patch_id": r.run.candidate_patch.id, "accuracy": r.accuracy,
-                "approved_by": r.decided_by, "live_since": _iso(r.live_since),
-                "satisfaction": _satisfaction(scores.get(r.id)),
-            }
-            for r in live
-        ],
-        "awaiting_approval": [
-            {
-                "assistant": r.assistant.name, "channel": r.channel, "rollout_id": r.id,
-                "run_id": r.run_id, "state": r.state, "verdict": r.verdict,
-                "base": r.run.target_base.label, "accuracy": r.accuracy,
-                "live_accuracy": r.live_accuracy, "opened_at": _iso(r.created_at),
-            }
-            for r in pending
-        ],
-        "runs": [
-            {
-                "run_id": r.id, "assistant": r.assistant.name, "kind": r.kind, "status": r.status,
-                "progress": r.progress, "step": r.step, "base": r.target_base.label,
-                "requested_by": r.requested_by, "channel": r.channel,
-                "created_at": _iso(r.created_at), "started_at": _iso(r.started_at),
-            }
-            for r in runs
-        ],
-    }
-
-
-def _satisfaction(score) -> dict[str, Any]:
+def satisfaction_record(score) -> dict[str, Any]:
     """The live KPI of a rollout, each person weighing one (`up`: their 👍 shares summed); people 0
     when nobody rated its answers yet."""
     if score is None or not score.people:
@@ -247,7 +191,7 @@ def release(row) -> dict[str, Any]:
         "id": row.id,
         "base": {"family": row.base.family, "version": row.base.version},
         "created_by": row.created_by,
-        "created_at": _iso(row.created_at),
+        "created_at": iso(row.created_at),
         "runs": [
             {"run_id": r.id, "assistant": r.assistant.name, "channel": r.channel, "status": r.status,
              "verdict": r.rollout.verdict if r.rollout else None,
@@ -269,81 +213,69 @@ def runs_of(assistant: Assistant, channel: str | None = None) -> Select:
     return query if channel is None else query.where(Run.channel == channel)
 
 
-def lineage(s: Session, assistant: str | Assistant, channel: str | None = None) -> dict[str, Any]:
-    """The assistant's history as a tree, each level ordered by time:
-    patches (origin base, provenance, parent) -> runs (target base, status, drift)
-    -> evaluations and rollouts (state, channel, who decided, what it replaced, every event).
-    With a channel, only the runs in that channel."""
-    owner = resolve_assistant(s, assistant)
-    patches = list(s.scalars(
-        select(Patch).where(Patch.assistant_id == owner.id).order_by(Patch.created_at, Patch.id)
-    ))
-    runs = list(s.scalars(runs_of(owner, channel).order_by(Run.created_at, Run.id)))
-    scores = satisfaction(s, [r.rollout.id for r in runs if r.rollout is not None])
+def rollout_events(s: Session, assistant: Assistant) -> dict[int, list[AuditEvent]]:
+    """The audit events of the assistant's rollouts, per rollout id, oldest first."""
     events: dict[int, list[AuditEvent]] = {}
     for event in s.scalars(
-        select(AuditEvent).where(AuditEvent.assistant_id == owner.id, AuditEvent.entity_type == "rollout")
+        select(AuditEvent).where(AuditEvent.assistant_id == assistant.id, AuditEvent.entity_type == "rollout")
         .order_by(AuditEvent.at, AuditEvent.id)
     ):
         events.setdefault(event.entity_id, []).append(event)
+    return events
 
-    def rollout_dict(r: Rollout) -> dict[str, Any]:
-        replaced = r.replaced
-        return {
-            "id": r.id, "channel": r.channel, "state": r.state, "verdict": r.verdict,
-            "accuracy": r.accuracy, "live_accuracy": r.live_accuracy,
-            "decided_by": r.decided_by, "decided_at": _iso(r.decided_at), "reason": r.reason,
-            "opened_at": _iso(r.created_at), "live_since": _iso(r.live_since), "ended_at": _iso(r.ended_at),
-            "satisfaction": _satisfaction(scores.get(r.id)),
-            "replaced": None if replaced is None else {
-                "rollout_id": replaced.id, "run_id": replaced.run_id,
-                "base": replaced.run.target_base.label, "state": replaced.state,
-            },
-            "events": [
-                {"at": _iso(e.at), "action": e.action, "actor": e.actor, "details": e.details}
-                for e in events.get(r.id, [])
-            ],
-        }
 
-    def run_dict(run: Run) -> dict[str, Any]:
-        drift = run.drift_report or {}
-        compat = run.compat_report
-        return {
-            "id": run.id, "kind": run.kind, "status": run.status, "spec": run.spec,
-            "target_base": _base_dict(run.target_base), "requested_by": run.requested_by,
-            "channel": run.channel, "created_at": _iso(run.created_at),
-            "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
-            "attempts": run.attempts, "error": run.error,
-            "compatible": None if compat is None else compat.get("compatible"),
-            "drift_overall": drift.get("overall"), "result_patch_id": run.result_patch_id,
-            "evaluations": [
-                {
-                    "id": e.id, "subject": e.subject, "stage": e.stage, "n": e.n, "accuracy": e.accuracy,
-                    "ci95": [e.ci_low, e.ci_high], "suite_digest": e.suite_digest,
-                    "metrics": e.metrics, "duration_s": e.duration_s, "recorded_at": _iso(e.created_at),
-                    "reused_from_run": e.reused_from_run,
-                }
-                for e in sorted(run.evaluations, key=lambda e: (e.created_at, e.id))
-            ],
-            "rollouts": [] if run.rollout is None else [rollout_dict(run.rollout)],
-        }
-
+def lineage_patch(p: Patch) -> dict[str, Any]:
+    """A patch as the lineage lists it (its runs aside): origin base, provenance, parent."""
     return {
-        "assistant": owner.name,
-        "family": owner.family,
-        "gate": {"min_accuracy": owner.min_accuracy, "max_regression": owner.max_regression},
-        "channel": channel,  # runs of this channel only; None: every channel
-        "patches": [
+        "id": p.id, "kind": p.kind, "created_at": iso(p.created_at),
+        "created_by": p.created_by, "origin_base": _base_dict(p.origin_base),
+        "parent_patch_id": p.parent_patch_id, "artifact_ref": p.artifact_ref,
+        "artifact_digest": p.artifact_digest, "rank": p.rank, "alpha": p.alpha,
+        "target_modules": p.target_modules, "size_bytes": p.size_bytes,
+        "provenance": p.provenance, "train_data_ref": p.train_data_ref,
+    }
+
+
+def lineage_run(run: Run, scores: dict, events: dict[int, list[AuditEvent]]) -> dict[str, Any]:
+    """A run as the lineage lists it: target base, status, drift, its evaluations and its rollout
+    (state, channel, who decided, what it replaced, every event); `scores` and `events` per rollout id."""
+    drift = run.drift_report or {}
+    compat = run.compat_report
+    return {
+        "id": run.id, "kind": run.kind, "status": run.status, "spec": run.spec,
+        "target_base": _base_dict(run.target_base), "requested_by": run.requested_by,
+        "channel": run.channel, "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at), "finished_at": iso(run.finished_at),
+        "attempts": run.attempts, "error": run.error,
+        "compatible": None if compat is None else compat.get("compatible"),
+        "drift_overall": drift.get("overall"), "result_patch_id": run.result_patch_id,
+        "evaluations": [
             {
-                "id": p.id, "kind": p.kind, "created_at": _iso(p.created_at),
-                "created_by": p.created_by, "origin_base": _base_dict(p.origin_base),
-                "parent_patch_id": p.parent_patch_id, "artifact_ref": p.artifact_ref,
-                "artifact_digest": p.artifact_digest, "rank": p.rank, "alpha": p.alpha,
-                "target_modules": p.target_modules, "size_bytes": p.size_bytes,
-                "provenance": p.provenance, "train_data_ref": p.train_data_ref,
-                # A train run has no source patch: it sits under the patch it produced.
-                "runs": [run_dict(r) for r in runs if (r.patch_id or r.result_patch_id) == p.id],
+                "id": e.id, "subject": e.subject, "stage": e.stage, "n": e.n, "accuracy": e.accuracy,
+                "ci95": [e.ci_low, e.ci_high], "suite_digest": e.suite_digest,
+                "metrics": e.metrics, "duration_s": e.duration_s, "recorded_at": iso(e.created_at),
+                "reused_from_run": e.reused_from_run,
             }
-            for p in patches
+            for e in sorted(run.evaluations, key=lambda e: (e.created_at, e.id))
+        ],
+        "rollouts": [] if run.rollout is None else [_lineage_rollout(run.rollout, scores, events)],
+    }
+
+
+def _lineage_rollout(r: Rollout, scores: dict, events: dict[int, list[AuditEvent]]) -> dict[str, Any]:
+    replaced = r.replaced
+    return {
+        "id": r.id, "channel": r.channel, "state": r.state, "verdict": r.verdict,
+        "accuracy": r.accuracy, "live_accuracy": r.live_accuracy,
+        "decided_by": r.decided_by, "decided_at": iso(r.decided_at), "reason": r.reason,
+        "opened_at": iso(r.created_at), "live_since": iso(r.live_since), "ended_at": iso(r.ended_at),
+        "satisfaction": satisfaction_record(scores.get(r.id)),
+        "replaced": None if replaced is None else {
+            "rollout_id": replaced.id, "run_id": replaced.run_id,
+            "base": replaced.run.target_base.label, "state": replaced.state,
+        },
+        "events": [
+            {"at": iso(e.at), "action": e.action, "actor": e.actor, "details": e.details}
+            for e in events.get(r.id, [])
         ],
     }

@@ -6,8 +6,11 @@ nothing here talks to Slack or the terminal, and nothing here writes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
 
 from portllm_core import records
+from portllm_core.text import short
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -24,6 +27,7 @@ from registry.models import (
     EvalSubject,
     Release,
     Evaluation,
+    Patch,
     Rollout,
     RolloutState,
     Run,
@@ -94,6 +98,20 @@ class LiveRow:
     accuracy: float | None
     satisfaction: Satisfaction | None = None  # None: no rating yet
     served_locally: str | None = None  # why vLLM refused its patch, when its answers come from `local`
+    # For `--json` (scripts), beside what people see:
+    rollout_id: int | None = None
+    base: str = ""  # the target base's label, `family/version`
+    patch_id: int | None = None
+    approved_by: str | None = None
+    live_since: datetime | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "assistant": self.assistant, "channel": self.channel, "rollout_id": self.rollout_id,
+            "run_id": self.run_id, "base": self.base, "patch_id": self.patch_id, "accuracy": self.accuracy,
+            "approved_by": self.approved_by, "live_since": records.iso(self.live_since),
+            "satisfaction": records.satisfaction_record(self.satisfaction),
+        }
 
 
 @dataclass(frozen=True)
@@ -105,17 +123,56 @@ class PendingRow:
     progress: float
     rollout_state: str | None
     verdict: str | None
+    # For `--json` (scripts), beside what people see:
+    kind: str = ""
+    step: str | None = None
+    base: str = ""  # the target base's label, `family/version`
+    requested_by: str = ""
+    channel: str = ""
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    rollout_id: int | None = None
+    accuracy: float | None = None  # the candidate's, as its rollout recorded it
+    live_accuracy: float | None = None
+    opened_at: datetime | None = None  # when the rollout was proposed
+
+    @property
+    def awaiting_decision(self) -> bool:
+        return self.rollout_state in DECIDABLE_ROLLOUT_STATES
+
+    def rollout_json(self) -> dict:
+        return {
+            "assistant": self.assistant, "channel": self.channel, "rollout_id": self.rollout_id,
+            "run_id": self.run_id, "state": self.rollout_state, "verdict": self.verdict, "base": self.base,
+            "accuracy": self.accuracy, "live_accuracy": self.live_accuracy, "opened_at": records.iso(self.opened_at),
+        }
+
+    def run_json(self) -> dict:
+        return {
+            "run_id": self.run_id, "assistant": self.assistant, "kind": self.kind, "status": self.status,
+            "progress": self.progress, "step": self.step, "base": self.base, "requested_by": self.requested_by,
+            "channel": self.channel, "created_at": records.iso(self.created_at),
+            "started_at": records.iso(self.started_at),
+        }
 
 
 @dataclass(frozen=True)
 class StatusView:
     assistant: str | None  # None: every assistant
     live: tuple[LiveRow, ...]
-    pending: tuple[PendingRow, ...]  # runs in flight and rollouts awaiting a decision
-    json: dict = field(default_factory=dict, compare=False, repr=False)  # records.*: what `--json` prints
+    pending: tuple[PendingRow, ...]  # runs in flight and rollouts awaiting a decision, newest first
 
     def to_json(self) -> dict:
-        return self.json
+        """What `--json` prints: live rollouts; rollouts awaiting a decision and runs in flight, oldest first."""
+        awaiting = sorted((r for r in self.pending if r.awaiting_decision), key=lambda r: (r.opened_at, r.rollout_id))
+        running = sorted((r for r in self.pending if r.status in ACTIVE_RUN_STATUSES),
+                         key=lambda r: (r.created_at, r.run_id))
+        return {
+            "assistant": self.assistant,
+            "live": [r.to_json() for r in self.live],
+            "awaiting_approval": [r.rollout_json() for r in awaiting],
+            "runs": [r.run_json() for r in running],
+        }
 
 
 @dataclass(frozen=True)
@@ -130,6 +187,8 @@ class LineageRun:
     channel: str | None
     decided_by: str | None
     satisfaction: Satisfaction | None = None
+    # The run in full for `--json` (records.lineage_run), from the same rows as the fields above.
+    record: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -140,6 +199,8 @@ class LineagePatch:
     parent_patch_id: int | None
     provenance: str  # one line: dataset digest, hyper-parameters, seed
     runs: tuple[LineageRun, ...]
+    # The patch in full for `--json` (records.lineage_patch), its runs aside.
+    record: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -148,10 +209,19 @@ class LineageView:
     family: str
     patches: tuple[LineagePatch, ...]
     channel: str | None = None  # only this channel's runs (chat); None: every channel (operators)
-    json: dict = field(default_factory=dict, compare=False, repr=False)  # records.*: what `--json` prints
+    gate: dict = field(default_factory=dict, compare=False)  # min_accuracy, max_regression
 
     def to_json(self) -> dict:
-        return self.json
+        """What `--json` prints: the history as a tree, each level ordered by time: patches (origin
+        base, provenance, parent) -> runs (target base, status, drift) -> evaluations and rollouts
+        (state, channel, who decided, what it replaced, every event)."""
+        return {
+            "assistant": self.assistant,
+            "family": self.family,
+            "gate": self.gate,
+            "channel": self.channel,  # runs of this channel only; None: every channel
+            "patches": [p.record | {"runs": [r.record for r in p.runs]} for p in self.patches],
+        }
 
 
 @dataclass(frozen=True)
@@ -311,59 +381,76 @@ def _gate_text(assistant: Assistant, live_accuracy: float | None) -> str:
 
 
 def status_view(session: Session, assistant: str | None = None, *, channel: str | None = None,
-                viewer: str | None = None, limit: int = 25) -> StatusView:
-    """What is live where, runs in flight and rollouts awaiting a decision (newest first);
-    only `channel`'s, or only what `viewer` requested or may decide (records.visible)."""
+                viewer: str | None = None, limit: int | None = 25) -> StatusView:
+    """What is live where, runs in flight and rollouts awaiting a decision (newest first, at most
+    `limit`; None: all); only `channel`'s, or only what `viewer` requested or may decide (records.visible)."""
     live_q = select(Rollout).join(Rollout.assistant).where(Rollout.state == RolloutState.LIVE)
     runs_q = (select(Run).join(Run.assistant).outerjoin(Run.rollout)
               .where(or_(Run.status.in_(ACTIVE_RUN_STATUSES), Rollout.state.in_(DECIDABLE_ROLLOUT_STATES))))
     if assistant is not None:
         live_q = live_q.where(Assistant.name == assistant)
         runs_q = runs_q.where(Assistant.name == assistant)
-    live_rollouts = list(session.scalars(live_q.order_by(Assistant.name, Rollout.channel)))
+    live_rollouts = [r for r in session.scalars(live_q.order_by(Assistant.name, Rollout.channel))
+                     if records.visible(r.run, channel=channel, viewer=viewer)]
     scores = satisfaction(session, [r.id for r in live_rollouts])
     local = served_locally(session, [r.id for r in live_rollouts])
     live = tuple(
         LiveRow(r.assistant.name, r.channel, r.run.target_base.version, r.run_id, r.accuracy, scores.get(r.id),
-                local.get(r.id))
-        for r in live_rollouts if records.visible(r.run, channel=channel, viewer=viewer)
+                local.get(r.id), rollout_id=r.id, base=r.run.target_base.label, patch_id=r.run.candidate_patch.id,
+                approved_by=r.decided_by, live_since=r.live_since)
+        for r in live_rollouts
     )
     if channel is not None:  # the channel filter in SQL too, so `limit` counts this channel's runs
         runs_q = runs_q.where(Run.channel == channel)
     shown = (run for run in session.scalars(runs_q.order_by(Run.id.desc()))
              if records.visible(run, channel=channel, viewer=viewer))
-    pending = tuple(
-        PendingRow(run.id, run.assistant.name, run.target_base.version, run.status, run.progress or 0.0,
-                   run.rollout.state if run.rollout else None, run.rollout.verdict if run.rollout else None)
-        for run, _ in zip(shown, range(limit))
+    pending = tuple(_pending_row(run) for run in islice(shown, limit))
+    return StatusView(assistant, live, pending)
+
+
+def _pending_row(run: Run) -> PendingRow:
+    rollout = run.rollout
+    return PendingRow(
+        run.id, run.assistant.name, run.target_base.version, run.status, run.progress or 0.0,
+        rollout.state if rollout else None, rollout.verdict if rollout else None,
+        kind=run.kind, step=run.step, base=run.target_base.label, requested_by=run.requested_by,
+        channel=run.channel, created_at=run.created_at, started_at=run.started_at,
+        rollout_id=rollout.id if rollout else None, accuracy=rollout.accuracy if rollout else None,
+        live_accuracy=rollout.live_accuracy if rollout else None, opened_at=rollout.created_at if rollout else None,
     )
-    return StatusView(assistant, live, pending,
-                      json=records.status(session, assistant, channel=channel, viewer=viewer))
 
 
 def lineage_view(session: Session, assistant: Assistant, channel: str | None = None) -> LineageView:
-    """The assistant's patches and their runs; with a channel, only the runs in it (others may be private)."""
+    """The assistant's patches and their runs, each ordered by time; with a channel, only the runs
+    in it (others may be private)."""
+    patches = list(session.scalars(select(Patch).where(Patch.assistant_id == assistant.id)
+                                   .order_by(Patch.created_at, Patch.id)))
     runs_by_patch: dict[int, list[Run]] = {}
-    all_runs = list(session.scalars(records.runs_of(assistant, channel).order_by(Run.id)))
+    all_runs = list(session.scalars(records.runs_of(assistant, channel).order_by(Run.created_at, Run.id)))
     for run in all_runs:
         # A train run has no source patch: it belongs under the patch it produced.
         runs_by_patch.setdefault(run.patch_id or run.result_patch_id, []).append(run)
     scores = satisfaction(session, [run.rollout.id for run in all_runs if run.rollout is not None])
-    patches = []
-    for patch in assistant.patches:
-        runs = tuple(
-            LineageRun(run.id, run.kind, run.target_base.version, run.status,
-                       run.rollout.verdict if run.rollout else None,
-                       _accuracy(run), run.rollout.state if run.rollout else None,
-                       run.rollout.channel if run.rollout else None,
-                       run.rollout.decided_by if run.rollout else None,
-                       scores.get(run.rollout.id) if run.rollout else None)
-            for run in runs_by_patch.get(patch.id, ())
-        )
-        patches.append(LineagePatch(patch.id, patch.origin_base.version, patch.rank, patch.parent_patch_id,
-                                    _provenance_line(patch.provenance or {}), runs))
-    return LineageView(assistant.name, assistant.family, tuple(patches), channel,
-                       json=records.lineage(session, assistant, channel))
+    events = records.rollout_events(session, assistant)
+    return LineageView(
+        assistant.name, assistant.family,
+        tuple(LineagePatch(patch.id, patch.origin_base.version, patch.rank, patch.parent_patch_id,
+                           _provenance_line(patch.provenance or {}),
+                           tuple(_lineage_run(run, scores, events) for run in runs_by_patch.get(patch.id, ())),
+                           record=records.lineage_patch(patch))
+              for patch in patches),
+        channel,
+        gate={"min_accuracy": assistant.min_accuracy, "max_regression": assistant.max_regression},
+    )
+
+
+def _lineage_run(run: Run, scores: dict[int, Satisfaction], events: dict) -> LineageRun:
+    rollout = run.rollout
+    return LineageRun(run.id, run.kind, run.target_base.version, run.status,
+                      rollout.verdict if rollout else None, _accuracy(run),
+                      rollout.state if rollout else None, rollout.channel if rollout else None,
+                      rollout.decided_by if rollout else None, scores.get(rollout.id) if rollout else None,
+                      record=records.lineage_run(run, scores, events))
 
 
 def _accuracy(run: Run) -> float | None:
@@ -377,8 +464,11 @@ def _provenance_line(provenance: dict) -> str:
     for key, value in provenance.items():
         if isinstance(value, (dict, list)):
             continue
-        text = str(value)
-        parts.append(f"{key} {text[:12] if key.endswith('digest') or key.endswith('sha256') else text}")
+        if isinstance(value, float):
+            text = f"{value:.3g}"  # rounded as the cards round (`final_loss 0.0106`); `--json` keeps every digit
+        else:
+            text = str(value)
+        parts.append(f"{key} {short(text) if key.endswith('digest') or key.endswith('sha256') else text}")
     return ", ".join(parts)[:300]
 
 

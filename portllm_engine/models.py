@@ -10,6 +10,9 @@ import hashlib
 import json
 import os
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,16 @@ TOKENIZER_FILES = (
 )
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 INDEX_FILE = "model.safetensors.index.json"
+
+
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around PEFT wrapping a model (get_peft_model, PeftModel.from_pretrained): PEFT probes
+    `model.is_gradient_checkpointing`, which transformers 5 deprecated with a FutureWarning that
+    says nothing to our users. Only that warning is silenced, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def pick_device() -> str:

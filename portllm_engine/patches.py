@@ -303,7 +303,8 @@ def train_patch(
     model, tokenizer = models.load_base(base_root, device=device, dtype=torch.float32)
     if init_from is not None:
         # Warm start (re-tune): continue from an existing patch's factors.
-        model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
+        with models.peft_wrapping():
+            model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
         config = read_adapter_config(init_from)
         rank, alpha, use_rslora = int(config["r"]), float(config["lora_alpha"]), bool(config.get("use_rslora"))
     else:
@@ -315,7 +316,8 @@ def train_patch(
             use_rslora=use_rslora,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora_config)
+        with models.peft_wrapping():
+            model = get_peft_model(model, lora_config)
     model.train()
     max_len = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
     examples = [encode_example(tokenizer, p, c, max_len) for p, c in pairs]

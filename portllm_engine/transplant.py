@@ -423,10 +423,12 @@ class PatchServer:
         with self._lock:
             if name in self.patches:
                 self.detach(name)
-            if not self.patches:
-                self.model = PeftModel.from_pretrained(self.base, str(patch_dir), adapter_name=name, is_trainable=False)
-            else:
-                self.model.load_adapter(str(patch_dir), adapter_name=name, is_trainable=False)
+            with models.peft_wrapping():
+                if not self.patches:
+                    self.model = PeftModel.from_pretrained(self.base, str(patch_dir), adapter_name=name,
+                                                           is_trainable=False)
+                else:
+                    self.model.load_adapter(str(patch_dir), adapter_name=name, is_trainable=False)
             self.model.eval()
             self.patches[name] = Path(patch_dir)
 

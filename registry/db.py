@@ -57,3 +57,22 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached (stopped, restarting, the network),
+    rather than that a query was wrong: followers say so and look again instead of dying."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    text = str(exc).lower()
+    missing_schema = "no such table" in text or ("relation" in text and "does not exist" in text)
+    return isinstance(exc, (OperationalError, InterfaceError)) and not missing_schema
+
+
+def outage_reason(exc: BaseException) -> str:
+    """The first line of the driver's message, for people ('connection refused', …)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0][:200] if lines else type(cause).__name__

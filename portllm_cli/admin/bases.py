@@ -6,7 +6,8 @@ from typing import Optional
 import typer
 
 from portllm_core import records
-from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, short, stderr, stdout, table
+from portllm_core.text import short
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, stderr, stdout, table
 from portllm_cli.admin.runtime import BadInput, workspace, actor, admin_command, warn
 
 app = typer.Typer(help="Base models (one version of a family, identified by its weights).", no_args_is_help=True)

@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 from portllm_core import records
-from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, short, stdout, table
+from portllm_core.text import short
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, stdout, table
 from portllm_cli.admin.runtime import BadInput, actor, admin_command, workspace
 
 app = typer.Typer(help="The evaluation ledger: one score per model, patch, suite and scoring settings.",

@@ -72,10 +72,6 @@ def progress_bar(description: str) -> Iterator[ProgressCallback]:
         progress.update(task, completed=1.0)
 
 
-def short(digest: str | None, n: int = 12) -> str:
-    return (digest or "")[:n]
-
-
 def human_size(n: int | None) -> str:
     if n is None:
         return ""

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from portllm_core import records
-from portllm_cli.admin.output import JSON_OPTION_HELP, human_size, print_json, progress_bar, short, stderr, stdout, table
+from portllm_core.text import short
+from portllm_cli.admin.output import JSON_OPTION_HELP, human_size, print_json, progress_bar, stderr, stdout, table
 from portllm_cli.admin.runtime import BadInput, workspace, actor, admin_command, warn
 
 app = typer.Typer(help="LoRA patches: add one trained elsewhere, train one, list, export.", no_args_is_help=True)

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import typer
 
-from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, stdout
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, stderr, stdout
 from portllm_cli.admin.runtime import actor, admin_command, warn, workspace
+
+EXIT_TIMEOUT = 124  # as `run wait`: what coreutils' `timeout` returns
+FOLLOW_INTERVAL_S = 1.0
 
 app = typer.Typer(help="Releases: a new base version and the runs it queued in every live channel.",
                   no_args_is_help=True)
@@ -45,18 +48,48 @@ def show(
     family: str = typer.Argument(..., help="The base family."),
     version: str = typer.Argument(..., help="The released version."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+    wait: float = typer.Option(0.0, "--wait", min=0.0,
+                               help="Follow the verdicts until every run has finished, at most this many seconds "
+                                    "(exit 124 after); an unreachable registry meanwhile is said and waited out."),
 ) -> None:
     """The release's runs per assistant and channel, with their verdicts, and open offers."""
     from portllm_core.views import find_release, release_view
+    from registry.db import outage_reason, unreachable
+    from registry.models import ACTIVE_RUN_STATUSES
 
-    with workspace().session() as session:
-        view = release_view(find_release(session, family, version))
+    ws = workspace()
+    deadline, outage, shown = time.monotonic() + wait, None, None
+    while True:
+        try:
+            with ws.session() as session:
+                view = release_view(find_release(session, family, version))
+        except Exception as exc:  # the registry down: say so, keep following within the wait
+            if not unreachable(exc) or time.monotonic() >= deadline:
+                raise
+            if outage is None:
+                outage = time.monotonic()
+                warn(f"release {family} {version}: the registry is unreachable ({outage_reason(exc)}); "
+                     "still following it")
+            time.sleep(min(FOLLOW_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+            continue
+        if outage is not None:
+            stderr().print(f"release {family} {version}: the registry is back after "
+                           f"{time.monotonic() - outage:.0f}s", markup=False)
+            outage = None
+        finished = not any(row.status in ACTIVE_RUN_STATUSES for row in view.rows)
+        if not as_json and view.rows != shown:  # people see each change; scripts get the last state
+            from portllm_cli import terminal
+
+            stdout().print(terminal.release(view))
+            shown = view.rows
+        if finished or time.monotonic() >= deadline:
+            break
+        time.sleep(min(FOLLOW_INTERVAL_S, max(0.0, deadline - time.monotonic())))
     if as_json:
         print_json(view.to_json())
-        return
-    from portllm_cli import terminal
-
-    stdout().print(terminal.release(view))
+    if not finished and wait:
+        warn(f"release {family} {version}: runs still in flight after {wait:g}s")
+        raise typer.Exit(EXIT_TIMEOUT)
 
 
 @app.command("start")

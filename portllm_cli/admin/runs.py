@@ -109,14 +109,34 @@ def follow(env: Workspace, run_id: int, description: str, *, timeout: float | No
     """Poll the run with a progress bar until it finishes; exit 124 when `timeout` passes first."""
     from registry import services
 
+    from registry.db import outage_reason, unreachable
+
     deadline = None if timeout is None else time.monotonic() + timeout
+    outage = None
     with progress_bar(description) as progress:
         while True:
-            with env.session() as session:
-                run = services.get_run(session, run_id)
-                status, fraction, step, error = run.status, run.progress, run.step, run.error
-                rollout = (run.rollout.verdict, run.rollout.state) if run.rollout else None
-                result_patch_id = run.result_patch_id
+            try:
+                with env.session() as session:
+                    run = services.get_run(session, run_id)
+                    status, fraction, step, error = run.status, run.progress, run.step, run.error
+                    rollout = (run.rollout.verdict, run.rollout.state) if run.rollout else None
+                    result_patch_id = run.result_patch_id
+            except Exception as exc:  # the registry down: say so, keep following within the timeout
+                if not unreachable(exc):
+                    raise
+                if outage is None:
+                    outage = time.monotonic()
+                    typer.echo(f"Run #{run_id}: the registry is unreachable ({outage_reason(exc)}); still following it",
+                               err=True)
+                if deadline is not None and time.monotonic() >= deadline:
+                    typer.echo(f"Run #{run_id}: the registry stayed unreachable for {time.monotonic() - outage:.0f}s; "
+                               f"`portllm run wait {run_id}` follows it once it is back", err=True)
+                    raise typer.Exit(EXIT_TIMEOUT) from None
+                time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
+                continue
+            if outage is not None:
+                typer.echo(f"Run #{run_id}: the registry is back after {time.monotonic() - outage:.0f}s", err=True)
+                outage = None
             progress(fraction, f"{status}: {step}" if step and step != status else status)
             if status in FINISHED:
                 return Finished(status, " ".join(error.split()) if error else None, rollout, result_patch_id)

@@ -85,6 +85,11 @@ def admin_command(func: F) -> F:
                 raise
             if _is_bad_input(exc):
                 raise fail(_message(exc)) from None
+            from registry.db import outage_reason, unreachable
+
+            if unreachable(exc):
+                raise fail(f"the registry database is unreachable ({outage_reason(exc)}); is it running? "
+                           "`PORTLLM_DATABASE_URL` says where it is", 1) from None
             if _missing_schema(exc):
                 raise fail("the registry database has no tables yet; run `portllm db upgrade` first", 1) from None
             raise fail(f"{type(exc).__name__}: {exc} (set PORTLLM_DEBUG=1 for the traceback)", 1) from None

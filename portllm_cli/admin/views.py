@@ -39,7 +39,7 @@ def status(
 
     with workspace().session() as session:
         name = None if assistant is None else services.get_assistant(session, assistant).name
-        view = status_view(session, name)
+        view = status_view(session, name, limit=None if as_json else 25)  # scripts get every row
     if as_json:
         print_json(view.to_json())
         return

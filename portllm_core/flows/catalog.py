@@ -13,6 +13,7 @@ from pathlib import Path
 from portllm_core.errors import BadInput
 from portllm_core.flows.releases import ReleaseStarted, enqueue_release, open_release
 from portllm_core.staging import staged
+from portllm_core.text import short
 from portllm_core.validate import (
     check_fraction,
     check_name,
@@ -24,10 +25,6 @@ from portllm_core.validate import (
 from portllm_core.workspace import Workspace
 from registry import services
 from registry.errors import UnknownAssistant, UnknownBase
-
-
-def short(digest: str | None, n: int = 12) -> str:
-    return (digest or "")[:n]
 
 
 # -- bases ----------------------------------------------------------------------------------

@@ -62,6 +62,25 @@ def test_train_patch_writes_a_peft_folder_with_manifest(tiny, tmp_path):
     assert retuned.provenance["kind"] == "retune" and retuned.rank == 2
 
 
+def test_training_and_attaching_print_no_checkpointing_deprecation(tiny, tmp_path):
+    """PEFT probes transformers' deprecated `is_gradient_checkpointing`; its FutureWarning used to
+    print while the demo world was built."""
+    import warnings
+
+    from portllm_engine.transplant import PatchServer
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"prompt": "Question: How much?\nAnswer:", "completion": " $249"}) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_patch(tiny.base, data, tmp_path / "patch", rank=2, epochs=1, device="cpu")
+        train_patch(tiny.base, data, tmp_path / "retuned", epochs=1, init_from=tmp_path / "patch", device="cpu")
+        server = PatchServer(tiny.base, device="cpu")
+        server.attach("a", tiny.patch)
+        server.attach("b", tmp_path / "patch")
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
 def test_bad_training_data_names_the_line(tiny, tmp_path):
     from portllm_engine.errors import EngineError
 

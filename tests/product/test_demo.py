@@ -78,13 +78,29 @@ def test_demo_plays_the_whole_story(demo_env, production_flags, demo_world, data
         acc = {e.subject: e.accuracy for e in v2.evaluations}
         assert acc["candidate"] - acc["target_base"] >= 0.4
 
+    if not database_url.startswith("sqlite"):
+        return
+    # A second `make demo` on the same data dir (the embedded default, what a newcomer runs) plays
+    # the story again from the state it controls: its own assistant and channel, the world reused.
+    again = run_demo(demo_env, demo_world, *production_flags)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "support-assistant-2 in #support-2" in again.stdout
+    with factory() as s:
+        second = services.get_assistant(s, "support-assistant-2")
+        runs = {(r.target_base.version, r.kind): r for r in s.scalars(
+            select(models.Run).where(models.Run.assistant_id == second.id).order_by(models.Run.id))}
+        assert runs["v3", "transplant"].rollout.verdict in ("fail", "inconclusive")
+        assert services.live_rollout(s, "support-assistant-2", "#support-2").run_id == runs["v3", "retune"].id
+        # the first story's assistant is where it left it
+        assert services.live_rollout(s, "support-assistant", "#support").run_id == retuned.id
+
 
 def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkeypatch):
     """A second `portllm demo` on the same data dir reuses what the first one registered."""
     monkeypatch.delenv("PORTLLM_DATABASE_URL", raising=False)  # the embedded default in the data dir
     from rich.console import Console
 
-    from portllm_cli.demo import _register
+    from portllm_cli.demo import ASSISTANT, CHANNEL, Cast, _register
     from portllm_core.workspace import Workspace
     from registry import models
     from registry.cli import upgrade
@@ -94,8 +110,8 @@ def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkey
     upgrade(url)
     first, second = Console(record=True, width=200), Console(record=True, width=200)
     ws = Workspace()
-    _register(ws, demo_world, first)
-    _register(ws, demo_world, second)
+    _register(ws, demo_world, Cast(ASSISTANT, CHANNEL), first)
+    _register(ws, demo_world, Cast(ASSISTANT, CHANNEL), second)
     ws.close()
     assert "Base demo v2 registered" in first.export_text()
     assert "Already registered" in second.export_text() and "registered from" not in second.export_text()
@@ -103,3 +119,16 @@ def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkey
         assert len(s.scalars(select(models.BaseModel)).all()) == 3  # v3 is released during the story
         assert len(s.scalars(select(models.Assistant)).all()) == 1
         assert len(s.scalars(select(models.Patch)).all()) == 1
+
+
+def test_the_kpi_chart_title_and_legend_fit_the_figure():
+    from portllm_cli.demo import _chart
+
+    bars = {v: {"base alone": 0.2, "transplanted patch": 0.8, "patch trained fresh": 0.9, "re-tuned patch": 0.95}
+            for v in ("v1", "v2", "v3")}
+    fig = _chart(bars, "support-assistant-12")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for part in (fig.axes[0].title, fig.axes[0].get_legend()):
+        box = part.get_window_extent(renderer)
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and 0 <= box.y0 and box.y1 <= fig.bbox.y1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from portllm_core import records
+from portllm_core.views import lineage_view, status_view
 from registry import services as sv
 from registry.db import session_scope
 from tests.registry.helpers import ASSISTANT, finished_run, register_patch, seed
@@ -38,7 +38,7 @@ def test_lineage_tree_is_complete_and_ordered(session_factory):
     with session_scope(session_factory) as s:
         patch_id, retuned_id, run_ids, (r_v2, r_v3, r_retune) = _history(s)
     with session_scope(session_factory) as s:
-        tree = records.lineage(s, "Support-Assistant")
+        tree = lineage_view(s, sv.get_assistant(s, "Support-Assistant")).to_json()
     assert json.loads(json.dumps(tree)) == tree  # JSON-able as is
 
     assert tree["assistant"] == ASSISTANT and tree["family"] == "demo"
@@ -81,3 +81,11 @@ def test_lineage_tree_is_complete_and_ordered(session_factory):
     assert [e["action"] for e in v3["events"]] == ["rollout.opened", "rollout.approved", "rollout.rolled_back"]
     for rollout in (v2, v3, rt):
         assert _times(rollout["events"], "at") == sorted(_times(rollout["events"], "at"))
+
+
+def test_the_lineage_line_of_a_provenance_rounds_floats_as_the_cards_do():
+    from portllm_core.views import _provenance_line
+
+    line = _provenance_line({"final_loss": 0.010555537417531013, "lr": 0.0002, "seed": 0,
+                             "dataset_sha256": "ab" * 32, "hyper": {"nested": 1}})
+    assert line == f"final_loss 0.0106, lr 0.0002, seed 0, dataset_sha256 {'ab' * 6}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from portllm_core import records
+from portllm_core.views import lineage_view, status_view
 from registry import services as sv
 from registry.db import session_scope
 from registry.errors import (
@@ -304,16 +304,14 @@ def test_status(factory):
         queued, _ = sv.request_run(s, assistant=ASSISTANT, version="v3", idempotency_key="q",
                                    requested_by="dave", channel="support")
     with session_scope(factory) as s:
-        view = records.status(s, ASSISTANT)
+        view = status_view(s, ASSISTANT).to_json()
         assert view["assistant"] == ASSISTANT
         assert [(r["channel"], r["base"], r["approved_by"]) for r in view["live"]] == [
             ("support", "demo/v2", "alice")]
         assert [(r["run_id"], r["state"]) for r in view["awaiting_approval"]] == [
             (waiting.run_id, "awaiting_approval")]
         assert [(r["run_id"], r["status"]) for r in view["runs"]] == [(queued.id, "queued")]
-        assert records.status(s) == {**view, "assistant": None}
-        with pytest.raises(UnknownAssistant):
-            records.status(s, "nobody")
+        assert status_view(s).to_json() == {**view, "assistant": None}
 
 
 def test_retune_needs_registered_training_data(factory):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from portllm_core import records
+from portllm_core.views import lineage_view, status_view
 from registry import services as sv
 from registry.db import session_scope
 from registry.errors import RegistryError
@@ -33,7 +33,7 @@ def test_a_train_run_needs_no_patch_and_keeps_its_spec(factory):
         assert sv.audit_events(s, action="run.requested")[-1].details["patch_id"] is None
         assert _train(s)[0].id == run.id  # idempotent on its key
     with session_scope(factory) as s:
-        view = records.status(s, ASSISTANT)
+        view = status_view(s, ASSISTANT).to_json()
         assert [(r["run_id"], r["kind"]) for r in view["runs"]] == [(run.id, "train")]
 
 
@@ -60,10 +60,10 @@ def test_lineage_lists_a_train_run_under_the_patch_it_produced(factory):
         trained = register_patch(s, origin_base="v2")
         sv.finish_run(s, run.id, status="succeeded", result_patch_id=trained.id)
     with session_scope(factory) as s:
-        tree = records.lineage(s, ASSISTANT)
+        tree = lineage_view(s, sv.get_assistant(s, ASSISTANT)).to_json()
         by_patch = {p["id"]: p["runs"] for p in tree["patches"]}
         [listed] = by_patch[trained.id]
         assert listed["id"] == run.id and listed["kind"] == "train" and listed["status"] == "succeeded"
         assert listed["result_patch_id"] == trained.id and listed["spec"] == SPEC
         assert all(r["id"] != run.id for pid, runs in by_patch.items() if pid != trained.id for r in runs)
-        assert records.status(s, ASSISTANT)["runs"] == []
+        assert status_view(s, ASSISTANT).to_json()["runs"] == []
