@@ -127,7 +127,7 @@ def main() -> int:
         for version, path in (("v1", v1), ("v2", v2)):
             catalog.register_base(ws, "bench", version, str(path), actor="bench")
         catalog.add_assistant(ws, "bench-assistant", family="bench", suite=write_suite(root / "suite.jsonl"),
-                              min_accuracy=0.0, actor="bench")
+                              min_accuracy=0.0, approvers=["bench"], actor="bench")
         catalog.add_patch(ws, "bench-assistant", patch, base="v1", actor="bench")
         make_live(ws, "bench-assistant", "v1", "#bench")
         # A warm-up run on the demo world's tiny Llama: the baseline is a worker that has worked, as
