@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from portllm_core.blocks import run_card_blocks
 from portllm_core.flows.releases import start_release
 from portllm_core.gate import interval_gate
 from portllm_core.settings import Settings
@@ -94,6 +95,7 @@ def test_a_release_to_three_channels_computes_each_distinct_score_once(stack, wo
         with stack.session_factory() as s:
             card = run_card(s, run_id)
         assert card.reused_from_runs == (first,)
+        assert f"scores reused from run #{first}" in json.dumps(run_card_blocks(card))  # the card says it in words
         assert any(row.subject.startswith("live") and row.n for row in card.kpi)  # live on the same items
 
 
