@@ -38,22 +38,9 @@ def write_suite(path: Path, topic: str, n: int) -> Path:
     return path
 
 
-def make_live(ws, assistant: str, channel: str) -> None:
-    """Live on v1 in `channel`, as if it had been run and approved (nothing scored yet)."""
-    from registry import services
-
-    with ws.session() as s:
-        patch = services.current_patch(s, assistant)
-        run, _ = services.request_run(s, assistant=assistant, version="v1", idempotency_key=f"live-{assistant}-{channel}",
-                                      requested_by="bench", channel=channel, patch_id=patch.id)
-        services.claim_run(s, run.id, "bench")
-        services.finish_run(s, run.id, status="succeeded")
-        services.open_rollout(s, run.id, verdict="pass")
-        services.decide_rollout(s, run.id, approve=True, user="bench")
-
-
 def release(models: tuple[Path, Path, Path], root: Path, *, ledger: bool, items: int) -> dict:
     """Set up a fresh registry, start a worker, register v2 and wait for every verdict."""
+    from bench.run_memory import make_live
     from portllm_core.flows import catalog
     from portllm_core.workspace import Workspace
     from registry.cli import upgrade
@@ -73,7 +60,7 @@ def release(models: tuple[Path, Path, Path], root: Path, *, ledger: bool, items:
                               actor="bench")
         catalog.add_patch(ws, name, patch, base="v1", actor="bench")
         for channel in CHANNELS:
-            make_live(ws, name, channel)
+            make_live(ws, name, "v1", channel)
 
     log = open(root / "worker.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "workers.main", "gpu"], cwd=REPO, stdout=log,

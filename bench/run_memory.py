@@ -65,7 +65,7 @@ def make_live(ws, assistant: str, version: str, channel: str) -> None:
 
     with ws.session() as s:
         patch = services.current_patch(s, assistant)
-        run, _ = services.request_run(s, assistant=assistant, version=version, idempotency_key=f"live-{channel}",
+        run, _ = services.request_run(s, assistant=assistant, version=version, idempotency_key=f"live-{assistant}-{version}-{channel}",
                                       requested_by="bench", channel=channel, patch_id=patch.id)
         services.claim_run(s, run.id, "bench")
         services.finish_run(s, run.id, status="succeeded")

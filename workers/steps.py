@@ -149,16 +149,19 @@ def target_subjects(inputs: RunInputs, patch_ref: str, patch_digest: str) -> tup
 
 
 def live_subject(job: RunJob, inputs: RunInputs) -> Subject | None:
-    """What is live in the run's channel (its patch on its own base), or None when nothing is."""
-    from portllm_engine.models import resolve_model_dir
-
+    """What is live in the run's channel, or None when nothing is."""
     with job.ctx.session_factory() as s:
         live = services.live_rollout(s, inputs.assistant, inputs.channel)
-        if live is None or live.run_id == inputs.run_id:
-            return None
-        patch, base = live.run.candidate_patch, live.run.target_base
-        return Subject(EvalSubject.LIVE, base.fingerprint, resolve_model_dir(base.source_ref), base.label,
-                       patch.artifact_ref, patch.artifact_digest)
+        return None if live is None or live.run_id == inputs.run_id else subject_of(live)
+
+
+def subject_of(live: Rollout) -> Subject:
+    """A live rollout as a subject to score: its run's candidate patch on that run's base."""
+    from portllm_engine.models import resolve_model_dir
+
+    patch, base = live.run.candidate_patch, live.run.target_base
+    return Subject(EvalSubject.LIVE, base.fingerprint, resolve_model_dir(base.source_ref), base.label,
+                   patch.artifact_ref, patch.artifact_digest)
 
 
 def decide(inputs: RunInputs, candidate: Scored, live: Scored | None):
@@ -210,11 +213,9 @@ class LiveReference:
     that the next release finds live's score in the ledger. Not a run: progress goes to the log.
     Its ledger entry names the live rollout's run, whose candidate it scores."""
 
-    def __init__(self, rollout_id: int, worker: str) -> None:
-        self.ctx = context.current()
-        self.settings = self.ctx.settings
-        self.rollout_id, self.worker = rollout_id, worker
-        self.run_id = 0  # set from the rollout by `score_live`
+    def __init__(self, ctx, rollout_id: int, run_id: int, worker: str) -> None:
+        self.ctx, self.settings = ctx, ctx.settings
+        self.rollout_id, self.run_id, self.worker = rollout_id, run_id, worker
 
     def step(self, progress: float, text: str) -> None:
         log.info("live rollout #%s: %s", self.rollout_id, text)
@@ -225,21 +226,16 @@ class LiveReference:
 
 def score_live(rollout_id: int, worker: str) -> str:
     """Score what is live on its assistant's full suite, unless the ledger already has it."""
-    from portllm_engine.models import resolve_model_dir
-
-    job = LiveReference(rollout_id, worker)
-    with job.ctx.session_factory() as s:
+    ctx = context.current()
+    with ctx.session_factory() as s:
         rollout = s.get(Rollout, rollout_id)
         if rollout is None or rollout.state != RolloutState.LIVE or not rollout.assistant.full_suite_ref:
             return "nothing to score"
-        run, assistant = rollout.run, rollout.assistant
-        patch, base = run.candidate_patch, run.target_base
-        job.run_id = run.id
-        subject = Subject(EvalSubject.LIVE, base.fingerprint, resolve_model_dir(base.source_ref), base.label,
-                          patch.artifact_ref, patch.artifact_digest)
+        job = LiveReference(ctx, rollout_id, rollout.run_id, worker)
+        subject, assistant = subject_of(rollout), rollout.assistant
         suite = Suite(EvalStage.FULL, artifact_path(assistant.full_suite_ref), assistant.full_suite_digest)
     with Scorer(job, resident_bases()) as scorer:
-        scored = scorer.score(subject, suite, 0.0, 1.0, f"live ({base.label})")
+        scored = scorer.score(subject, suite, 0.0, 1.0, f"live ({subject.label})")
     return "computed" if scored.computed else "in the ledger"
 
 

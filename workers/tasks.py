@@ -163,9 +163,7 @@ def live_patch_for(ctx, assistant: str, channel: str) -> Served | None:
         live = services.live_rollout(s, assistant, channel)
         if live is None:
             return None
-        run = live.run
-        patch = run.result_patch or run.patch
-        base = run.target_base
+        patch, base = live.run.candidate_patch, live.run.target_base
         return Served(found.name, f"patch-{patch.id}", steps.artifact_path(patch.artifact_ref), base.fingerprint,
                       resolve_model_dir(base.source_ref), base.label, found.system_prompt or None, live.id)
 
