@@ -202,8 +202,8 @@ def llama_3b_tensors(layers: int) -> list[tuple[str, list[int]]]:
     return tensors + [("model.norm.weight", [h]), ("lm_head.weight", [v, h])]
 
 
-def build_llama_3b(layers: int) -> tuple[Path, Path]:
-    """The bf16 checkpoint, written shard by shard from a 32 MiB pool of random values (never whole in
+def build_llama_3b(layers: int, dtype: str = "bfloat16") -> tuple[Path, Path]:
+    """The checkpoint (bf16, or float32), written shard by shard from a 32 MiB pool of random values (never whole in
     memory), its tokenizer and config, and an imported rank-16 all-linear LoRA patch for it."""
     import torch
     from peft import LoraConfig
@@ -213,18 +213,20 @@ def build_llama_3b(layers: int) -> tuple[Path, Path]:
     from portllm_engine.demo import train_bpe_tokenizer
     from portllm_engine.patches import import_peft
 
-    name = f"llama-3b-shape-{layers}l"
+    name = f"llama-3b-shape-{layers}l" + ("" if dtype == "bfloat16" else f"-{dtype}")
     base, peft_dir, patch = CACHE / name, CACHE / f"{name}-peft", CACHE / f"{name}-patch"
     if (patch / "portllm.json").is_file():
         return base, patch
     base.mkdir(parents=True, exist_ok=True)
     train_bpe_tokenizer([f"word{i} token{i % 97} piece{i % 13}" for i in range(4000)], base, VOCAB, 1024)
-    LlamaConfig(**{**LLAMA_3B, "num_hidden_layers": layers}, torch_dtype="bfloat16").save_pretrained(base)
+    LlamaConfig(**{**LLAMA_3B, "num_hidden_layers": layers}, torch_dtype=dtype).save_pretrained(base)
     generator = torch.Generator().manual_seed(0)
-    pool = (torch.randn(16 * 1024**2, generator=generator) * 0.02).to(torch.bfloat16).view(torch.uint8).numpy().tobytes()
+    torch_dtype = getattr(torch, dtype)
+    size_of, stored_as = torch_dtype.itemsize, {"bfloat16": "BF16", "float32": "F32"}[dtype]
+    pool = (torch.randn(16 * 1024**2, generator=generator) * 0.02).to(torch_dtype).view(torch.uint8).numpy().tobytes()
     shards, size = [[]], 0
     for key, shape in llama_3b_tensors(layers):
-        nbytes = 2 * math.prod(shape)
+        nbytes = size_of * math.prod(shape)
         if shards[-1] and size + nbytes > DISK_SHARD_BYTES:
             shards, size = shards + [[]], 0
         shards[-1].append((key, shape, nbytes))
@@ -234,7 +236,7 @@ def build_llama_3b(layers: int) -> tuple[Path, Path]:
         file = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for key, shape, nbytes in tensors:
-            header[key] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + nbytes]}
+            header[key] = {"dtype": stored_as, "shape": shape, "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
             weight_map[key] = file
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -243,7 +245,7 @@ def build_llama_3b(layers: int) -> tuple[Path, Path]:
             fh.write(len(raw).to_bytes(8, "little") + raw)
             for key, shape, nbytes in tensors:
                 while nbytes:  # each tensor starts elsewhere in the pool, so no two are equal
-                    cursor = (cursor + 2 * 7919) % len(pool)
+                    cursor = (cursor + size_of * 7919) % len(pool)
                     chunk = min(nbytes, len(pool) - cursor)
                     fh.write(memoryview(pool)[cursor : cursor + chunk])
                     nbytes -= chunk
@@ -292,13 +294,13 @@ print(json.dumps({"seconds": seconds, "baseline_anon_mib": baseline / 1024, "pea
 """
 
 
-def transplant_to_disk_vs_copy(layers: int) -> None:
+def transplant_to_disk_vs_copy(layers: int, dtype: str = "bfloat16") -> None:
     """Part 4: `cp -r` of the base and the transplant to disk, interleaved, each starting with no dirty pages."""
     import shutil
 
     from portllm_engine.models import tensor_index, weight_files
 
-    base, patch = build_llama_3b(layers)
+    base, patch = build_llama_3b(layers, dtype)
     params = sum(math.prod(shape) for _, shape, _ in tensor_index(base).values())
     base_gib = sum(f.stat().st_size for f in weight_files(base)) / 1024**3
     target = CACHE / "to-disk-out"
@@ -323,7 +325,7 @@ def transplant_to_disk_vs_copy(layers: int) -> None:
     check_one_merge(base, patch, target)
     shutil.rmtree(target, ignore_errors=True)
     print(f"(4) transplant to disk vs cp -r: Llama-3.2-3B shape, {layers} layers, {params / 1e9:.2f} B parameters, "
-          f"bf16, {base_gib:.2f} GiB in {len(weight_files(base))} shards, LoRA r={DISK_RANK} on all linear layers; "
+          f"{dtype}, {base_gib:.2f} GiB in {len(weight_files(base))} shards, LoRA r={DISK_RANK} on all linear layers; "
           f"{ROUNDS} rounds, interleaved, median")
     cp_s, merge_s = statistics.median(copies), statistics.median(r["seconds"] for r in runs)
     process_s = statistics.median(r["process_s"] for r in runs)
@@ -365,6 +367,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--to-disk", action="store_true", help="run part 4 (transplant to disk vs cp -r) alone")
     parser.add_argument("--layers", type=int, default=LLAMA_3B["num_hidden_layers"], help="part 4's layers (28: the 3B shape)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="part 4's weights (float32 weights are merged whole, by one addmm, between mapped files)")
     args = parser.parse_args()
 
     import torch
@@ -376,7 +380,7 @@ def main() -> None:
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     CACHE.mkdir(parents=True, exist_ok=True)
     if args.to_disk:
-        transplant_to_disk_vs_copy(args.layers)
+        transplant_to_disk_vs_copy(args.layers, args.dtype)
         return
     base, patch = build_big_model()
     lazy_s, load_s, transplant_s, params = load_vs_transplant(base, patch)

@@ -43,19 +43,30 @@ def merged_weight(weight, a, b, lora: patches.LoraModule):
     """weight + scale·B·A in weight's dtype: the product is formed in float32 and rounded once into W,
     so a bf16 base loses no more precision than storing the merged weight requires.
 
-    A plain product, then elementwise steps: each element's arithmetic is the same whether the whole
-    weight or a block of its rows is merged, which lets the transplant to disk merge block by block.
-    (A fused addmm is not: with alpha != 1, MKL rounds small products differently from large ones.)
+    Other than a float32 weight (one fused addmm), a plain product then elementwise steps: each
+    element's arithmetic is the same whether the whole weight or a block of its rows is merged, which
+    lets the transplant to disk merge block by block.
     """
     import torch
 
     a, b = a.to(weight.device, torch.float32), b.to(weight.device, torch.float32)
+    if _fused(weight.dtype, lora):
+        return torch.addmm(weight, b, a, alpha=lora.scale)
     delta = (b @ a).mul_(lora.scale)
     if lora.embedding or lora.fan_in_fan_out:
         delta = delta.T
     # Widening a narrower weight to float32 first is exact, and keeps the add on torch's vectorised
     # same-dtype path (a mixed-dtype add casts element by element, several times slower).
     return delta.add_(weight if weight.dtype.itemsize > 4 else weight.float()).to(weight.dtype)
+
+
+def _fused(dtype, lora: patches.LoraModule) -> bool:
+    """Whether merged_weight is one addmm. MKL's rounding in it depends on the matrix shapes (with
+    alpha != 1 it scales one factor first, and a rank-1 or small product takes other kernels), so such
+    a weight is merged whole, never by blocks of rows."""
+    import torch
+
+    return dtype == torch.float32 and not (lora.embedding or lora.fan_in_fan_out)
 
 
 def merge_into(model, patch_dir: str | Path):
@@ -114,8 +125,9 @@ def transplant_to_dir(
     The output keeps the base's files: the same shards, index and headers, so each file's header is
     written first, then its data in order. Weights the patch leaves alone are copied as bytes by the
     kernel; each adapted weight is merged a block of rows at a time, MERGE_THREADS blocks at once,
-    while a thread writes the blocks before them. Peak memory is a few blocks and one module's factors, whatever the size of the model,
-    its shards or its largest tensor. The weights are identical to `transplant`'s on the same device.
+    while a thread writes the blocks before them (a float32 weight, merged by one addmm, is merged whole
+    between mapped files instead). Peak memory is a few blocks and one module's factors, whatever the
+    size of the model, its shards or its largest tensor. The weights are identical to `transplant`'s on the same device.
     The folder appears complete or not at all: it is written aside, then renamed.
     """
     base_dir = models.resolve_model_dir(base_ref)
@@ -168,19 +180,29 @@ def _stream_merged_files(patch_dir, layouts: list["_SafetensorsLayout"], out: Pa
         _BlockWriter() as writer,
     ):
         for layout in layouts:
-            with open(layout.path, "rb") as src, open(out / layout.path.name, "wb") as dst, writer.files():
+            with open(layout.path, "rb") as src, open(out / layout.path.name, "wb+") as dst, writer.files():
+                os.ftruncate(dst.fileno(), layout.size)  # the room a weight merged in place is mapped onto
                 writer.write(dst.fileno(), 0, layout.header)
                 for key, tensor in layout.tensors.items():
                     lora = targets.get(key)
                     if lora is None:
                         writer.copy(layout, src.fileno(), dst.fileno(), tensor)
+                    elif _fused(_weight_dtype(tensor), lora):
+                        a, b = _factors(factors, lora, device)
+                        writer.wait(merging.submit(_merge_in_place, src, dst, layout, tensor, a, b, lora, device))
                     else:
-                        a, b = (factors.get_tensor(k).to(device, torch.float32) for k in (lora.a_key, lora.b_key))
+                        a, b = _factors(factors, lora, device)
                         for start, merged in _merged_blocks(merging, src, layout, tensor, a, b, lora, device):
                             writer.write(dst.fileno(), layout.data_start + start, merged)
                     done += 1
                     if progress is not None:
                         progress(done / total, key)
+
+
+def _factors(factors, lora: patches.LoraModule, device: str):
+    import torch
+
+    return (factors.get_tensor(key).to(device, torch.float32) for key in (lora.a_key, lora.b_key))
 
 
 @contextmanager
@@ -205,11 +227,7 @@ def _merged_blocks(merging, src, layout: "_SafetensorsLayout", tensor: "_TensorS
     Row i of the merged weight depends on row i of W and on the factors' row i (B's, or A's column
     when the delta is transposed) alone, so each block is merged_weight's own arithmetic on its rows.
     """
-    if len(tensor.shape) != 2:
-        raise PatchError(f"{tensor.key} has shape {tuple(tensor.shape)}: only 2-D weights can take a LoRA delta")
-    dtype = _TORCH_DTYPES.get(tensor.dtype)
-    if dtype is None:
-        raise PatchError(f"{tensor.key} is stored as {tensor.dtype}: a LoRA delta merges into float weights only")
+    dtype = _weight_dtype(tensor)
     rows, cols = tensor.shape
     row_bytes = tensor.nbytes // rows if rows else 0
     # At least 2 rows: BLAS takes its matrix-vector path for one, which sums in another order.
@@ -226,12 +244,49 @@ def _merged_blocks(merging, src, layout: "_SafetensorsLayout", tensor: "_TensorS
         yield start, merging.submit(_merge_block, read, dtype, cols, *factors, lora, device)
 
 
-def _merge_block(read, dtype: str, cols: int, a, b, lora: patches.LoraModule, device: str):
+def _merge_block(read, dtype, cols: int, a, b, lora: patches.LoraModule, device: str):
+    raw = _read_exactly(*read)
+    weight = raw.view(dtype).view(-1, cols).to(device)
+    return merged_weight(weight, a, b, lora).contiguous().cpu()
+
+
+def _merge_in_place(src, dst, layout: "_SafetensorsLayout", tensor: "_TensorSpan", a, b, lora: patches.LoraModule,
+                    device: str) -> None:
+    """merged_weight of a whole weight (a fused one), read from the base's mapped file and written into
+    the output's: mapped pages are the page cache's, not the process's memory, whatever the weight's size."""
     import torch
 
-    raw = _read_exactly(*read)
-    weight = raw.view(getattr(torch, dtype)).view(-1, cols).to(device)
-    return merged_weight(weight, a, b, lora).contiguous().cpu()
+    start = layout.data_start + tensor.begin
+    weight, out = (_mapped(file, start, tensor.nbytes).view(torch.float32).view(tensor.shape) for file in (src, dst))
+    if device == "cpu":
+        torch.addmm(weight, b, a, alpha=lora.scale, out=out)
+    else:
+        out.copy_(merged_weight(weight.to(device), a, b, lora))
+
+
+def _mapped(file, offset: int, size: int):
+    """Bytes [offset, offset + size) of an open file as a uint8 tensor on a shared mapping (private for
+    a read-only file); the mapping goes when the tensor does."""
+    import mmap
+
+    import torch
+
+    aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
+    writable = "+" in file.mode
+    mapped = mmap.mmap(file.fileno(), offset + size - aligned, offset=aligned,
+                       access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_COPY)
+    return torch.frombuffer(mapped, dtype=torch.uint8, offset=offset - aligned, count=size)
+
+
+def _weight_dtype(tensor: "_TensorSpan"):
+    import torch
+
+    if len(tensor.shape) != 2 or not all(tensor.shape):
+        raise PatchError(f"{tensor.key} has shape {tuple(tensor.shape)}: only 2-D weights can take a LoRA delta")
+    dtype = _TORCH_DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise PatchError(f"{tensor.key} is stored as {tensor.dtype}: a LoRA delta merges into float weights only")
+    return getattr(torch, dtype)
 
 
 def _read_exactly(src, layout: "_SafetensorsLayout", offset: int, size: int):
@@ -275,6 +330,10 @@ class _SafetensorsLayout:
     @property
     def data_start(self) -> int:
         return len(self.header)
+
+    @property
+    def size(self) -> int:
+        return self.data_start + max((span.end for span in self.tensors.values()), default=0)
 
     @classmethod
     def read(cls, path: Path) -> "_SafetensorsLayout":
@@ -342,6 +401,10 @@ class _BlockWriter:
     def write(self, fd: int, offset: int, data) -> None:
         """Write `data` (bytes, or a contiguous CPU tensor) at `offset` of file `fd`."""
         self._put((_write_all, fd, offset, data))
+
+    def wait(self, merging: Future) -> None:
+        """Hold later jobs, and the closing of the files, until a merge that writes for itself is done."""
+        self._put((Future.result, merging))
 
     def copy(self, layout: _SafetensorsLayout, src: int, dst: int, span: _TensorSpan) -> None:
         """Copy a tensor's bytes from src (the file of `layout`) to the same place in dst."""

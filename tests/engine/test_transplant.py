@@ -152,6 +152,14 @@ def assert_streamed_like_in_memory(tiny, base, out, in_memory, dtype) -> None:
     assert adapted <= streamed.keys()
 
 
+def assert_fused_merge(tiny, merged) -> None:
+    weights = load_file(str(tiny.base / "model.safetensors"))
+    adapter = load_file(str(tiny.patch / ADAPTER_WEIGHTS))
+    for name, lora in lora_modules(tiny.patch).items():
+        expected = torch.addmm(weights[f"{name}.weight"], adapter[lora.b_key], adapter[lora.a_key], alpha=lora.scale)
+        assert torch.equal(merged[f"{name}.weight"], expected), name
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("block_rows", [3, None], ids=["3-row-blocks", "whole-tensors"])
 def test_streamed_transplant_is_identical_to_the_in_memory_merge(tiny, tmp_path, monkeypatch, dtype, block_rows):
@@ -163,6 +171,8 @@ def test_streamed_transplant_is_identical_to_the_in_memory_merge(tiny, tmp_path,
     sharded = save_model(model, tiny.tokenizer, tmp_path / "base", max_shard_size="40KB")
     assert len(list(sharded.glob("*.safetensors"))) > 2
     in_memory, _ = transplant(tiny.patch, sharded, device="cpu")
+    if dtype == torch.float32:  # the landed merge, one torch.addmm per weight: no bit of its output moves
+        assert_fused_merge(tiny, in_memory.state_dict())
     seen = []
     out = transplant_to_dir(tiny.patch, sharded, tmp_path / "streamed", progress=lambda f, step: seen.append(f), device="cpu")
     assert_streamed_like_in_memory(tiny, sharded, out, in_memory.state_dict(), dtype)
@@ -170,6 +180,26 @@ def test_streamed_transplant_is_identical_to_the_in_memory_merge(tiny, tmp_path,
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (sharded / name).read_bytes(), name
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_float32_weight_is_merged_by_one_addmm_at_any_block_size(tiny, tmp_path, monkeypatch):
+    """MKL's addmm rounds a rank-1 product by blocks of rows differently from the whole weight: the
+    streamed merge still gives the landed merge's bits."""
+    from portllm_engine import transplant as engine
+    from portllm_engine.patches import import_peft
+    from transformers import AutoTokenizer
+
+    from tests.engine.conftest import llama, make_lora
+
+    monkeypatch.setattr(engine, "MERGE_BLOCK_BYTES", 4 * 256 * 3)
+    base = save_model(llama(AutoTokenizer.from_pretrained(tiny.tokenizer), hidden=128), tiny.tokenizer, tmp_path / "base")
+    patch = tmp_path / "patch"
+    import_peft(make_lora(base, tmp_path / "peft", rank=1, alpha=0.37), patch, base)
+    weights, adapter = load_file(str(base / "model.safetensors")), load_file(str(patch / ADAPTER_WEIGHTS))
+    out = merged_files(transplant_to_dir(patch, base, tmp_path / "streamed", device="cpu"))
+    for name, lora in lora_modules(patch).items():
+        a, b, weight = adapter[lora.a_key], adapter[lora.b_key], weights[f"{name}.weight"]
+        assert torch.equal(out[f"{name}.weight"], torch.addmm(weight, b, a, alpha=lora.scale)), name
 
 
 def test_streamed_transplant_of_a_single_file_base_is_one_file(tiny, tmp_path):
