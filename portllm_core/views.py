@@ -111,6 +111,7 @@ class LiveRow:
             "run_id": self.run_id, "base": self.base, "patch_id": self.patch_id, "accuracy": self.accuracy,
             "approved_by": self.approved_by, "live_since": records.iso(self.live_since),
             "satisfaction": records.satisfaction_record(self.satisfaction),
+            "served_locally": self.served_locally,
         }
 
 

@@ -54,6 +54,7 @@ STATUS = {
     '.live[].satisfaction.up': ['number'],
     '.live[].satisfaction.rate': ['null'],
     '.live[].satisfaction.ci95': ['null'],
+    '.live[].served_locally': ['null'],
     '.awaiting_approval': ['array'],
     '.awaiting_approval[]': ['object'],
     '.awaiting_approval[].assistant': ['string'],

@@ -170,6 +170,7 @@ def test_a_patch_vllm_refuses_is_answered_locally_and_status_says_so(stack, work
         rows = {row.channel: row for row in status_view(s, ASSISTANT).live}
     assert "greater than max_lora_rank" in rows[OPS].served_locally
     assert rows[CHANNEL].served_locally is None
+    assert "max_lora_rank" in rows[OPS].to_json()["served_locally"]  # `status --json`, for scripts
 
 
 def test_a_server_that_dies_is_started_again_and_the_answer_retried(stack, worker, demo_world):

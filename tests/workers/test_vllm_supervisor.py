@@ -4,6 +4,7 @@ answers is tested against the real one in test_vllm.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,6 +160,36 @@ def test_an_idle_server_stops(make_backend, tmp_path):
     backend.warm(served(tmp_path))
     [pid] = pids(backend)
     assert gone(pid) and not pids(backend)
+
+
+SERVE_WORKER = """
+import sys, threading
+from pathlib import Path
+from portllm_core.settings import Settings
+from workers.serving.backend import Served
+from workers.serving.vllm import VllmBackend
+
+python, root = sys.argv[1], Path(sys.argv[2])
+backend = VllmBackend(Settings(serve_backend="vllm", vllm_python=python, data_dir=root / "data",
+                               vllm_args="--startup-s 0.3", vllm_start_timeout_s=20))
+(root / "patch-1").mkdir()
+backend.warm(Served("support-assistant", "patch-1", root / "patch-1", "fp-v2", root / "v2", "demo/v2", None, 1))
+print(next(iter(backend.engines._engines.values())).process.pid, flush=True)
+threading.Event().wait()
+"""
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_a_serve_worker_killed_outright_takes_its_servers_with_it(tmp_path):
+    worker = subprocess.Popen([sys.executable, "-c", SERVE_WORKER, str(launcher(tmp_path)), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    try:
+        server = int(worker.stdout.readline())
+        assert not gone(server, timeout=1)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert gone(server)
 
 
 def test_a_base_with_a_url_uses_that_server_and_starts_none(make_backend, tmp_path):

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,6 +114,17 @@ class Engine:
             self.process.wait(timeout=STOP_GRACE_S)
         except ProcessLookupError:
             pass
+
+
+def tethered(command: list[str]) -> list[str]:
+    """The command, ended by SIGTERM when the thread that starts it ends: a serve worker killed
+    outright (SIGKILL, the OOM killer) takes its servers, and the bases they hold, with it. Celery's
+    pool threads live as long as the worker. Without util-linux's setpriv, the command as it is."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning("setpriv (util-linux) is not installed: a serve worker killed outright leaves its vLLM servers running")
+        return command
+    return [setpriv, "--pdeathsig", "TERM", "--", *command]
 
 
 def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -268,7 +280,7 @@ class Engines:
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
         command = self.command(served, port)
         with open(log_path, "ab") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+            process = subprocess.Popen(tethered(command), stdout=out, stderr=subprocess.STDOUT, env=env,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         log.info("starting a vLLM server for %s (pid %d) on 127.0.0.1:%d, log %s: %s", served.label, process.pid,
                  port, log_path, shlex.join(command))
