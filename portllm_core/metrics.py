@@ -50,10 +50,9 @@ RUN_DURATION = Histogram("portllm_run_duration_seconds", "From a worker's claim 
 RUN_QUEUE_WAIT = Histogram("portllm_run_queue_wait_seconds", "From the request to the first worker's claim.",
                            ["kind"], buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 3600, 14400))
 EVALUATIONS_COMPUTED = Counter("portllm_evaluations_computed",
-                               "Scores a finished run computed because the evaluation ledger lacked them.",
-                               ["assistant"])
-EVALUATIONS_REUSED = Counter("portllm_evaluations_reused", "Scores a finished run took from the evaluation ledger.",
-                             ["assistant"])
+                               "Scores computed because the evaluation ledger lacked them (by finished runs, and "
+                               "live scored on the full suite ahead of the next release).", ["assistant"])
+EVALUATIONS_REUSED = Counter("portllm_evaluations_reused", "Scores taken from the evaluation ledger.", ["assistant"])
 ANSWERS = Counter("portllm_answers", "Questions answered by a live patch, by status: ok or error.",
                   ["assistant", "channel", "status"])
 ANSWER_LATENCY = Histogram("portllm_answer_latency_seconds",

@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from portllm_core import metrics
 from portllm_core.flows.catalog import NewPatch, folder_size
 from registry import services
 from registry.errors import RegistryError
@@ -234,8 +235,10 @@ def score_live(rollout_id: int, worker: str) -> str:
         job = LiveReference(ctx, rollout_id, rollout.run_id, worker)
         subject, assistant = subject_of(rollout), rollout.assistant
         suite = Suite(EvalStage.FULL, artifact_path(assistant.full_suite_ref), assistant.full_suite_digest)
+        name = assistant.name
     with Scorer(job, resident_bases()) as scorer:
         scored = scorer.score(subject, suite, 0.0, 1.0, f"live ({subject.label})")
+    metrics.evaluations_used(name, [scored.computed])
     return "computed" if scored.computed else "in the ledger"
 
 

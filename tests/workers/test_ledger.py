@@ -19,6 +19,8 @@ from portllm_core.workspace import Workspace
 from registry import services
 from registry.db import session_scope
 from registry.models import Evaluation, Run, Score
+from tests.bot.slack_http import free_port
+from tests.fixtures.metrics import scrape
 from tests.workers.conftest import stack_for
 from tests.workers.harness import WorkerProcess
 from tests.workers.seed import ASSISTANT, request
@@ -37,9 +39,15 @@ def stack(request, tmp_path_factory, demo_world):
 
 @pytest.fixture(scope="module")
 def worker(stack):
-    worker = WorkerProcess(stack, "ledger").ready()
+    port = free_port()
+    worker = WorkerProcess(stack, "ledger", PORTLLM_METRICS_PORT=str(port)).ready()
+    worker.metrics_url = f"http://127.0.0.1:{port}/metrics"
     yield worker
     worker.stop()
+
+
+def computed_metric(worker) -> float:
+    return scrape(worker.metrics_url).value("portllm_evaluations_computed_total", assistant=GUARDED)
 
 
 @pytest.fixture(scope="module")
@@ -171,14 +179,15 @@ def test_going_live_scores_live_on_the_full_suite_in_the_background(stack, worke
     with session_scope(stack.session_factory) as s:  # whatever earlier tests scored on it is forgotten
         services.forget_scores(s, actor="test", suite_digest=full_digest)
 
+    computed_before = computed_metric(worker)
     decide(workspace.session_factory, workspace.queue, run_id, approve=True, user="alice", channel="#bg")
     deadline = time.monotonic() + 240
     while True:
         with stack.session_factory() as s:
             full = s.scalar(select(Score).where(Score.suite_digest == full_digest, Score.forgotten_at.is_(None)))
-        if full is not None:
+        if full is not None and computed_metric(worker) == computed_before + 1:  # and the metrics count it
             break
-        assert time.monotonic() < deadline, "live was not scored on the full suite after it went live"
+        assert time.monotonic() < deadline, "live was not scored (and counted) on the full suite after it went live"
         time.sleep(0.5)
     assert full.run_id == run_id  # entered under the live rollout's run, whose candidate it scores
     with stack.session_factory() as s:
