@@ -158,6 +158,38 @@ def test_a_person_over_the_rate_limit_is_told_when_to_try_again(serve, world, fa
         assert s.query(Run).count() == 1
 
 
+def test_ten_signed_requests_at_once_across_assistants_and_channels_keep_the_personal_quota(serve, world, fake_slack):
+    """Issue 20: one person's slash commands for two assistants in two channels, all sent at once to two
+    app processes, get exactly the hour's quota of runs; every other one is told to wait."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registry import services
+    from registry.db import session_scope
+
+    with session_scope(world.session_factory) as s:
+        services.create_assistant(s, name="sales-assistant", family="demo", suite_ref="suite", suite_digest="d" * 64,
+                                  min_accuracy=0.5, max_regression=0.05, approvers=[APPROVER], admins=[], actor="setup")
+        services.register_patch(s, assistant="sales-assistant", origin_base="v1", artifact_ref="sha256:" + "e" * 64,
+                                artifact_digest="e" * 64, rank=8, alpha=16, target_modules=["q_proj"],
+                                size_bytes=1000, provenance={}, actor="setup")
+    limits = {"PORTLLM_RUNS_PER_USER_PER_HOUR": "2", "PORTLLM_RUNS_PER_ASSISTANT_PER_HOUR": "100"}
+    servers = [serve(**limits), serve(**limits)]
+    targets = [(ASSISTANT, CHANNEL), ("sales-assistant", "CSALES01")]
+
+    def send(i: int) -> int:
+        assistant, channel = targets[i % 2]
+        return slack_http.slash(servers[i % 2].url, f"eval {assistant} on v2", user=OUTSIDER, channel=channel,
+                                trigger_id=f"t-quota-{i}", response_url=response_url(fake_slack, f"quota-{i}")).status_code
+
+    with ThreadPoolExecutor(10) as pool:
+        assert list(pool.map(send, range(10))) == [200] * 10
+    replies = [fake_slack.wait_for(f"response/quota-{i}", 1)[0].body["text"] for i in range(10)]
+    refused = [text for text in replies if "Your runs: 2 requested in the last 60 minutes" in text]
+    assert len(refused) == 8, replies
+    with world.session_factory() as s:
+        assert s.query(Run).filter_by(requested_by=OUTSIDER).count() == 2
+
+
 def test_what_a_person_typed_is_escaped_in_the_reply(serve, fake_slack):
     server = serve()
     hostile = "patch <!channel> onto <https://evil.example|v2>"
