@@ -127,8 +127,8 @@ def transplant_to_dir(
     kernel; each adapted weight is merged a block of rows at a time, MERGE_THREADS blocks at once,
     while a thread writes the blocks before them (a float32 weight, merged by one addmm, is merged whole
     between mapped files instead). Peak memory is a few blocks and one module's factors, whatever the
-    size of the model, its shards or its largest tensor. The weights are identical to `transplant`'s on the same device.
-    The folder appears complete or not at all: it is written aside, then renamed.
+    size of the model, its shards or its largest tensor. The weights are identical to `transplant`'s
+    on the same device. The folder appears complete or not at all: it is written aside, then renamed.
     """
     base_dir = models.resolve_model_dir(base_ref)
     layouts = [_SafetensorsLayout.read(file) for file in models.checkpoint_files(base_dir)]  # a damaged base says so
@@ -282,7 +282,7 @@ def _weight_dtype(tensor: "_TensorSpan"):
     import torch
 
     if len(tensor.shape) != 2 or not all(tensor.shape):
-        raise PatchError(f"{tensor.key} has shape {tuple(tensor.shape)}: only 2-D weights can take a LoRA delta")
+        raise PatchError(f"{tensor.key} has shape {tuple(tensor.shape)}: only non-empty 2-D weights can take a LoRA delta")
     dtype = _TORCH_DTYPES.get(tensor.dtype)
     if dtype is None:
         raise PatchError(f"{tensor.key} is stored as {tensor.dtype}: a LoRA delta merges into float weights only")
