@@ -37,7 +37,7 @@ demo: $(INSTALLED)
 	$(VENV)/bin/portllm demo
 
 # Two test processes a core (pytest-xdist): most tests wait on a worker process, a server or the
-# queue rather than a CPU (on 2 cores, 4 processes took the suite from 7:17 to 6:00). A module's
+# queue rather than a CPU (on 2 cores, 4 processes took the suite from 7:17 to 5:42). A module's
 # tests stay on one process, so its fixtures are built once; files in collection order, which puts
 # the demo world's users last (tests/fixtures/demo_world.py). The slowest tests are printed.
 # The session starts its own PostgreSQL and Redis (tests/fixtures/services.py).
