@@ -187,22 +187,16 @@ def _stream_merged_files(patch_dir, layouts: list["_SafetensorsLayout"], out: Pa
                     lora = targets.get(key)
                     if lora is None:
                         writer.copy(layout, src.fileno(), dst.fileno(), tensor)
-                    elif _fused(_weight_dtype(tensor), lora):
-                        a, b = _factors(factors, lora, device)
-                        writer.wait(merging.submit(_merge_in_place, src, dst, layout, tensor, a, b, lora, device))
                     else:
-                        a, b = _factors(factors, lora, device)
-                        for start, merged in _merged_blocks(merging, src, layout, tensor, a, b, lora, device):
-                            writer.write(dst.fileno(), layout.data_start + start, merged)
+                        a, b = (factors.get_tensor(k).to(device, torch.float32) for k in (lora.a_key, lora.b_key))
+                        if _fused(_weight_dtype(tensor), lora):
+                            writer.wait(merging.submit(_merge_in_place, src, dst, layout, tensor, a, b, lora, device))
+                        else:
+                            for start, merged in _merged_blocks(merging, src, layout, tensor, a, b, lora, device):
+                                writer.write(dst.fileno(), layout.data_start + start, merged)
                     done += 1
                     if progress is not None:
                         progress(done / total, key)
-
-
-def _factors(factors, lora: patches.LoraModule, device: str):
-    import torch
-
-    return (factors.get_tensor(key).to(device, torch.float32) for key in (lora.a_key, lora.b_key))
 
 
 @contextmanager
