@@ -136,30 +136,39 @@ def retune_vs_transplant() -> tuple[float, float, str]:
     return retune_s, transplant_s, str(world.root)
 
 
-MEMORY_PROBE = r"""
-import json, os, sys, threading, time, torch
-sys.path.insert(0, sys.argv[3])
-from portllm_engine.models import load_base
-from portllm_engine.transplant import transplant
+# What both probes below start with: the kernel keeps no peak of anonymous memory alone (VmHWM
+# counts mapped files too), so once started a thread samples RssAnon every millisecond.
+ANON_PEAK = r"""
+import threading, time
 
 def status_kib(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1])
 
-# Peak of anonymous memory (tensors, activations), sampled: mapped safetensors pages are page
-# cache shared with the OS, the CPU analogue of what a GPU would not hold in device memory.
 peak = [0]
 def sample():
     while True:
         peak[0] = max(peak[0], status_kib("RssAnon:"))
-        time.sleep(0.002)
+        time.sleep(0.001)
+
+def start_sampling():
+    threading.Thread(target=sample, daemon=True).start()
+"""
+
+# Peak of anonymous memory (tensors, activations): mapped safetensors pages are page cache shared
+# with the OS, the CPU analogue of what a GPU would not hold in device memory.
+MEMORY_PROBE = ANON_PEAK + r"""
+import json, os, sys, torch
+sys.path.insert(0, sys.argv[3])
+from portllm_engine.models import load_base
+from portllm_engine.transplant import transplant
 
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 import peft, transformers  # imports are part of the baseline, not of the work
 baseline_anon, baseline_rss = status_kib("RssAnon:"), status_kib("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")  # reset the VmHWM peak to now
-threading.Thread(target=sample, daemon=True).start()
+start_sampling()
 kind, base, patch = sys.argv[1], sys.argv[2], sys.argv[4]
 if kind == "train":
     from peft import LoraConfig, get_peft_model
@@ -265,27 +274,15 @@ def build_llama_3b(layers: int, dtype: str = "bfloat16") -> tuple[Path, Path]:
     return base, patch
 
 
-DISK_PROBE = r"""
-import json, os, sys, threading, time
+# Merged blocks live for milliseconds, and the writer queue bounds how many are alive at once.
+DISK_PROBE = ANON_PEAK + r"""
+import json, sys
 sys.path.insert(0, sys.argv[1])
 import torch  # the CLI imports it before the transplant starts, too
 from portllm_engine.transplant import transplant_to_dir
 
-def status_kib(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1])
-
-# The kernel keeps no peak of anonymous memory alone (VmHWM counts mapped files too), so a thread
-# samples RssAnon; blocks live for milliseconds, and the writer queue bounds how many are alive.
-peak = [status_kib("RssAnon:")]
-def sample():
-    while True:
-        peak[0] = max(peak[0], status_kib("RssAnon:"))
-        time.sleep(0.001)
-
 baseline = status_kib("RssAnon:")
-threading.Thread(target=sample, daemon=True).start()
+start_sampling()
 started = time.perf_counter()
 transplant_to_dir(sys.argv[2], sys.argv[3], sys.argv[4], device="cpu")
 seconds = time.perf_counter() - started
