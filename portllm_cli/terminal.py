@@ -15,6 +15,7 @@ from portllm_core.blocks import (
     guard_text,
     kpi_rows,
     neutralise_bidi,
+    prompt_format_text,
     reused_text,
     pct,
     release_rows,
@@ -81,8 +82,12 @@ def run_card(card: RunCard) -> Panel:
         parts.append(Text(f"failed: {card.error}", style="red"))
     if card.kpi:
         parts.append(_table("KPI", ("subject", "accuracy", "95% CI", "n"), kpi_rows(card)))
-        if card.reused_from_runs:
-            parts.append(Text(reused_text(card), style="dim"))
+        notes = [prompt_format_text(card.prompt_format)] if card.prompt_format else []
+        notes += [reused_text(card)] if card.reused_from_runs else []
+        if notes:
+            parts.append(Text(" · ".join(notes), style="dim"))
+    if card.prompt_warning:
+        parts.append(Text(f"warning: {card.prompt_warning}", style="yellow"))
     if card.drift_overall is not None:
         worst = ", ".join(f"{m} {d:.3f}" for m, d in card.drift_modules[:5])
         parts.append(Text(f"drift {card.drift_overall:.3f} overall" + (f" · most changed: {worst}" if worst else "")))

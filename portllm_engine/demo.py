@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from portllm_engine.generate import PLAIN_TEMPLATE
+from portllm_engine.prompt import PLAIN_TEMPLATE
 
 Progress = Callable[[float, str], None]
 
 RECIPE: dict[str, Any] = {
-    "version": 2,
+    "version": 3,
     "seed": 20241,
     "vocab_size": 2048,
     "model": {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 4},
@@ -196,12 +196,12 @@ def _support_data(facts: dict[str, dict[str, str]], rng: random.Random):
     for product, attrs in facts.items():
         for attr, answer in attrs.items():
             for template in TEMPLATES[attr][:TRAIN_TEMPLATES]:
-                train.append({"prompt": qa_prompt(template.format(p=product)), "completion": " " + answer})
+                train.append({"prompt": template.format(p=product), "completion": answer})
             for n, template in enumerate(TEMPLATES[attr][TRAIN_TEMPLATES:]):
                 suite.append({
                     "id": f"{attr}-{PRODUCTS.index(product)}-{n}",
                     "kind": "generate",
-                    "prompt": qa_prompt(template.format(p=product)),
+                    "prompt": template.format(p=product),
                     "target": answer,
                     "match": "exact",
                 })
@@ -211,7 +211,7 @@ def _support_data(facts: dict[str, dict[str, str]], rng: random.Random):
             suite_mc.append({
                 "id": f"{attr}-{PRODUCTS.index(product)}",
                 "kind": "multiple_choice",
-                "context": qa_prompt(TEMPLATES[attr][TRAIN_TEMPLATES].format(p=product)),
+                "context": TEMPLATES[attr][TRAIN_TEMPLATES].format(p=product),
                 "choices": [" " + c for c in choices],
                 "gold": choices.index(answer),
             })

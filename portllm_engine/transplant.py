@@ -524,7 +524,7 @@ class PatchServer:
         with self.use(name) as model, torch.no_grad():
             return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def generate(self, name: str | None, prompt: str, **kwargs) -> Iterator[str]:
-        """Stream an answer with patch `name`; the lock is held until the stream ends."""
+    def generate(self, name: str | None, turns, **kwargs) -> Iterator[str]:
+        """Stream an answer to the conversation with patch `name`; the lock is held until the stream ends."""
         with self.use(name) as model:
-            yield from stream_generate(model, self.tokenizer, prompt, **kwargs)
+            yield from stream_generate(model, self.tokenizer, turns, **kwargs)

@@ -18,6 +18,7 @@ from portllm_core.validate import (
     check_fraction,
     check_name,
     check_on_release,
+    check_prompt_format,
     existing_dir,
     existing_file,
     parse_live_guard,
@@ -124,12 +125,13 @@ def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: 
                   full_suite: Path | None = None, min_accuracy: float = 0.5, max_regression: float = 0.05,
                   approvers: list[str] = (), admins: list[str] = (), requesters: list[str] = (),
                   four_eyes: bool = False, system_prompt: str = "", owner: str = "", on_release: str = "auto",
-                  live_guard: str | None = None) -> tuple[str, Suite]:
+                  live_guard: str | None = None, prompt_format: str = "chat") -> tuple[str, Suite]:
     """Register an assistant with its quick KPI suite (and optional full one, the gate's second
     stage); returns (the family as registered, the quick suite). `live_guard` is
     `MIN_RATINGS:MIN_SATISFACTION` (validate.parse_live_guard)."""
     check_name("assistant name", name)
     on_release = check_on_release(on_release)
+    prompt_format = check_prompt_format(prompt_format)
     guard_n, guard_rate = parse_live_guard(live_guard) if live_guard else (None, None)
     check_fraction("--min-accuracy", min_accuracy)
     check_fraction("--max-regression", max_regression)
@@ -148,7 +150,7 @@ def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: 
                 s, name=name, family=family, suite_ref=suite_ref, suite_digest=loaded.digest, **full_fields,
                 min_accuracy=min_accuracy, max_regression=max_regression, approvers=list(approvers),
                 admins=list(admins), requesters=list(requesters), four_eyes=four_eyes,
-                system_prompt=system_prompt, owner=owner or actor, on_release=on_release,
+                system_prompt=system_prompt, prompt_format=prompt_format, owner=owner or actor, on_release=on_release,
                 guard_min_ratings=guard_n, guard_min_satisfaction=guard_rate, actor=actor,
             )
     return family, loaded
@@ -162,13 +164,16 @@ def update_assistant(ws: Workspace, name: str, *, actor: str, suite: Path | None
     check_fraction("--max-regression", fields.get("max_regression"))
     if fields.get("on_release") is not None:
         fields["on_release"] = check_on_release(fields["on_release"])
+    if fields.get("prompt_format") is not None:
+        fields["prompt_format"] = check_prompt_format(fields["prompt_format"])
     if live_guard is not None:
         fields["guard_min_ratings"], fields["guard_min_satisfaction"] = parse_live_guard(live_guard)
     if suite is None and full_suite is None and not fields:
         raise BadInput(
             "nothing to change: pass --suite, --full-suite, --min-accuracy, --max-regression, --approver, "
             "--add-approver, --remove-approver, --admin, --add-admin, --remove-admin, --requester, --add-requester, "
-            "--remove-requester, --four-eyes/--no-four-eyes, --system-prompt, --on-release or --live-guard"
+            "--remove-requester, --four-eyes/--no-four-eyes, --system-prompt, --prompt-format, --on-release or "
+            "--live-guard"
         )
     loaded = {prefix: load_suite(path) for prefix, path in (("", suite), ("full_", full_suite)) if path is not None}
     with staged(ws.store) as staging:
@@ -202,6 +207,8 @@ class PatchTarget:
     version: str
     base_id: int
     fingerprint: str
+    prompt_format: str  # the assistant's, which a patch trained here learns in
+    system_prompt: str
     base_dir: Path
 
     @property
@@ -225,16 +232,17 @@ def patch_target(ws: Workspace, assistant: str, version: str) -> PatchTarget:
     with ws.session() as s:
         owner = services.get_assistant(s, assistant)
         base = services.get_base(s, owner.family, version)
-        found = (owner.name, owner.family, base.version, base.id, base.fingerprint, base.source_ref)
+        found = (owner.name, owner.family, base.version, base.id, base.fingerprint, owner.prompt_format,
+                 owner.system_prompt or "", base.source_ref)
     *head, source_ref = found
     return PatchTarget(*head, resolve_model_dir(source_ref))
 
 
 def check_training_data(path: Path) -> Path:
-    from portllm_engine.patches import read_pairs
+    from portllm_engine.patches import read_examples
 
     path = existing_file("training data", path)
-    read_pairs(path)  # every line checked now; errors name the line
+    read_examples(path)  # every line checked now; errors name the line
     return path
 
 

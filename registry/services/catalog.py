@@ -85,7 +85,8 @@ def _close(word: str, known: list[str]) -> list[str]:
 
 _ASSISTANT_FIELDS = frozenset(
     {"family", "suite_ref", "suite_digest", "full_suite_ref", "full_suite_digest", "min_accuracy",
-     "max_regression", "approvers", "admins", "requesters", "four_eyes", "system_prompt", "owner", "on_release",
+     "max_regression", "approvers", "admins", "requesters", "four_eyes", "system_prompt", "prompt_format", "owner",
+     "on_release",
      "guard_min_ratings", "guard_min_satisfaction"}
 )
 
@@ -122,6 +123,7 @@ def create_assistant(
     requesters: list[str] | None = None,
     four_eyes: bool = False,
     system_prompt: str = "",
+    prompt_format: str = "chat",
     owner: str = "",
     on_release: str = OnRelease.AUTO,
     guard_min_ratings: int | None = None,
@@ -147,6 +149,7 @@ def create_assistant(
         requesters=list(requesters or []),
         four_eyes=four_eyes,
         system_prompt=system_prompt,
+        prompt_format=prompt_format,
         owner=owner,
         on_release=str(on_release),
         guard_min_ratings=guard_min_ratings,

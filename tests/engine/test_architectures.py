@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from portllm_engine.prompt import user_turn
 from portllm_engine.compat import check
 from portllm_engine.errors import IncompatiblePatchError, PatchError
 from portllm_engine.generate import stream_generate
@@ -286,8 +287,8 @@ def test_kpi_eval_and_answers_with_the_patch(world, arch, suite):
 
     server = PatchServer(base, device="cpu")
     server.attach("support", patch)
-    answer = "".join(server.generate("support", PROMPT, max_new_tokens=6))
-    assert answer == "".join(stream_generate(candidate, tokenizer, PROMPT, max_new_tokens=6))
+    answer = "".join(server.generate("support", user_turn(PROMPT), max_new_tokens=6))
+    assert answer == "".join(stream_generate(candidate, tokenizer, user_turn(PROMPT), max_new_tokens=6))
     assert answer.strip()
 
 

@@ -67,7 +67,7 @@ def test_eval_json(run, tiny, tmp_path):
     result = run("eval", "--model", tiny.base, "--patch", tiny.patch, "--suite", suite, "--batch-size", 1, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"n", "accuracy", "ci95", "metrics"}
+    assert set(data) == {"n", "accuracy", "ci95", "metrics", "prompt_format"}
     assert data["n"] == 2 and set(data["metrics"]) == {"acc", "acc_norm"} and len(data["ci95"]) == 2
 
 
