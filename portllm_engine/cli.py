@@ -166,9 +166,9 @@ def eval_cmd(
     loaded, tokenizer = _load(model, patch, device)
     with progress_bar("evaluating") as report:
         result = evaluate(loaded, tokenizer, items, batch_size=batch_size, progress=report)
-    summary = {"n": result.n, "accuracy": result.accuracy, "ci95": list(result.ci95), "metrics": result.metrics}
-    if as_json:
-        _print_json(summary)
+    if as_json:  # the summary and every item's result (what the per-item comparisons need)
+        _print_json({"n": result.n, "accuracy": result.accuracy, "ci95": list(result.ci95), "metrics": result.metrics,
+                     "items": result.items})
         return
     low, high = result.ci95
     typer.echo(f"accuracy {result.accuracy:.3f} (95% CI {low:.3f}–{high:.3f}, n={result.n}, {result.duration_s:.1f}s)")

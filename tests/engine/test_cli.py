@@ -67,8 +67,12 @@ def test_eval_json(run, tiny, tmp_path):
     result = run("eval", "--model", tiny.base, "--patch", tiny.patch, "--suite", suite, "--batch-size", 1, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"n", "accuracy", "ci95", "metrics"}
+    assert set(data) == {"n", "accuracy", "ci95", "metrics", "items"}
     assert data["n"] == 2 and set(data["metrics"]) == {"acc", "acc_norm"} and len(data["ci95"]) == 2
+    # Each item's result, in suite order: what a script compares item by item with another run.
+    assert [item["index"] for item in data["items"]] == [0, 1]
+    assert all(isinstance(item["correct"], bool) for item in data["items"])
+    assert sum(item["correct"] for item in data["items"]) / 2 == pytest.approx(data["accuracy"])
 
 
 @pytest.mark.parametrize(
