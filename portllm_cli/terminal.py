@@ -60,7 +60,8 @@ def _table(title: str | None, columns: tuple[str, ...], rows: list[tuple[str, ..
     return out
 
 
-def run_card(card: RunCard) -> Panel:
+def run_card(card: RunCard, *, every_problem: bool = False) -> Panel:
+    """The run's card; `every_problem` lists every compatibility problem instead of the first few."""
     parts: list[RenderableType] = []
     if card.kind == "train":  # no source patch: it trains a new one on the target base
         what = f"training of a new {card.assistant} patch on {card.target_version}"
@@ -72,11 +73,12 @@ def run_card(card: RunCard) -> Panel:
     parts.append(Text(f"{what} · {card.status}{produced(card)} · requested by {requested_by} in {channel}"))
     if card.active:
         parts.append(Text(f"{progress_bar(card.progress)} {round(card.progress * 100)}% {card.step}"))
-    for error in card.compat_errors[:MAX_COMPAT_LINES]:
+    shown = card.compat_errors if every_problem else card.compat_errors[:MAX_COMPAT_LINES]
+    for error in shown:
         parts.append(Text(f"not compatible: {error}", style="red"))
-    if len(card.compat_errors) > MAX_COMPAT_LINES:
-        more = len(card.compat_errors) - MAX_COMPAT_LINES
-        parts.append(Text(f"… and {more} more (`portllm run show {card.run_id}` lists them all)", style="red"))
+    if len(card.compat_errors) > len(shown):
+        more = len(card.compat_errors) - len(shown)
+        parts.append(Text(f"… and {more} more (`portllm run show {card.run_id} --all` lists them all)", style="red"))
     if card.error and not card.compat_errors:
         parts.append(Text(f"failed: {card.error}", style="red"))
     if card.kpi:

@@ -9,7 +9,7 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -39,6 +39,11 @@ def print_json(data: object) -> None:
 def stdout() -> Console:
     # soft_wrap: a one-line message stays one line when piped (rich would cut it at 80 columns).
     return Console(highlight=False, soft_wrap=True)
+
+
+def print_view(view: RenderableType) -> None:
+    """A card, table or tree on stdout: long lines wrap inside their frame (soft_wrap would crop them)."""
+    stdout().print(view, soft_wrap=False)
 
 
 def stderr() -> Console:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, stderr, stdout
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, print_view, stderr, stdout
 from portllm_cli.admin.runtime import actor, admin_command, warn, workspace
 
 EXIT_TIMEOUT = 124  # as `run wait`: what coreutils' `timeout` returns
@@ -80,7 +80,7 @@ def show(
         if not as_json and view.rows != shown:  # people see each change; scripts get the last state
             from portllm_cli import terminal
 
-            stdout().print(terminal.release(view))
+            print_view(terminal.release(view))
             shown = view.rows
         if finished or time.monotonic() >= deadline:
             break
