@@ -104,9 +104,12 @@ def compat(
     if as_json:
         _print_json(report.to_dict())
     else:
-        typer.echo("compatible" if report.compatible else "NOT compatible")
-        for issue in report.errors:
-            typer.echo(f"  error   [{issue['code']}] {issue['message']}")
+        summary = report.summary()  # the reason first; --json has every problem
+        typer.echo(f"NOT compatible: {summary.reason}" if summary.lines else "compatible")
+        for line in summary.lines[1:]:
+            typer.echo(f"  {line}")
+        if summary.elided:
+            typer.echo(f"  (--json lists all {len(report.errors)} problems)")
         for issue in report.warnings:
             typer.echo(f"  warning [{issue['code']}] {issue['message']}")
     if not report.compatible:

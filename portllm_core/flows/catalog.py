@@ -249,9 +249,9 @@ def add_patch(ws: Workspace, assistant: str, directory: Path, *, base: str, acto
     manifest = patches.read_manifest(src)
     report = compat.check(src, target.base_dir)
     if not report.compatible:
-        first, rest = report.errors[0], len(report.errors) - 1
-        more = f" (and {rest} more problem{'s' if rest != 1 else ''}; `portllm engine compat` lists them)" if rest else ""
-        raise BadInput(f"patch {src} does not fit {target.label}: {first['message']}{more}")
+        n = len(report.errors)
+        more = f" ({n} problems; `portllm engine compat --json` lists them)" if n > 1 else ""
+        raise BadInput(f"patch {src} does not fit {target.label}: {report.summary().reason}{more}")
     if manifest is not None and manifest.origin_fingerprint not in (None, target.fingerprint):
         raise BadInput(
             f"{src} was trained on a base with fingerprint {short(manifest.origin_fingerprint)}, "

@@ -35,8 +35,11 @@ def test_a_cut_compatibility_listing_names_the_flag_that_lists_it_all(registered
     run_id = _failed_run(session_factory, "compat", error="does not fit",
                          compat_report={"compatible": False, "errors": errors, "warnings": []})
     cut = _words(registered.ok("run", "show", run_id).stdout)
-    assert f"(`portllm run show {run_id} --all` lists them all)" in cut
+    # The reason first, the modules bounded, and the command that lists every problem.
+    assert ("not compatible: the base lacks 12 modules the patch adapts: model.layers.0.mlp.up_proj, "
+            "model.layers.1.mlp.up_proj, model.layers.2.mlp.up_proj and 9 more") in cut
+    assert f"(`portllm run show {run_id} --all` lists all 12 problems)" in cut
     assert "model.layers.11.mlp.up_proj" not in cut
     every = _words(registered.ok("run", "show", run_id, "--all").stdout)
-    assert all(f"model.layers.{i}.mlp.up_proj" in every for i in range(12))
-    assert "lists them all" not in every
+    assert all(f"the base has no module model.layers.{i}.mlp.up_proj" in every for i in range(12))
+    assert "lists all" not in every
