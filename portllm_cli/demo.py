@@ -135,7 +135,8 @@ def _register(ws, world, cast: Cast, console: Console) -> None:
     for version, path in world.bases.items():
         if version not in versions and version != RELEASED:
             todo = True
-            added = catalog.register_base(ws, FAMILY, version, str(path), actor=actor)
+            # `other` is of another architecture: in the family on purpose, for the compatibility check to refuse.
+            added = catalog.register_base(ws, FAMILY, version, str(path), actor=actor, force=version == "other")
             console.print(f"Base {added.label} registered from {path}.")
     if assistant is None:
         todo = True

@@ -22,6 +22,12 @@ def print_registered(added) -> None:
         stdout().print(f"{added.label} has the same weights as {added.alias_of}: registered as another label for "
                        f"them; no release, nothing queued.")
         return
+    if added.forced is not None:
+        family, version = added.label.split(" ", 1)
+        warn(f"{added.label} is not the architecture of its family ({added.forced}); registered because of --force")
+        stdout().print(f"No release: its runs could only fail the compatibility check; nothing queued "
+                       f"(`portllm release start {family} {version}` releases it if you mean to).")
+        return
     print_started(added.release)
 
 
