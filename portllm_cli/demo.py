@@ -67,10 +67,11 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
 
     from portllm_cli.console import WaitTimedOut
     from portllm_core.workspace import Workspace
-    from registry.cli import upgrade
+    from registry.cli import upgrade_once
 
     ws = Workspace()
-    upgrade(ws.settings.resolved_database_url())
+    # The story sets up the database it plays on, a --database-url one too (the default one is migrated on first use).
+    upgrade_once(ws.settings.resolved_database_url(), lock=ws.settings.data_dir / "portllm.db.lock")
     try:
         # The worker starts first: its imports overlap the world build, which uses one core.
         with _worker(ws.settings.data_dir, console):
