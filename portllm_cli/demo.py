@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import Progress
 from rich.rule import Rule
 from rich.table import Table
 
@@ -91,11 +90,11 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
 
 def _build_world(root: Path | None, console: Console):
     from portllm_engine.demo import build_demo_world
+    from portllm_engine.progress import progress_bar
 
     console.print(Rule("1. The demo world"))
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("building the demo world", total=1.0)
-        world = build_demo_world(root, progress=lambda done, step: bar.update(task, completed=done, description=step))
+    with progress_bar("building the demo world", console) as progress:  # plain lines when piped
+        world = build_demo_world(root, progress=progress)
     console.print(f"Demo world ready in {world.root}: bases {', '.join(world.bases)}, a support patch trained on v1.")
     return world
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from portllm_engine.errors import EngineError, IncompatiblePatchError
+from portllm_engine.progress import progress_bar  # a bar on a terminal, plain lines when piped
 
 EXIT_ERROR = 1
 EXIT_INCOMPATIBLE = 3
@@ -45,22 +44,6 @@ def friendly(func: Callable) -> Callable:
             _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
     return wrapper
-
-
-@contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[float, str], None]]:
-    """A rich progress bar on stderr, fed by the engine's (fraction, step) callbacks."""
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[step]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=1.0, step="")
-        yield lambda fraction, step: bar.update(task, completed=min(1.0, fraction), step=step)
 
 
 def _quiet_transformers() -> None:
