@@ -125,9 +125,9 @@ def _architecture_change(ws: Workspace, family: str, version: str, signature: di
     if not force:
         raise BadInput(
             f"{family} {version} is not the architecture of family {first.family} (that of {founder}): "
-            f"{'; '.join(changes)}. No patch of "
-            f"the family could be carried onto it, so nothing was registered or released. Register it as "
-            f"a family of its own, or pass --force to add it to {first.family} anyway (it releases nothing)."
+            f"{'; '.join(changes)}. No patch of the family could be carried onto it, so nothing was registered "
+            f"or released. Register it as a family of its own, or pass --force to add it to {first.family} "
+            "anyway (it releases nothing)."
         )
     return f"vs {founder}: {'; '.join(changes)}"
 
