@@ -37,11 +37,11 @@ class _Gunicorn(BaseApplication):
         from portllm_core import metrics
         from portllm_core.tasks import TaskQueue
         from bot.slack_app import build_app, signing_secret
-        from registry.db import make_session_factory
+        from portllm_core.workspace import open_registry
 
         queue = TaskQueue(self.settings)
         queue.connect()  # before the first command, not during it
-        session_factory = make_session_factory(self.settings.resolved_database_url())
+        session_factory = open_registry(self.settings)
         bolt = SlackRequestHandler(build_app(self.settings, session_factory, enqueue=queue), path=EVENTS_PATH)
         guarded = with_request_guard(bolt, signing_secret=signing_secret(self.settings),
                                      max_body_bytes=self.settings.max_request_bytes)
@@ -176,7 +176,7 @@ def serve_socket(settings: Settings | None = None) -> None:
 
     from portllm_core.tasks import TaskQueue
     from bot.slack_app import build_app
-    from registry.db import make_session_factory
+    from portllm_core.workspace import open_registry
 
     settings = settings or Settings()
     app_token = require(settings.slack_app_token, "SLACK_APP_TOKEN",
@@ -184,7 +184,7 @@ def serve_socket(settings: Settings | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     queue = TaskQueue(settings)
     queue.connect()
-    session_factory = make_session_factory(settings.resolved_database_url())
+    session_factory = open_registry(settings)
     if settings.metrics_port is not None:  # no HTTP server of its own: Prometheus gets a port
         from prometheus_client import start_http_server
 

@@ -27,9 +27,9 @@ def build_app(settings: Settings, session_factory: sessionmaker[Session] | None 
               enqueue: Enqueue | None = None, *, socket_mode: bool = False) -> App:
     """The Bolt app. Over HTTP every request's signature is verified; Socket Mode needs no secret."""
     if session_factory is None:
-        from registry.db import make_session_factory
+        from portllm_core.workspace import open_registry
 
-        session_factory = make_session_factory(settings.resolved_database_url())
+        session_factory = open_registry(settings)
     if enqueue is None:
         enqueue = TaskQueue(settings)
     app = App(

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import Progress
 from rich.rule import Rule
 from rich.table import Table
 
@@ -67,10 +66,11 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
 
     from portllm_cli.console import WaitTimedOut
     from portllm_core.workspace import Workspace
-    from registry.cli import upgrade
+    from registry.cli import upgrade_once
 
     ws = Workspace()
-    upgrade(ws.settings.resolved_database_url())
+    # The story sets up the database it plays on, a --database-url one too (the default one is migrated on first use).
+    upgrade_once(ws.settings.resolved_database_url(), lock=ws.settings.data_dir / "portllm.db.lock")
     try:
         # The worker starts first: its imports overlap the world build, which uses one core.
         with _worker(ws.settings.data_dir, console):
@@ -90,11 +90,11 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
 
 def _build_world(root: Path | None, console: Console):
     from portllm_engine.demo import build_demo_world
+    from portllm_engine.progress import progress_bar
 
     console.print(Rule("1. The demo world"))
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("building the demo world", total=1.0)
-        world = build_demo_world(root, progress=lambda done, step: bar.update(task, completed=done, description=step))
+    with progress_bar("building the demo world", console) as progress:  # plain lines when piped
+        world = build_demo_world(root, progress=progress)
     console.print(f"Demo world ready in {world.root}: bases {', '.join(world.bases)}, a support patch trained on v1.")
     return world
 
@@ -135,7 +135,8 @@ def _register(ws, world, cast: Cast, console: Console) -> None:
     for version, path in world.bases.items():
         if version not in versions and version != RELEASED:
             todo = True
-            added = catalog.register_base(ws, FAMILY, version, str(path), actor=actor)
+            # `other` is of another architecture: in the family on purpose, for the compatibility check to refuse.
+            added = catalog.register_base(ws, FAMILY, version, str(path), actor=actor, force=version == "other")
             console.print(f"Base {added.label} registered from {path}.")
     if assistant is None:
         todo = True

@@ -218,9 +218,10 @@ def run_card_blocks(card: RunCard) -> list[dict]:
         step = f" · {escape(card.step)}" if card.step else ""
         blocks.append(section(f"`{progress_bar(card.progress)}` {round(card.progress * 100)}%{step}",
                               Block.RUN_PROGRESS))
-    if card.compat_errors:
-        items = "\n".join(f"• {escape(e)}" for e in card.compat_errors)
-        blocks.append(section(f"*Not compatible*\n{items}", Block.RUN_COMPAT))
+    if card.compat_errors:  # the reason first, then a bounded line per kind of problem
+        reason, *rest = card.compat_errors
+        items = "".join(f"\n• {escape(e)}" for e in rest)
+        blocks.append(section(f"*Not compatible:* {escape(reason)}{items}", Block.RUN_COMPAT))
     if card.error and not card.compat_errors:
         blocks.append(section(f"*Failed:* {escape(card.error)}", Block.RUN_ERROR))
     if card.kpi:

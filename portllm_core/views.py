@@ -11,6 +11,7 @@ from itertools import islice
 
 from portllm_core import records
 from portllm_core.text import short
+from portllm_engine.compat_summary import summarise
 from portllm_engine.kpi import wilson_interval
 
 from sqlalchemy import or_, select
@@ -71,7 +72,11 @@ class RunCard:
     rollout_state: str | None = None
     decided_by: str | None = None
     decision_reason: str | None = None
+    # What people read: the reason first, one bounded line per kind of problem (compat_summary);
+    # every problem's message, for `run show --all`; how many problems the lines do not name.
     compat_errors: tuple[str, ...] = ()
+    compat_problems: tuple[str, ...] = ()
+    compat_elided: int = 0
     error: str | None = None
     gate_reasons: tuple[str, ...] = ()  # per stage: which test decided and why, for people
     can_retune: bool = False
@@ -322,7 +327,8 @@ def run_card(session: Session, run_id: int) -> RunCard:
     compared = _compared_rollout(session, run, rollout)
     drift = run.drift_report or {}
     modules = sorted((drift.get("modules") or {}).items(), key=lambda kv: kv[1], reverse=True)
-    compat = run.compat_report or {}
+    compat_problems = (run.compat_report or {}).get("errors") or ()
+    compat_summary = summarise(compat_problems)
     verdict = rollout.verdict if rollout is not None else None
     return RunCard(
         run_id=run.id,
@@ -348,7 +354,9 @@ def run_card(session: Session, run_id: int) -> RunCard:
         rollout_state=rollout.state if rollout is not None else None,
         decided_by=rollout.decided_by if rollout is not None else None,
         decision_reason=rollout.reason if rollout is not None else None,
-        compat_errors=tuple(str(e.get("message", e)) for e in compat.get("errors") or ()),
+        compat_errors=compat_summary.lines,
+        compat_problems=tuple(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in compat_problems),
+        compat_elided=compat_summary.elided,
         error=run.error,
         # The fallback whenever the gate did not pass: a clear fail, or evidence too thin to pass.
         can_retune=(verdict in (Verdict.FAIL, Verdict.INCONCLUSIVE) and rollout.state in DECIDABLE_ROLLOUT_STATES

@@ -10,13 +10,13 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from portllm_engine.errors import EngineError, IncompatiblePatchError
+from portllm_engine.progress import progress_bar  # a bar on a terminal, plain lines when piped
 
 EXIT_ERROR = 1
 EXIT_INCOMPATIBLE = 3
@@ -45,22 +45,6 @@ def friendly(func: Callable) -> Callable:
             _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
     return wrapper
-
-
-@contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[float, str], None]]:
-    """A rich progress bar on stderr, fed by the engine's (fraction, step) callbacks."""
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[step]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=1.0, step="")
-        yield lambda fraction, step: bar.update(task, completed=min(1.0, fraction), step=step)
 
 
 def _quiet_transformers() -> None:
@@ -108,9 +92,12 @@ def compat(
     if as_json:
         _print_json(report.to_dict())
     else:
-        typer.echo("compatible" if report.compatible else "NOT compatible")
-        for issue in report.errors:
-            typer.echo(f"  error   [{issue['code']}] {issue['message']}")
+        summary = report.summary()  # the reason first; --json has every problem
+        typer.echo(f"NOT compatible: {summary.reason}" if summary.lines else "compatible")
+        for line in summary.lines[1:]:
+            typer.echo(f"  {line}")
+        if summary.elided:
+            typer.echo(f"  (--json lists all {len(report.errors)} problems)")
         for issue in report.warnings:
             typer.echo(f"  warning [{issue['code']}] {issue['message']}")
     if not report.compatible:
@@ -176,10 +163,9 @@ def eval_cmd(
     items = load_suite(suite)
     with _loaded(model, patch, device) as (loaded, tokenizer), progress_bar("evaluating") as report:
         result = evaluate(loaded, tokenizer, items, fmt=fmt, batch_size=batch_size, progress=report)
-    summary = {"n": result.n, "accuracy": result.accuracy, "ci95": list(result.ci95), "metrics": result.metrics,
-               "prompt_format": fmt.describe(tokenizer)}
-    if as_json:
-        _print_json(summary)
+    if as_json:  # the summary and every item's result (what the per-item comparisons need)
+        _print_json({"n": result.n, "accuracy": result.accuracy, "ci95": list(result.ci95), "metrics": result.metrics,
+                     "prompt_format": fmt.describe(tokenizer), "items": result.items})
         return
     low, high = result.ci95
     typer.echo(f"accuracy {result.accuracy:.3f} (95% CI {low:.3f}–{high:.3f}, n={result.n}, {result.duration_s:.1f}s, "

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from portllm_engine.progress import quiet_transformers
 from portllm_engine.prompt import PLAIN_TEMPLATE
 
 Progress = Callable[[float, str], None]
@@ -324,20 +325,6 @@ def _threads(count: int) -> Iterator[None]:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No per-file "Loading weights" bars from transformers inside our own progress reporting."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
-@contextmanager
 def _locked(root: Path) -> Iterator[None]:
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as handle:
@@ -383,7 +370,7 @@ def build_demo_world(root: Path | None = None, progress: Progress | None = None)
             return world
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-build-", dir=root.parent))
         try:
-            with _threads(RECIPE["threads"]), _quiet_transformers():
+            with _threads(RECIPE["threads"]), quiet_transformers():
                 meta = _build(staging, report)
             if root.exists():
                 stale = root.parent / f".{root.name}-stale-{os.getpid()}"
@@ -413,7 +400,7 @@ def train_fresh_patch(base: Path, data: Path, suite: Path, out: Path, seed: int)
     from portllm_engine.transplant import transplant
 
     torch.set_num_threads(RECIPE["threads"])
-    with _quiet_transformers():
+    with quiet_transformers():
         train_patch(base, data, out, seed=seed, device="cpu", **PATCH_RECIPE)
         model, tokenizer = transplant(out, base, device="cpu")
         result = evaluate(model, tokenizer, load_suite(suite))

@@ -32,11 +32,15 @@ SIDE_FILES = (
 def _require_compatible(patch_dir: str | Path, base_dir: str | Path) -> None:
     report = compat.check(patch_dir, base_dir)
     if not report.compatible:
-        first = report.errors[0]["message"]
-        more = f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
         raise IncompatiblePatchError(
-            f"patch {Path(patch_dir).name} does not fit {Path(base_dir).name}: {first}{more}", report.to_dict()
+            f"patch {Path(patch_dir).name} does not fit {Path(base_dir).name}: {report.summary().reason}"
+            f"{_problems(report)}", report.to_dict()
         )
+
+
+def _problems(report) -> str:
+    n = len(report.errors)
+    return f" ({n} problems; `portllm engine compat --json` lists them)" if n > 1 else ""
 
 
 def merged_weight(weight, a, b, lora: patches.LoraModule):

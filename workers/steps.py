@@ -134,10 +134,10 @@ def check_compatibility(job: RunJob, inputs: RunInputs, patch_dir: Path) -> None
     report = check(patch_dir, inputs.target_dir)
     job.compat_report = report.to_dict()
     if not report.compatible:
-        first = report.errors[0]["message"]
-        more = f" (+{len(report.errors) - 1} more in the report)" if len(report.errors) > 1 else ""
+        n = len(report.errors)
+        more = f" ({n} problems in the compatibility report)" if n > 1 else ""
         raise JobFailed(
-            f"Patch #{inputs.patch_id} does not fit {inputs.target_label}: {first}{more}. "
+            f"Patch #{inputs.patch_id} does not fit {inputs.target_label}: {report.summary().reason}{more}. "
             "Pick a base of the same architecture and tokenizer, or train a new patch for it.",
             job.compat_report,
         )

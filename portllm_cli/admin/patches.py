@@ -64,10 +64,11 @@ def train(
         _await_training(ws, target, run_id)
         return
     from portllm_engine import patches
+    from portllm_engine.progress import quiet_transformers
 
     with tempfile.TemporaryDirectory(prefix="portllm-train-") as tmp:
         out = Path(tmp) / "patch"
-        with progress_bar(f"Training {assistant} on {target.label}") as progress:
+        with progress_bar(f"Training {assistant} on {target.label}") as progress, quiet_transformers():
             manifest = patches.train_patch(target.base_dir, data_path, out, progress=progress, **hyper,
                                            prompt_format=target.prompt_format, system_prompt=target.system_prompt)
         added = catalog.store_patch(ws, target, out, manifest, data_path, actor=actor())

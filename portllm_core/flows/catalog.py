@@ -35,18 +35,25 @@ class BaseRegistered:
     label: str
     signature: dict
     fingerprint: str
-    release: ReleaseStarted | None  # None: another label for weights the family has (`alias_of`)
+    release: ReleaseStarted | None  # None: another label for weights the family has (`alias_of`), or `forced`
     warnings: list[str] = field(default_factory=list)
     alias_of: str | None = None  # "demo v3": the family's first label for these weights
+    # Registered with `force` although its architecture is not the family's: how it differs. No release.
+    forced: str | None = None
 
 
 def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: str,
-                  description: str = "") -> BaseRegistered:
+                  description: str = "", force: bool = False) -> BaseRegistered:
     """Fingerprint a local model folder (or a hub id in the local cache), register it, and start
     its release: the assistants live on the family get their runs (or offers) per their policy.
 
     Weights the family already has are registered as another label for them and release
-    nothing: the release of their first label carried them to the live channels already."""
+    nothing: the release of their first label carried them to the live channels already.
+
+    A base whose architecture is not the family's (that of its first base) is refused: no patch
+    of the family could be carried onto it. With `force` it is registered anyway and releases
+    nothing (its runs could only fail the compatibility check); `portllm release start` can still
+    release it on purpose."""
     from portllm_engine.models import resolve_model_dir
 
     check_name("family", family)
@@ -58,7 +65,9 @@ def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: 
                            "pick a new version label")
     model_dir = resolve_model_dir(ref)
     source_ref = str(model_dir) if Path(ref).expanduser().exists() else ref
-    signature, fingerprint, tokenizer_fp = describe_base(model_dir)
+    signature = base_signature(model_dir)
+    forced = _architecture_change(ws, family, version, signature, force=force)
+    fingerprint, tokenizer_fp = _identity(model_dir)
     with ws.session() as s:
         warnings = [
             f"same weights as {twin.family} {twin.version} of another family (fingerprint {short(fingerprint)}); "
@@ -70,25 +79,58 @@ def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: 
             s, family=family, version=version, source_ref=source_ref, fingerprint=fingerprint,
             signature=signature, tokenizer_fingerprint=tokenizer_fp, actor=actor,
             **({"description": description} if description else {}),
+            **({"forced_architecture": forced} if forced else {}),
         )
         first = services.earlier_label(s, base)
         if first is not None:
             return BaseRegistered(f"{family} {version}", signature, fingerprint, None, warnings,
                                   alias_of=f"{first.family} {first.version}")
+        if forced:
+            return BaseRegistered(f"{family} {version}", signature, fingerprint, None, warnings, forced=forced)
         release = open_release(s, base, actor=actor)
     enqueue_release(ws.queue, release)
     return BaseRegistered(release.label, signature, fingerprint, release, warnings)
 
 
-def describe_base(model_dir: Path) -> tuple[dict, str, str]:
-    """(architecture signature, weights fingerprint, tokenizer fingerprint) of a model folder."""
-    from portllm_engine.models import architecture_signature, fingerprint, read_config, tokenizer_fingerprint
+def base_signature(model_dir: Path) -> dict:
+    """The architecture signature, from the config and the weights' headers (no hashing yet)."""
+    from portllm_engine.models import architecture_signature, read_config
 
     if read_config(model_dir).get("auto_map"):
         raise BadInput(f"{model_dir} needs remote code (config.json has auto_map); "
                        "PortLLM never runs trust_remote_code")
-    signature = architecture_signature(model_dir)  # refuses pickled checkpoints before any hashing
-    return signature, fingerprint(model_dir), tokenizer_fingerprint(model_dir)
+    return architecture_signature(model_dir)  # refuses pickled checkpoints before any hashing
+
+
+def _identity(model_dir: Path) -> tuple[str, str]:
+    """(weights fingerprint, tokenizer fingerprint): reads every weight."""
+    from portllm_engine.models import fingerprint, tokenizer_fingerprint
+
+    return fingerprint(model_dir), tokenizer_fingerprint(model_dir)
+
+
+def _architecture_change(ws: Workspace, family: str, version: str, signature: dict, *, force: bool) -> str | None:
+    """How `signature` differs from the family's architecture (its first base's), or None when it is
+    the same or the family is new. Refused unless `force`: then the difference is returned."""
+    from portllm_engine.models import signature_changes
+
+    with ws.session() as s:
+        bases = services.list_bases(s, family=family)
+        if not bases:
+            return None
+        first = bases[0]
+        changes = signature_changes(first.signature or {}, signature)
+        founder = f"{first.family} {first.version}"
+    if not changes:
+        return None
+    if not force:
+        raise BadInput(
+            f"{family} {version} is not the architecture of family {first.family} (that of {founder}): "
+            f"{'; '.join(changes)}. No patch of the family could be carried onto it, so nothing was registered "
+            f"or released. Register it as a family of its own, or pass --force to add it to {first.family} "
+            "anyway (it releases nothing)."
+        )
+    return f"vs {founder}: {'; '.join(changes)}"
 
 
 def _find(get, s, *args, missing: type[Exception]):
@@ -257,9 +299,9 @@ def add_patch(ws: Workspace, assistant: str, directory: Path, *, base: str, acto
     manifest = patches.read_manifest(src)
     report = compat.check(src, target.base_dir)
     if not report.compatible:
-        first, rest = report.errors[0], len(report.errors) - 1
-        more = f" (and {rest} more problem{'s' if rest != 1 else ''}; `portllm engine compat` lists them)" if rest else ""
-        raise BadInput(f"patch {src} does not fit {target.label}: {first['message']}{more}")
+        n = len(report.errors)
+        more = f" ({n} problems; `portllm engine compat --json` lists them)" if n > 1 else ""
+        raise BadInput(f"patch {src} does not fit {target.label}: {report.summary().reason}{more}")
     if manifest is not None and manifest.origin_fingerprint not in (None, target.fingerprint):
         raise BadInput(
             f"{src} was trained on a base with fingerprint {short(manifest.origin_fingerprint)}, "

@@ -23,7 +23,10 @@ def register_base(
     tokenizer_fingerprint: str,
     actor: str,
     description: str = "",
+    forced_architecture: str | None = None,
 ) -> BaseModel:
+    """`forced_architecture`: how its architecture differs from its family's, when it was registered
+    anyway (kept in the audit trail)."""
     family, version = family.strip(), version.strip()
     existing = _find_base(s, family, version)
     if existing is not None:
@@ -45,7 +48,7 @@ def register_base(
     flush_or_duplicate(s, f"{family}/{version} is already registered; pick another version label.")
     audit(s, actor=actor, action="base.registered", entity_type="base", entity_id=base.id,
           assistant_id=None, family=family, version=version, fingerprint=fingerprint,
-          source_ref=source_ref)
+          source_ref=source_ref, **({"forced_architecture": forced_architecture} if forced_architecture else {}))
     return base
 
 
