@@ -8,10 +8,24 @@ import time
 import pytest
 import requests
 
+from portllm_core.commands.replies import REGISTRY_UNREACHABLE
+from portllm_core.ids import Action
+from registry.models import AuditEvent, Rating, Run
 from tests.bot import slack_http
-from tests.bot.conftest import CHANNEL, OUTSIDER
+from tests.bot.conftest import (
+    APPROVER,
+    ASSISTANT,
+    CHANNEL,
+    OUTSIDER,
+    awaiting_run,
+    broker_messages,
+    live_run,
+    register_world,
+)
+from tests.fixtures.fake_slack import BOT_USER_ID
 
 ENV = {"SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_SIGNING_SECRET": slack_http.SIGNING_SECRET}
+RETRY = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_error"}
 
 
 @pytest.fixture
@@ -63,3 +77,78 @@ def test_signed_bodies_that_are_not_slack_payloads_get_400_and_one_log_line(serv
     log = (tmp_path / "server-0.log").read_text()
     assert "Traceback" not in log
     assert log.count("refused a signed request that is not a Slack payload we handle") == 4
+
+
+# -- 6. the database down, the bot up --------------------------------------------------------------
+
+@pytest.fixture(params=["database", "redis"])
+def dedupe_store(request) -> dict[str, str]:
+    """The env that selects the dedupe store (and broker): the registry database, or Redis."""
+    if request.param == "database":
+        return {}
+    return {"PORTLLM_BROKER_URL": request.getfixturevalue("redis_db")(12)}
+
+
+ANSWER_TS = "1700000300.000100"
+
+
+def test_a_registry_outage_under_the_bot(own_postgres, serve, fake_slack, data_dir, dedupe_store):
+    """During the outage a slash command and a click are told within 3 s, ephemerally, and nothing is
+    recorded; a mention and a reaction answer 5xx and give their claims back, so that Slack's retry
+    is handled exactly once when the database is back."""
+    from registry import services
+    from registry.cli import upgrade
+    from registry.db import make_session_factory, session_scope
+
+    upgrade(own_postgres.url)
+    factory = make_session_factory(own_postgres.url)
+    register_world(factory)
+    live = live_run(factory, key="k-live", version="v1")
+    awaiting = awaiting_run(factory, key="k-wait", version="v2")
+    with session_scope(factory) as s:
+        answer = services.record_answer(s, s.get(Run, live).rollout, asked_by=OUTSIDER, question="reset?")
+        services.set_answer_message(s, answer.id, ANSWER_TS)
+    with factory() as s:
+        runs_before, audit_before = s.query(Run).count(), s.query(AuditEvent).count()
+    server = serve(PORTLLM_DATABASE_URL=own_postgres.url, **dedupe_store)
+
+    mention = {"type": "app_mention", "channel": CHANNEL, "user": OUTSIDER, "text": f"<@{BOT_USER_ID}> status",
+               "ts": "1700000300.000200", "event_ts": "1700000300.000200"}
+    reaction = {"type": "reaction_added", "user": APPROVER, "reaction": "+1", "event_ts": "1700000300.000300",
+                "item": {"type": "message", "channel": CHANNEL, "ts": ANSWER_TS}}
+
+    def deliver(headers: dict | None = None) -> list[int]:
+        return [slack_http.event(server.url, body, event_id=event_id, bot_user=BOT_USER_ID, headers=headers).status_code
+                for event_id, body in (("Ev-mention", mention), ("Ev-reaction", reaction))]
+
+    own_postgres.stop()
+    try:
+        sent = time.time()
+        typed = slack_http.slash(server.url, f"patch {ASSISTANT} onto v3", user=OUTSIDER, channel=CHANNEL,
+                                 trigger_id="t-outage", response_url=response_url(fake_slack, "typed"))
+        clicked = slack_http.click(server.url, Action.APPROVE, awaiting, user=APPROVER, channel=CHANNEL,
+                                   message_ts="1700000300.000050", response_url=response_url(fake_slack, "clicked"))
+        assert typed.status_code == 200 and clicked.status_code == 200
+        for name in ("typed", "clicked"):
+            [told] = fake_slack.wait_for(f"response/{name}", 1, timeout=3)
+            assert told.body["text"] == REGISTRY_UNREACHABLE.text and told.body["response_type"] == "ephemeral"
+            assert told.at - sent < 3
+        assert all(status >= 500 for status in deliver()), "an event that failed must make Slack retry"
+        assert not fake_slack.calls_to("chat.postMessage") and not fake_slack.calls_to("chat.update")
+    finally:
+        own_postgres.start()
+
+    assert deliver(RETRY) == [200, 200]  # Slack's retries, now handled
+    assert deliver(RETRY) == [200, 200]  # and a second retry is dropped as seen
+    [posted] = fake_slack.wait_for("chat.postMessage", 1)
+    assert posted.body["thread_ts"] == mention["ts"]
+    time.sleep(1)  # time for a duplicate to show up
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+    with factory() as s:
+        assert s.query(Rating).filter_by(answer_id=answer.id).count() == 1
+        assert s.query(Run).count() == runs_before  # the patch asked for during the outage was not half-made
+        assert s.query(AuditEvent).count() == audit_before + 1  # the one rating
+        assert s.get(Run, awaiting).rollout.state != "live"
+    factory.kw["bind"].dispose()
+    broker = dedupe_store.get("PORTLLM_BROKER_URL") or f"sqla+sqlite:///{data_dir / 'queue.db'}"
+    assert broker_messages(broker, "gpu") == []
