@@ -2,6 +2,7 @@
 Web API, a PostgreSQL server of the test's own stopped and started under the bot, both dedupe stores."""
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -152,3 +153,57 @@ def test_a_registry_outage_under_the_bot(own_postgres, serve, fake_slack, data_d
     factory.kw["bind"].dispose()
     broker = dedupe_store.get("PORTLLM_BROKER_URL") or f"sqla+sqlite:///{data_dir / 'queue.db'}"
     assert broker_messages(broker, "gpu") == []
+
+
+# -- 7. input ---------------------------------------------------------------------------------------
+
+def test_a_console_line_that_is_not_utf8_gets_the_control_character_refusal(world, data_dir):
+    from portllm_cli.console import run_console
+    from portllm_core.settings import Settings
+
+    raw = io.BytesIO(b"status \xff\xfe\n" + f"ask {ASSISTANT} reset \xe9?\n".encode("latin-1") + b"status\n")
+    stdin = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape")  # what sys.stdin reads it as
+    out = io.StringIO()
+    code = run_console("#support", "alice", stdin=stdin, out=out, settings=Settings(data_dir=data_dir),
+                       session_factory=world.session_factory, enqueue=world.queue, poll_s=0.05, wait_s=5)
+    said = out.getvalue()
+    assert code == 1 and said.count("The message contains control characters") == 2
+    assert "nothing is live yet" in said  # the valid line after them was answered
+    assert world.messages("serve") == []
+    # The operator's name and channel come from argv (surrogateescape too) and go to the audit trail.
+    for channel, user in (("#support", "al\udcffice"), ("#sup\udcffport", "alice")):
+        out = io.StringIO()
+        code = run_console(channel, user, stdin=io.StringIO("status\n"), out=out, settings=Settings(data_dir=data_dir),
+                           session_factory=world.session_factory, enqueue=world.queue, wait_s=5)
+        assert code == 1 and "contains control characters" in out.getvalue()
+
+
+@pytest.mark.parametrize("spelling", ["U1", "<@U1>", "<@U1|bob>", "console:U1", "@u1"])
+def test_one_person_is_one_voice_however_written(session_factory, spelling):
+    """Ratings, quotas, four-eyes and roles all go by registry.services.catalog.person."""
+    from registry import services
+    from registry.db import session_scope
+    from registry.errors import OwnRunUnderFourEyes, RateLimited
+    from registry.services.permissions import require_decider, require_run_quota
+
+    register_world(session_factory)
+    live = live_run(session_factory, key="k-live", version="v1")
+    with session_scope(session_factory) as s:
+        services.update_assistant(s, ASSISTANT, actor="test", approvers=["<@U1>"], four_eyes=True)
+        answer = services.record_answer(s, s.get(Run, live).rollout, asked_by=OUTSIDER, question="reset?")
+        services.rate(s, answer, user="U1", up=True)
+        services.rate(s, answer, user=spelling, up=False)  # the same person changing their mind
+    with session_scope(session_factory) as s:
+        assert [r.up for r in s.query(Rating).filter_by(answer_id=answer.id)] == [False]
+        assert services.satisfaction(s, [s.get(Run, live).rollout.id])[s.get(Run, live).rollout.id].people == 1
+        assert services.is_approver(s.get(Run, live).assistant, spelling)
+
+    with session_scope(session_factory) as s:  # the hour's one run, asked for as U1
+        run, _ = services.request_run(s, assistant=ASSISTANT, version="v2", idempotency_key="q-1",
+                                      requested_by="U1", channel=CHANNEL)
+    with pytest.raises(RateLimited), session_scope(session_factory) as s:
+        require_run_quota(s, s.get(Run, run.id).assistant, spelling, per_user=1, per_assistant=100,
+                                   window_s=3600)
+    with session_scope(session_factory) as s:
+        with pytest.raises(OwnRunUnderFourEyes):
+            require_decider(s.get(Run, run.id), spelling, CHANNEL, action="approve", approving=True)
