@@ -36,6 +36,9 @@ def build_app(settings: Settings, session_factory: sessionmaker[Session] | None 
         client=make_client(settings),
         signing_secret="" if socket_mode else signing_secret(settings),
         request_verification_enabled=not socket_mode,
+        # Listeners run before the answer: an event whose handling fails answers 5xx and Slack
+        # retries it. Commands and clicks ack at once and do their work after (listeners.commands).
+        process_before_response=True,
         listener_executor=ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="portllm-listener"),
         name="portllm",
     )

@@ -224,8 +224,9 @@ def update_assistant(s: Session, name: str, /, *, actor: str, **fields: Any) -> 
 CONSOLE_ACTOR_PREFIX = "console:"
 
 
-def _user_key(user: str) -> str:
-    """Compare users leniently: `@alice`, `alice`, `<@U123>`, `<@U123|alice>` and case all match.
+def person(user: str) -> str:
+    """Who a user is, however written: `@alice`, `alice`, `<@U123>`, `<@U123|alice>` and case all
+    match. The one key every comparison of people goes by (roles, four-eyes, ratings, quotas).
 
     `console:alice` is alice typing in the operators' console: the audit trail keeps the prefix,
     roles go by the name (an operator on the server could change the roles anyway).
@@ -237,16 +238,16 @@ def _user_key(user: str) -> str:
 
 
 def same_user(a: str, b: str) -> bool:
-    return _user_key(a) == _user_key(b)
+    return person(a) == person(b)
 
 
 def is_approver(assistant: Assistant, user: str) -> bool:
     """Approvers and admins may approve, reject and roll back."""
-    return _user_key(user) in {_user_key(u) for u in [*assistant.approvers, *assistant.admins]}
+    return person(user) in {person(u) for u in [*assistant.approvers, *assistant.admins]}
 
 
 def is_admin(assistant: Assistant, user: str) -> bool:
-    return _user_key(user) in {_user_key(u) for u in assistant.admins}
+    return person(user) in {person(u) for u in assistant.admins}
 
 
 def require_approver(assistant: Assistant, user: str) -> None:
