@@ -133,6 +133,7 @@ class DemoWorld:
     suite: Path
     suite_mc: Path
     questions: list[str] = field(default_factory=list)
+    system_prompt: str = ""  # the assistant's, which its patch was trained with
     # Per evolved base: a patch trained fresh on it with the same recipe, and its KPI accuracy.
     fresh_patches: dict[str, Path] = field(default_factory=dict)
     fresh_accuracy: dict[str, float] = field(default_factory=dict)
