@@ -81,8 +81,13 @@ def render(tokenizer, turns: Sequence[Turn], fmt: PromptFormat = PromptFormat(),
     return _render_plain(tokenizer, turns, fmt.system_prompt, reply)
 
 
-def _end_of_turn(tokenizer) -> int | None:
-    return tokenizer.eos_token_id
+def _ended(tokenizer, reply_ids: list[int]) -> list[int]:
+    """A reply's tokens up to and including its end-of-turn (EOS), which is added when missing:
+    a model that learns the reply learns to stop after it."""
+    eot = tokenizer.eos_token_id
+    if eot is None:
+        return list(reply_ids)
+    return list(reply_ids[: reply_ids.index(eot) + 1]) if eot in reply_ids else [*reply_ids, eot]
 
 
 def _render_chat(tokenizer, turns, system_prompt: str, reply: str | None) -> Rendered:
@@ -97,12 +102,7 @@ def _render_chat(tokenizer, turns, system_prompt: str, reply: str | None) -> Ren
             raise EngineError("the chat template writes earlier turns differently once a reply follows; "
                               "train with the raw format or fix the template")
         # The reply is tokenised after the prompt, as an engine produces it, up to its end-of-turn.
-        reply_ids = list(tokenizer(whole[len(text):], add_special_tokens=False)["input_ids"])
-        eot = _end_of_turn(tokenizer)
-        if eot in reply_ids:
-            reply_ids = reply_ids[: reply_ids.index(eot) + 1]
-        elif eot is not None:
-            reply_ids.append(eot)
+        reply_ids = _ended(tokenizer, tokenizer(whole[len(text):], add_special_tokens=False)["input_ids"])
     return Rendered(text, ids, reply_ids, ())
 
 
@@ -116,20 +116,12 @@ def _render_plain(tokenizer, turns, system_prompt: str, reply: str | None) -> Re
             parts.append(f" {content}\n")
     text = "".join(parts)
     ids = list(tokenizer(text)["input_ids"])
-    reply_ids: list[int] = []
-    if reply is not None:
-        reply_ids = list(tokenizer(" " + reply.strip(), add_special_tokens=False)["input_ids"])
-        if _end_of_turn(tokenizer) is not None:
-            reply_ids.append(_end_of_turn(tokenizer))
+    reply_ids = [] if reply is None else _ended(tokenizer, tokenizer(" " + reply.strip(), add_special_tokens=False)["input_ids"])
     return Rendered(text, ids, reply_ids, PLAIN_STOPS)
 
 
 def _render_raw(tokenizer, prompt: str, completion: str | None) -> Rendered:
     ids = list(tokenizer(prompt)["input_ids"])
-    reply_ids: list[int] = []
-    if completion is not None:
-        # The completion's tokens as lm-eval splits them: the whole text, less the prompt's tokens.
-        reply_ids = list(tokenizer(prompt + completion)["input_ids"])[len(ids):]
-        if _end_of_turn(tokenizer) is not None and (not reply_ids or reply_ids[-1] != _end_of_turn(tokenizer)):
-            reply_ids.append(_end_of_turn(tokenizer))
+    # The completion's tokens as lm-eval splits them: the whole text, less the prompt's tokens.
+    reply_ids = [] if completion is None else _ended(tokenizer, tokenizer(prompt + completion)["input_ids"][len(ids):])
     return Rendered(prompt, ids, reply_ids, ())
