@@ -150,6 +150,7 @@ def measure(side: str, suite: str, items_count: int, batch_size: int) -> dict:
     from transformers.utils import logging as hf_logging
 
     from portllm_engine.kpi import evaluate
+    from portllm_engine.prompt import RAW, PromptFormat
 
     hf_logging.set_verbosity_error()
     path = build_model()
@@ -157,8 +158,9 @@ def measure(side: str, suite: str, items_count: int, batch_size: int) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     items, warm = suites(items_count)[suite], suites(4)[suite]  # the warm-up pays one-off costs
     if side == "ours":
-        evaluate(model, tokenizer, warm, batch_size=batch_size)
-        result = evaluate(model, tokenizer, items, batch_size=batch_size)
+        # lm-eval without --apply_chat_template scores the text as written.
+        evaluate(model, tokenizer, warm, fmt=PromptFormat(RAW), batch_size=batch_size)
+        result = evaluate(model, tokenizer, items, fmt=PromptFormat(RAW), batch_size=batch_size)
         return {
             "seconds": result.duration_s,
             "body_seconds": body_seconds(model, tokenizer, items, batch_size),

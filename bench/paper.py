@@ -1,5 +1,6 @@
-"""PortLLM's table on the demo world: for each evolved base, what each way of getting a working
-patch gives and costs, measured side by side in one run.
+"""PortLLM's table on a demo world (`--model tiny`, the default, or `--model smollm2`, the real
+SmolLM2-135M-Instruct): for each evolved base, what each way of getting a working patch gives and
+costs, measured side by side in one run.
 
 Per base (three drift levels: v2 by mild continued pretraining, v1 moved halfway to v3 by weight
 interpolation, v3 by heavy continued pretraining), four rows:
@@ -7,11 +8,13 @@ interpolation, v3 by heavy continued pretraining), four rows:
   transplant            the v1 patch merged onto the base (PortLLM: no training);
   fresh patch           a patch trained from scratch on the base with the v1 patch's recipe;
   re-tune               the v1 patch fine-tuned on the base, warm-started, as the worker's fallback does.
-KPI accuracy is the demo suite (exact match, Wilson 95 % interval). Wall time and peak memory are
-those of producing the patched weights (merge, or training), each in its own process on one thread,
-peak anonymous memory above that process's baseline after imports.
+KPI accuracy is the world's suite (Wilson 95 % interval), scored as runs score it: the patch
+attached, in the assistant's prompt format. "kept" is the share of the fresh patch's gain over the
+base alone that the transplant keeps. Wall time and peak memory are those of producing the patched
+weights (merge, or training), each in its own process on one thread, peak anonymous memory above
+that process's baseline after imports.
 
-Run: python bench/paper.py      (reuses the demo world; builds the interpolated base under .cache/bench)
+Run: python bench/paper.py [--model smollm2]   (reuses the world; builds the interpolated base under .cache/bench)
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CACHE = REPO / ".cache" / "bench" / "paper"
+MODELS = {  # the world builder and its patch recipe
+    "tiny": ("portllm_engine.demo", "build_demo_world"),
+    "smollm2": ("portllm_engine.worlds.smollm2", "build_world"),
+}
 HALFWAY = "v1→v3 ½"
 
 # Producing a patch, in a process of its own: time and peak anonymous memory of the work only.
@@ -55,7 +62,7 @@ started = time.perf_counter()
 if spec["kind"] == "transplant":
     model, _ = transplant(spec["patch"], spec["base"], device="cpu")
 else:
-    train_patch(spec["base"], spec["data"], spec["out"], device="cpu", **spec["train"])
+    train_patch(spec["base"], spec["data"], spec["out"], device="cpu", system_prompt=spec["system_prompt"], **spec["train"])
 wall = time.perf_counter() - started
 peak[0] = max(peak[0], rss_anon_kib())
 print(json.dumps({"wall_s": wall, "peak_mib": (peak[0] - baseline) / 1024}))
@@ -74,7 +81,7 @@ def halfway_base(world) -> Path:
 
     from safetensors.torch import load_file, save_file
 
-    out = CACHE / "v1-v3-half"
+    out = CACHE / f"{world.root.name}-v1-v3-half"
     if (out / "config.json").is_file():
         return out
     staging = Path(tempfile.mkdtemp(dir=CACHE))
@@ -87,13 +94,16 @@ def halfway_base(world) -> Path:
     return out
 
 
-def score(patch: Path | None, base: Path, items) -> tuple[float, tuple[float, float]]:
+def score(patch: Path | None, base: Path, items, system_prompt: str) -> tuple[float, tuple[float, float]]:
     from portllm_engine.kpi import evaluate
-    from portllm_engine.models import load_base
-    from portllm_engine.transplant import transplant
+    from portllm_engine.prompt import PromptFormat
+    from portllm_engine.transplant import PatchServer
 
-    model, tokenizer = transplant(patch, base, device="cpu") if patch else load_base(base, device="cpu")
-    result = evaluate(model, tokenizer, items)
+    server = PatchServer(base, device="cpu")  # as a run scores it: the patch attached
+    if patch is not None:
+        server.attach("patch", patch)
+    with server.use("patch" if patch is not None else None) as model:
+        result = evaluate(model, server.tokenizer, items, fmt=PromptFormat(system_prompt=system_prompt))
     return result.accuracy, tuple(result.ci95)
 
 
@@ -101,8 +111,10 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
+    import argparse
+    import importlib
+
     from portllm_core.settings import Settings
-    from portllm_engine.demo import PATCH_RECIPE, RECIPE, build_demo_world
     from portllm_engine.drift import measure_drift
     from portllm_engine.kpi import load_suite
     from portllm_engine.patches import read_manifest
@@ -111,15 +123,21 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     torch.set_num_threads(1)
     CACHE.mkdir(parents=True, exist_ok=True)
-    world = build_demo_world(Path(os.environ.get("PORTLLM_DEMO_CACHE") or REPO / ".cache" / "demo-world"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    model = parser.parse_args().model
+    module = importlib.import_module(MODELS[model][0])
+    build, recipe = getattr(module, MODELS[model][1]), module.RECIPE
+    root = Path(os.environ.get("PORTLLM_DEMO_CACHE") or REPO / ".cache" / "demo-world") if model == "tiny" else None
+    world = build(root)
     items = load_suite(world.suite)
     modules = list(read_manifest(world.patch).target_modules)
     bases = {"v2": world.bases["v2"], HALFWAY: halfway_base(world), "v3": world.bases["v3"]}
     # The worker's re-tune (workers/steps.py): the v1 patch warm-started, PORTLLM_RETUNE_EPOCHS epochs.
-    retune = {"epochs": Settings().retune_epochs, "seed": RECIPE["seed"], "init_from": str(world.patch)}
-    fresh = {**PATCH_RECIPE, "seed": RECIPE["seed"]}
+    retune = {"epochs": Settings().retune_epochs, "seed": recipe["seed"], "init_from": str(world.patch)}
+    fresh = {**module.PATCH_RECIPE, "seed": recipe["seed"]}
 
-    print(f"demo world {world.root}; suite {len(items)} generate items; one CPU thread per process")
+    print(f"{model} world {world.root}; suite {len(items)} items; one CPU thread per process")
     print(f"fresh patch: {fresh['epochs']} epochs from scratch (the v1 patch's recipe); "
           f"re-tune: {retune['epochs']} epochs warm-started from the v1 patch")
     header = f"{'base':10} {'drift':>6}  {'patch':22} {'accuracy':>8} {'95% CI':>13} {'wall s':>8} {'peak MiB':>9}"
@@ -134,17 +152,20 @@ def main() -> None:
             for label, train in (("fresh patch", fresh), ("re-tune", retune)):
                 out = Path(scratch) / label.replace(" ", "-")
                 rows.append((label, out, produce({"kind": "train", "base": base, "data": world.train_data,
-                                                  "out": out, "train": train})))
-            costs = {}
+                                                  "out": out, "train": train, "system_prompt": world.system_prompt})))
+            costs, accuracies = {}, {}
             for i, (label, patch, cost) in enumerate(rows):
-                accuracy, (low, high) = score(patch, base, items)
+                accuracy, (low, high) = score(patch, base, items, world.system_prompt)
+                accuracies[label] = accuracy
                 wall = "–" if cost is None else f"{cost['wall_s']:.2f}"
                 peak = "–" if cost is None else f"{cost['peak_mib']:.1f}"
                 print(f"{name if i == 0 else '':10} {f'{drift:.3f}' if i == 0 else '':>6}  {label:22} "
                       f"{accuracy * 100:7.1f}% {f'{low * 100:.0f}–{high * 100:.0f}%':>13} {wall:>8} {peak:>9}")
                 costs[label] = cost
         transplant_cost = costs["v1 patch transplanted"]
-        print(f"{'':18}  fresh / transplant: {costs['fresh patch']['wall_s'] / transplant_cost['wall_s']:.0f}x time, "
+        gain = accuracies["fresh patch"] - accuracies["base alone"]
+        kept = (accuracies["v1 patch transplanted"] - accuracies["base alone"]) / gain if gain > 0 else float("nan")
+        print(f"{'':18}  the transplant keeps {kept:.0%} of the fresh patch's gain; fresh / transplant: {costs['fresh patch']['wall_s'] / transplant_cost['wall_s']:.0f}x time, "
               f"{costs['fresh patch']['peak_mib'] / transplant_cost['peak_mib']:.1f}x memory; "
               f"re-tune / transplant: {costs['re-tune']['wall_s'] / transplant_cost['wall_s']:.0f}x time, "
               f"{costs['re-tune']['peak_mib'] / transplant_cost['peak_mib']:.1f}x memory")

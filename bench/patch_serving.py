@@ -55,7 +55,8 @@ def main() -> int:
     import torch
 
     from portllm_engine.demo import build_demo_world
-    from portllm_engine.generate import format_prompt, stream_generate
+    from portllm_engine.generate import stream_generate
+    from portllm_engine.prompt import render, user_turn
     from portllm_engine.models import load_base, pick_device
     from portllm_engine.transplant import PatchServer, merge_into
     from tests.fixtures.demo_world import demo_cache_dir
@@ -77,8 +78,7 @@ def main() -> int:
         server.attach("a", world.patch)
         server.attach("b", second)
 
-        prompt = format_prompt(tokenizer, question)
-        input_ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
+        input_ids = torch.tensor([render(tokenizer, user_turn(question)).ids], device=device)
         def attached():
             with server.use("a") as model:
                 return decode_tokens_per_s(model, input_ids, args.tokens)
@@ -104,8 +104,8 @@ def main() -> int:
             with server.use("b" if i % 2 else "a"):
                 switches.append(time.perf_counter() - started)
 
-        ttft_merged = [first_token_s(stream_generate(merged, tokenizer, question, max_new_tokens=16)) for _ in range(args.rounds)]
-        ttft_server = [first_token_s(server.generate("a", question, max_new_tokens=16)) for _ in range(args.rounds)]
+        ttft_merged = [first_token_s(stream_generate(merged, tokenizer, user_turn(question), max_new_tokens=16)) for _ in range(args.rounds)]
+        ttft_server = [first_token_s(server.generate("a", user_turn(question), max_new_tokens=16)) for _ in range(args.rounds)]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -24,6 +24,9 @@ class SharedKeys(Protocol):
     def __contains__(self, key: str) -> bool:
         """Whether some process claimed the key within the ttl."""
 
+    def forget(self, key: str) -> None:
+        """Give the claim back (its handling failed): Slack's retry is handled as the first delivery."""
+
 
 class DatabaseKeys:
     """Claims as rows of the registry's `seen_keys` table; expired rows are purged now and then."""
@@ -44,6 +47,10 @@ class DatabaseKeys:
         with self.session_factory() as s:
             return seen.key_claimed(s, key)
 
+    def forget(self, key: str) -> None:
+        with session_scope(self.session_factory) as s:
+            seen.give_back_key(s, key)
+
 
 class RedisKeys:
     """Claims as Redis keys set with NX and an expiry: atomic, and expired by Redis itself."""
@@ -61,6 +68,9 @@ class RedisKeys:
 
     def __contains__(self, key: str) -> bool:
         return bool(self.client.exists(self.PREFIX + key))
+
+    def forget(self, key: str) -> None:
+        self.client.delete(self.PREFIX + key)
 
 
 def shared_keys(settings: Settings, session_factory: sessionmaker[Session]) -> SharedKeys:

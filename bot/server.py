@@ -11,10 +11,13 @@ import io
 import logging
 
 from gunicorn.app.base import BaseApplication
-from slack_bolt.request.internals import parse_body
 from slack_sdk.signature import SignatureVerifier
 
+from bot.payloads import handled
+
 from portllm_core.settings import Settings, require
+
+log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"  # for load balancers and the compose health check; says nothing else
@@ -37,11 +40,11 @@ class _Gunicorn(BaseApplication):
         from portllm_core import metrics
         from portllm_core.tasks import TaskQueue
         from bot.slack_app import build_app, signing_secret
-        from registry.db import make_session_factory
+        from portllm_core.workspace import open_registry
 
         queue = TaskQueue(self.settings)
         queue.connect()  # before the first command, not during it
-        session_factory = make_session_factory(self.settings.resolved_database_url())
+        session_factory = open_registry(self.settings)
         bolt = SlackRequestHandler(build_app(self.settings, session_factory, enqueue=queue), path=EVENTS_PATH)
         guarded = with_request_guard(bolt, signing_secret=signing_secret(self.settings),
                                      max_body_bytes=self.settings.max_request_bytes)
@@ -52,8 +55,9 @@ def with_request_guard(handler, *, signing_secret: str, max_body_bytes: int):
     """Refuse what Bolt should never see, before it reads or parses anything.
 
     A body over `max_body_bytes` is refused with 413 by its Content-Length, unread (one without
-    a length is read only up to the limit); an unsigned, stale or badly signed request gets 401,
-    and so does a signed body Bolt could not parse (it would escape as a 500).
+    a length is read only up to the limit); an unsigned, stale or badly signed request gets 401;
+    a signed body that is not a Slack payload we handle gets 400 and one log line (in Bolt it
+    would escape as a 500 with a traceback).
     """
     verifier = SignatureVerifier(signing_secret)
 
@@ -65,8 +69,12 @@ def with_request_guard(handler, *, signing_secret: str, max_body_bytes: int):
             return _refuse(start_response, "413 Request Entity Too Large",
                            f"request body over {max_body_bytes} bytes")
         content_type = (environ.get("CONTENT_TYPE") or "").split(";")[0].strip() or None
-        if not _signed(verifier, body, environ) or not _parses(body, content_type):
+        if not _signed(verifier, body, environ):
             return _refuse(start_response, "401 Unauthorized", "invalid request")
+        if not _handled(body, content_type):
+            log.warning("refused a signed request that is not a Slack payload we handle (%d bytes, %s)",
+                        len(body), content_type or "no content type")
+            return _refuse(start_response, "400 Bad Request", "not a Slack payload this app handles")
         environ["wsgi.input"] = io.BytesIO(body)  # what Bolt reads: the bytes already checked
         environ["CONTENT_LENGTH"] = str(len(body))
         return handler(environ, start_response)
@@ -89,17 +97,18 @@ def _bounded_body(environ, limit: int) -> bytes | None:
 def _signed(verifier: SignatureVerifier, body: bytes, environ) -> bool:
     timestamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
     signature = environ.get("HTTP_X_SLACK_SIGNATURE", "")
-    if not timestamp.isdigit() or not signature:  # the verifier would raise on a non-number
-        return False
-    return verifier.is_valid(body, timestamp, signature)
-
-
-def _parses(body: bytes, content_type: str | None) -> bool:
     try:
-        parse_body(body.decode("utf-8"), content_type)  # Bolt's own parser: what it would choke on
-        return True
-    except ValueError:  # bad UTF-8 and bad JSON are both ValueErrors
+        return bool(signature) and verifier.is_valid(body, timestamp, signature)
+    except (ValueError, TypeError):  # int() of `²` (isdigit() is true); compare_digest of non-ASCII
         return False
+
+
+def _handled(body: bytes, content_type: str | None) -> bool:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return handled(text, content_type)
 
 
 def _refuse(start_response, status: str, reason: str):
@@ -176,7 +185,7 @@ def serve_socket(settings: Settings | None = None) -> None:
 
     from portllm_core.tasks import TaskQueue
     from bot.slack_app import build_app
-    from registry.db import make_session_factory
+    from portllm_core.workspace import open_registry
 
     settings = settings or Settings()
     app_token = require(settings.slack_app_token, "SLACK_APP_TOKEN",
@@ -184,7 +193,7 @@ def serve_socket(settings: Settings | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     queue = TaskQueue(settings)
     queue.connect()
-    session_factory = make_session_factory(settings.resolved_database_url())
+    session_factory = open_registry(settings)
     if settings.metrics_port is not None:  # no HTTP server of its own: Prometheus gets a port
         from prometheus_client import start_http_server
 

@@ -27,15 +27,18 @@ def build_app(settings: Settings, session_factory: sessionmaker[Session] | None 
               enqueue: Enqueue | None = None, *, socket_mode: bool = False) -> App:
     """The Bolt app. Over HTTP every request's signature is verified; Socket Mode needs no secret."""
     if session_factory is None:
-        from registry.db import make_session_factory
+        from portllm_core.workspace import open_registry
 
-        session_factory = make_session_factory(settings.resolved_database_url())
+        session_factory = open_registry(settings)
     if enqueue is None:
         enqueue = TaskQueue(settings)
     app = App(
         client=make_client(settings),
         signing_secret="" if socket_mode else signing_secret(settings),
         request_verification_enabled=not socket_mode,
+        # Listeners run before the answer: an event whose handling fails answers 5xx and Slack
+        # retries it. Commands and clicks ack at once and do their work after (listeners.commands).
+        process_before_response=True,
         listener_executor=ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="portllm-listener"),
         name="portllm",
     )

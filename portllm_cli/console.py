@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from portllm_cli import terminal
 from portllm_core import views
+from portllm_core.commands.grammar import refuse_control
 from portllm_core.commands.handlers import Context, handle
 from portllm_core.commands.replies import Reply
 from portllm_core.flows.runs import RateLimits
@@ -176,10 +177,18 @@ def run_console(channel: str = "#support", user: str = "alice", stdin: TextIO | 
                 poll_s: float = 0.5, wait_s: float = PIPED_WAIT_S) -> int:
     """Run commands from stdin (a REPL on a terminal). Exit 0, 1 if any command was refused, or
     124 when piped input waited `wait_s` for a run or an answer (the REPL waits as long as it takes)."""
+    console = Console(file=out or sys.stdout, highlight=False)
+    for what, value in (("user", user), ("channel", channel)):  # both are written to the registry
+        if (refused := refuse_control(value)) is not None:
+            console.print(f"error: the {what} name: {refused}", markup=False)
+            return 1
+    if stdin is None and hasattr(sys.stdin, "reconfigure"):
+        # Bytes that are not UTF-8 become lone surrogates, which the grammar refuses like control
+        # characters, instead of a decode error that would end the session.
+        sys.stdin.reconfigure(errors="surrogateescape")
     ws = Workspace(settings, session_factory=session_factory, queue=enqueue)
     stdin = stdin or sys.stdin
     interactive = stdin.isatty()
-    console = Console(file=out or sys.stdout, highlight=False)
     session = ConsoleSession(channel=channel, user=user, settings=ws.settings, session_factory=ws.session_factory,
                              enqueue=ws.queue, out=console, poll_s=poll_s, wait_s=None if interactive else wait_s)
     if interactive:

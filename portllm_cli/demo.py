@@ -16,21 +16,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import Progress
 from rich.rule import Rule
 from rich.table import Table
 
 ASSISTANT = "support-assistant"
-FAMILY = "demo"
 CHANNEL = "#support"
 APPROVER = "alice"
 ADMIN = "carol"
-# The demo's gate: v2 + patch should pass it, heavy drift (v3) should not.
-MIN_ACCURACY = 0.6
-MAX_REGRESSION = 0.2
 # Released during the story: registering it auto-ports the patch to #support.
 RELEASED = "v3"
 STOP_WORKER_S = 30
+
+
+@dataclass(frozen=True)
+class Model:
+    """A world the story plays on: its builder, its family, and a gate that v2 + patch should pass
+    and heavy drift (v3) should not."""
+
+    name: str
+    family: str
+    builder: str  # "module:function" building (or reusing) the world: (root, progress) -> world
+    min_accuracy: float
+    max_regression: float
+
+    def build(self, root: Path | None, progress):
+        import importlib
+
+        module, function = self.builder.split(":")
+        return getattr(importlib.import_module(module), function)(root, progress=progress)
+
+
+MODELS = {
+    "tiny": Model("tiny", "demo", "portllm_engine.demo:build_demo_world", 0.6, 0.2),
+    "smollm2": Model("smollm2", "smollm2", "portllm_engine.worlds.smollm2:build_world", 0.7, 0.1),
+}
 
 
 class StoryStopped(Exception):
@@ -45,6 +64,7 @@ class Cast:
 
     assistant: str
     channel: str
+    model: Model
 
 
 @dataclass
@@ -55,7 +75,7 @@ class Outcome:
 
 
 def run_demo(*, broker_url: str | None = None, database_url: str | None = None, out: Path | None = None,
-             world_root: Path | None = None, console: Console | None = None) -> int:
+             world_root: Path | None = None, console: Console | None = None, model: str = "tiny") -> int:
     """Play the story; 0 when every step ended as expected, 1 otherwise."""
     console = console or Console()
     # Environment, not arguments: the worker subprocess must see the same registry and queue.
@@ -67,15 +87,16 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
 
     from portllm_cli.console import WaitTimedOut
     from portllm_core.workspace import Workspace
-    from registry.cli import upgrade
+    from registry.cli import upgrade_once
 
     ws = Workspace()
-    upgrade(ws.settings.resolved_database_url())
+    # The story sets up the database it plays on, a --database-url one too (the default one is migrated on first use).
+    upgrade_once(ws.settings.resolved_database_url(), lock=ws.settings.data_dir / "portllm.db.lock")
     try:
         # The worker starts first: its imports overlap the world build, which uses one core.
         with _worker(ws.settings.data_dir, console):
-            world = _build_world(world_root, console)
-            cast = _cast(ws, console)
+            world = _build_world(MODELS[model], world_root, console)
+            cast = _cast(ws, MODELS[model], console)
             _register(ws, world, cast, console)
             try:
                 outcomes = _play(ws, world, cast, console)
@@ -88,18 +109,17 @@ def run_demo(*, broker_url: str | None = None, database_url: str | None = None, 
         ws.close()
 
 
-def _build_world(root: Path | None, console: Console):
-    from portllm_engine.demo import build_demo_world
+def _build_world(model: Model, root: Path | None, console: Console):
+    from portllm_engine.progress import progress_bar
 
-    console.print(Rule("1. The demo world"))
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("building the demo world", total=1.0)
-        world = build_demo_world(root, progress=lambda done, step: bar.update(task, completed=done, description=step))
+    console.print(Rule(f"1. The demo world ({model.name})"))
+    with progress_bar(f"building the {model.name} demo world", console) as progress:  # plain lines when piped
+        world = model.build(root, progress)
     console.print(f"Demo world ready in {world.root}: bases {', '.join(world.bases)}, a support patch trained on v1.")
     return world
 
 
-def _cast(ws, console: Console) -> Cast:
+def _cast(ws, model: Model, console: Console) -> Cast:
     """`support-assistant` in #support the first time; on a data dir an earlier demo played,
     `support-assistant-2` in #support-2, and so on (an assistant registered without a run yet is reused)."""
     from sqlalchemy import select
@@ -112,8 +132,8 @@ def _cast(ws, console: Console) -> Cast:
     while (ASSISTANT if n == 1 else f"{ASSISTANT}-{n}") in played:
         n += 1
     if n == 1:
-        return Cast(ASSISTANT, CHANNEL)
-    cast = Cast(f"{ASSISTANT}-{n}", f"{CHANNEL}-{n}")
+        return Cast(ASSISTANT, CHANNEL, model)
+    cast = Cast(f"{ASSISTANT}-{n}", f"{CHANNEL}-{n}", model)
     console.print(f"An earlier demo played here: this one tells the story with {cast.assistant} in {cast.channel}.")
     return cast
 
@@ -127,7 +147,8 @@ def _register(ws, world, cast: Cast, console: Console) -> None:
 
     console.print(Rule("2. Register bases, the assistant and its patch (as `portllm base/assistant/patch add` do)"))
     with ws.session_factory() as s:
-        versions = set(s.scalars(select(models.BaseModel.version).where(models.BaseModel.family == FAMILY)))
+        family = cast.model.family
+        versions = set(s.scalars(select(models.BaseModel.version).where(models.BaseModel.family == family)))
         assistant = s.scalar(select(models.Assistant).where(models.Assistant.name == cast.assistant))
         has_patch = assistant is not None and bool(assistant.patches)
     actor = "console:demo"
@@ -135,13 +156,15 @@ def _register(ws, world, cast: Cast, console: Console) -> None:
     for version, path in world.bases.items():
         if version not in versions and version != RELEASED:
             todo = True
-            added = catalog.register_base(ws, FAMILY, version, str(path), actor=actor)
+            # `other` is of another architecture: in the family on purpose, for the compatibility check to refuse.
+            added = catalog.register_base(ws, family, version, str(path), actor=actor, force=version == "other")
             console.print(f"Base {added.label} registered from {path}.")
     if assistant is None:
         todo = True
-        catalog.add_assistant(ws, cast.assistant, family=FAMILY, suite=world.suite, min_accuracy=MIN_ACCURACY,
-                              max_regression=MAX_REGRESSION, approvers=[APPROVER], admins=[ADMIN], actor=actor)
-        console.print(f"Assistant {cast.assistant} added: gate ≥ {MIN_ACCURACY:.0%}, approver {APPROVER}.")
+        catalog.add_assistant(ws, cast.assistant, family=family, suite=world.suite,
+                              min_accuracy=cast.model.min_accuracy, max_regression=cast.model.max_regression,
+                              system_prompt=world.system_prompt, approvers=[APPROVER], admins=[ADMIN], actor=actor)
+        console.print(f"Assistant {cast.assistant} added: gate ≥ {cast.model.min_accuracy:.0%}, approver {APPROVER}.")
     if not has_patch:
         todo = True
         added = catalog.add_patch(ws, cast.assistant, world.patch, base="v1", train_data=world.train_data, actor=actor)
@@ -222,23 +245,24 @@ def _release(ws, world, cast: Cast, chat, console: Console, say) -> int:
     from portllm_core.flows import catalog
 
     console.print(Rule(f"8. {RELEASED} is released (heavy continued pretraining): registering it ports the patch"))
-    console.print(f"[bold cyan]operator>[/] portllm base add {FAMILY} {RELEASED} {world.bases[RELEASED]}")
+    family = cast.model.family
+    console.print(f"[bold cyan]operator>[/] portllm base add {family} {RELEASED} {world.bases[RELEASED]}")
     from registry import services
 
     with ws.session_factory() as s:
-        registered = RELEASED in {b.version for b in services.list_bases(s, FAMILY)}
+        registered = RELEASED in {b.version for b in services.list_bases(s, family)}
     if registered:  # an earlier demo on this data dir released it: ask for the run by hand instead
-        console.print(f"{FAMILY} {RELEASED} was released by an earlier demo here; asking for the run by hand.")
+        console.print(f"{family} {RELEASED} was released by an earlier demo here; asking for the run by hand.")
         return say(None, f"patch {cast.assistant} onto {RELEASED}").run_id
-    added = catalog.register_base(ws, FAMILY, RELEASED, str(world.bases[RELEASED]), actor="console:demo")
+    added = catalog.register_base(ws, family, RELEASED, str(world.bases[RELEASED]), actor="console:demo")
     mine = [run_id for run_id, assistant, channel in added.release.queued if (assistant, channel) == (cast.assistant, cast.channel)]
     if not mine:
-        raise StoryStopped(f"portllm base add {FAMILY} {RELEASED} (no run queued for {cast.channel})")
+        raise StoryStopped(f"portllm base add {family} {RELEASED} (no run queued for {cast.channel})")
     console.print(f"Base {added.label} registered; release: run #{mine[0]} queued for {cast.assistant} in {cast.channel}, "
                   "requested by the system, as if someone had asked.")
     chat.follow_run(mine[0])  # the card the channel gets
     with ws.session_factory() as s:
-        console.print(release_table(views.release_view(views.find_release(s, FAMILY, RELEASED))))
+        console.print(release_table(views.release_view(views.find_release(s, family, RELEASED))))
     return mine[0]
 
 
@@ -320,7 +344,7 @@ def _write_chart(ws, world, cast: Cast, out_dir: Path) -> Path:
             series["re-tuned patch" if run.kind == "retune" else "transplanted patch"] = accuracy["candidate"]
     for version, accuracy in world.fresh_accuracy.items():
         bars.setdefault(version, {})["patch trained fresh"] = accuracy
-    fig = _chart(bars, cast.assistant)
+    fig = _chart(bars, cast.assistant, cast.model.min_accuracy)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "demo-kpi.png"
     fig.savefig(path, dpi=120)
@@ -330,7 +354,7 @@ def _write_chart(ws, world, cast: Cast, out_dir: Path) -> Path:
     return path
 
 
-def _chart(bars: dict[str, dict[str, float]], assistant: str):
+def _chart(bars: dict[str, dict[str, float]], assistant: str, min_accuracy: float):
     """The bars (version -> series -> accuracy) as a matplotlib figure."""
     import matplotlib
 
@@ -346,7 +370,7 @@ def _chart(bars: dict[str, dict[str, float]], assistant: str):
         ys = [100 * bars[v][name] for v in versions if name in bars[v]]
         if xs:
             ax.bar(xs, ys, width, label=name)
-    ax.axhline(100 * MIN_ACCURACY, color="grey", linestyle="--", linewidth=1, label="gate minimum")
+    ax.axhline(100 * min_accuracy, color="grey", linestyle="--", linewidth=1, label="gate minimum")
     ax.set_xticks(range(len(versions)), versions)
     ax.set_ylabel("KPI accuracy (%)")
     ax.set_ylim(0, 100)

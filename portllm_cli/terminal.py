@@ -15,6 +15,7 @@ from portllm_core.blocks import (
     guard_text,
     kpi_rows,
     neutralise_bidi,
+    prompt_format_text,
     reused_text,
     pct,
     release_rows,
@@ -29,7 +30,6 @@ from portllm_core.commands.replies import Reply
 from portllm_core.views import GuardProposal, LineageView, ReleaseView, RunCard, StatusView, Table
 
 VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "inconclusive": "bold yellow"}
-MAX_COMPAT_LINES = 5  # a wrong-shape base fails every module; the first few say why
 
 
 def render(reply: Reply) -> RenderableType:
@@ -60,7 +60,8 @@ def _table(title: str | None, columns: tuple[str, ...], rows: list[tuple[str, ..
     return out
 
 
-def run_card(card: RunCard) -> Panel:
+def run_card(card: RunCard, *, every_problem: bool = False) -> Panel:
+    """The run's card; `every_problem` lists every compatibility problem instead of the first few."""
     parts: list[RenderableType] = []
     if card.kind == "train":  # no source patch: it trains a new one on the target base
         what = f"training of a new {card.assistant} patch on {card.target_version}"
@@ -72,17 +73,23 @@ def run_card(card: RunCard) -> Panel:
     parts.append(Text(f"{what} · {card.status}{produced(card)} · requested by {requested_by} in {channel}"))
     if card.active:
         parts.append(Text(f"{progress_bar(card.progress)} {round(card.progress * 100)}% {card.step}"))
-    for error in card.compat_errors[:MAX_COMPAT_LINES]:
-        parts.append(Text(f"not compatible: {error}", style="red"))
-    if len(card.compat_errors) > MAX_COMPAT_LINES:
-        more = len(card.compat_errors) - MAX_COMPAT_LINES
-        parts.append(Text(f"… and {more} more (`portllm run show {card.run_id}` lists them all)", style="red"))
+    if card.compat_errors:  # the reason first, then a bounded line per kind of problem (or every problem)
+        parts.append(Text(f"not compatible: {card.compat_errors[0]}", style="red"))
+        listed = card.compat_problems if every_problem and card.compat_problems else card.compat_errors[1:]
+        parts.extend(Text(f"  {line}", style="red") for line in listed)
+        if card.compat_elided and not every_problem:
+            parts.append(Text(f"  (`portllm run show {card.run_id} --all` lists all {len(card.compat_problems)} "
+                              "problems)", style="red"))
     if card.error and not card.compat_errors:
         parts.append(Text(f"failed: {card.error}", style="red"))
     if card.kpi:
         parts.append(_table("KPI", ("subject", "accuracy", "95% CI", "n"), kpi_rows(card)))
-        if card.reused_from_runs:
-            parts.append(Text(reused_text(card), style="dim"))
+        notes = [prompt_format_text(card.prompt_format)] if card.prompt_format else []
+        notes += [reused_text(card)] if card.reused_from_runs else []
+        if notes:
+            parts.append(Text(" · ".join(notes), style="dim"))
+    if card.prompt_warning:
+        parts.append(Text(f"warning: {card.prompt_warning}", style="yellow"))
     if card.drift_overall is not None:
         worst = ", ".join(f"{m} {d:.3f}" for m, d in card.drift_modules[:5])
         parts.append(Text(f"drift {card.drift_overall:.3f} overall" + (f" · most changed: {worst}" if worst else "")))

@@ -184,6 +184,11 @@ def kpi_rows(card: RunCard) -> list[tuple[str, ...]]:
     return rows
 
 
+def prompt_format_text(described: str) -> str:
+    """How the suite's questions were put to the model, for people."""
+    return "asked as written (raw)" if described == "raw" else f"asked in the {described}"
+
+
 def reused_text(card: RunCard) -> str:
     """'scores reused from run #12' (the evaluation ledger), or nothing when every score was computed."""
     if not card.reused_from_runs:
@@ -213,15 +218,19 @@ def run_card_blocks(card: RunCard) -> list[dict]:
         step = f" · {escape(card.step)}" if card.step else ""
         blocks.append(section(f"`{progress_bar(card.progress)}` {round(card.progress * 100)}%{step}",
                               Block.RUN_PROGRESS))
-    if card.compat_errors:
-        items = "\n".join(f"• {escape(e)}" for e in card.compat_errors)
-        blocks.append(section(f"*Not compatible*\n{items}", Block.RUN_COMPAT))
+    if card.compat_errors:  # the reason first, then a bounded line per kind of problem
+        reason, *rest = card.compat_errors
+        items = "".join(f"\n• {escape(e)}" for e in rest)
+        blocks.append(section(f"*Not compatible:* {escape(reason)}{items}", Block.RUN_COMPAT))
     if card.error and not card.compat_errors:
         blocks.append(section(f"*Failed:* {escape(card.error)}", Block.RUN_ERROR))
     if card.kpi:
         reused = f" · {reused_text(card)}" if card.reused_from_runs else ""
-        blocks.append(section(f"*KPI*{reused}\n" + code_table(("subject", "accuracy", "95% CI", "n"), kpi_rows(card),
+        scored_as = f" · {escape(prompt_format_text(card.prompt_format))}" if card.prompt_format else ""
+        blocks.append(section(f"*KPI*{scored_as}{reused}\n" + code_table(("subject", "accuracy", "95% CI", "n"), kpi_rows(card),
                                                      MAX_SECTION_TEXT - 10), Block.RUN_KPI))
+    if card.prompt_warning:
+        blocks.append(context(f":warning: {escape(card.prompt_warning)}", Block.RUN_PROMPT_WARNING))
     if card.drift_overall is not None:
         worst = ", ".join(f"`{escape(m)}` {d:.3f}" for m, d in card.drift_modules[:5])
         text = f"*Drift* {card.drift_overall:.3f} overall" + (f" · most changed: {worst}" if worst else "")

@@ -259,3 +259,24 @@ def paired_gate(
         verdict_words = "clearly below" if floor == "fail" else "below, but within reach of,"
         reason += f"; its {k / n:.0%} is {verdict_words} the {min_accuracy:.0%} floor"
     return GateDecision(verdict, "paired", f"{counts}: {reason}.")
+
+
+_SEVERITY = {"pass": 0, "inconclusive": 1, "fail": 2}
+
+
+def with_group_floors(decision: GateDecision, groups: dict[str, tuple[int, int]], min_accuracy: float) -> GateDecision:
+    """The floor holds for each group of a suite's questions too (its domain, general knowledge…):
+    a patch that lifts the domain while breaking what the base answered must not pass on the
+    average. `groups` is (correct, n) per group; a group clearly below the floor fails the gate,
+    one within reach of it keeps a pass inconclusive."""
+    worst = None
+    for name, (k, n) in sorted(groups.items()):
+        verdict = _floor_verdict(k, n, min_accuracy)
+        if _SEVERITY[verdict] > _SEVERITY[decision.verdict] and (worst is None or _SEVERITY[verdict] > _SEVERITY[worst[1]]):
+            worst = (name, verdict, k, n)
+    if worst is None:
+        return decision
+    name, verdict, k, n = worst
+    words = "clearly below" if verdict == "fail" else "below, but within reach of,"
+    return GateDecision(verdict, decision.test, f"{decision.explanation} The {name} questions: {k} of {n} right "
+                        f"({k / n:.0%}), {words} the {min_accuracy:.0%} floor.")

@@ -10,6 +10,7 @@ class Block(StrEnum):
     RUN_PROGRESS = "portllm_run_progress"
     RUN_KPI = "portllm_run_kpi"
     RUN_DRIFT = "portllm_run_drift"
+    RUN_PROMPT_WARNING = "portllm_run_prompt_warning"
     RUN_COMPAT = "portllm_run_compat"
     RUN_VERDICT = "portllm_run_verdict"
     RUN_GATE = "portllm_run_gate"

@@ -34,6 +34,15 @@ def check_on_release(value: str | None) -> str | None:
     return None if value is None else value.lower()
 
 
+def check_prompt_format(value: str | None) -> str | None:
+    from portllm_engine.prompt import FORMATS
+
+    if value is not None and value.lower() not in FORMATS:
+        raise BadInput(f"--prompt-format is one of {', '.join(FORMATS)} (got {value!r}): chat puts questions to the "
+                       "model as answers are served (its chat template, else a plain template), raw as written")
+    return None if value is None else value.lower()
+
+
 def parse_live_guard(value: str) -> tuple[int, float] | tuple[None, None]:
     """`MIN_N:MIN_RATE` (e.g. `20:0.7`, or `20:70%`) -> (min ratings, min satisfaction); `off` -> (None, None)."""
     if value.strip().lower() == "off":

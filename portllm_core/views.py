@@ -11,6 +11,8 @@ from itertools import islice
 
 from portllm_core import records
 from portllm_core.text import short
+from portllm_engine.compat_summary import summarise
+from portllm_engine.kpi import wilson_interval
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -61,6 +63,8 @@ class RunCard:
     channel: str
     kpi: tuple[KpiRow, ...] = ()
     reused_from_runs: tuple[int, ...] = ()  # the runs whose ledger scores this one reused
+    prompt_format: str | None = None  # how the candidate's questions were put: "chat template with the system prompt"
+    prompt_warning: str | None = None  # the patch learned another format than the one it is scored and served in
     drift_overall: float | None = None
     drift_modules: tuple[tuple[str, float], ...] = ()  # the most drifted modules, worst first
     verdict: str | None = None  # pass | fail | inconclusive
@@ -68,7 +72,11 @@ class RunCard:
     rollout_state: str | None = None
     decided_by: str | None = None
     decision_reason: str | None = None
+    # What people read: the reason first, one bounded line per kind of problem (compat_summary);
+    # every problem's message, for `run show --all`; how many problems the lines do not name.
     compat_errors: tuple[str, ...] = ()
+    compat_problems: tuple[str, ...] = ()
+    compat_elided: int = 0
     error: str | None = None
     gate_reasons: tuple[str, ...] = ()  # per stage: which test decided and why, for people
     can_retune: bool = False
@@ -275,6 +283,25 @@ class GuardProposal:
 
 # -- builders from the registry (read only) --------------------------------------------------
 
+
+def _scored_format(run: Run) -> str | None:
+    found = run.evaluation(EvalSubject.CANDIDATE)
+    return found.score.prompt_format if found is not None else None
+
+
+def _format_warning(patch, assistant) -> str | None:
+    """Said when the patch learned its answers in another prompt format than the assistant serves."""
+    trained = ((patch.provenance or {}).get("prompt_format") if patch is not None else None) or {}
+    if not trained:
+        return None
+    served = (assistant.prompt_format, assistant.system_prompt or "")
+    learned = (trained.get("kind"), trained.get("system_prompt") or "")
+    if learned == served:
+        return None
+    what = "format" if learned[0] != served[0] else "system prompt"
+    return (f"the patch was trained in another prompt {what} ({learned[0]}) than {assistant.name} serves "
+            f"({served[0]}): its answers may differ from what it learned")
+
 LIVE_LABEL = "live"
 
 
@@ -287,9 +314,9 @@ def run_card(session: Session, run_id: int) -> RunCard:
     rollout = run.rollout
     subjects = ((EvalSubject.CANDIDATE, "candidate"), (EvalSubject.TARGET_BASE, "target base alone"),
                 (EvalSubject.LIVE, _live_label(session, run, rollout)))
-    kpi = [_kpi_row(label + ("" if stage == EvalStage.QUICK else f", {stage} suite"), found)
-           for stage in EvalStage for subject, label in subjects
-           if (found := run.evaluation(subject, stage)) is not None]
+    kpi = [row for stage in EvalStage for subject, label in subjects
+           if (found := run.evaluation(subject, stage)) is not None
+           for row in _kpi_rows(label + ("" if stage == EvalStage.QUICK else f", {stage} suite"), found)]
     live_accuracy = rollout.live_accuracy if rollout is not None else None
     if live_accuracy is None and run.status == RunStatus.SUCCEEDED:
         current = _live_rollout(session, run.assistant_id, run.channel)
@@ -300,7 +327,8 @@ def run_card(session: Session, run_id: int) -> RunCard:
     compared = _compared_rollout(session, run, rollout)
     drift = run.drift_report or {}
     modules = sorted((drift.get("modules") or {}).items(), key=lambda kv: kv[1], reverse=True)
-    compat = run.compat_report or {}
+    compat_problems = (run.compat_report or {}).get("errors") or ()
+    compat_summary = summarise(compat_problems)
     verdict = rollout.verdict if rollout is not None else None
     return RunCard(
         run_id=run.id,
@@ -316,6 +344,8 @@ def run_card(session: Session, run_id: int) -> RunCard:
         channel=run.channel,
         kpi=tuple(kpi),
         reused_from_runs=tuple(sorted({e.reused_from_run for e in run.evaluations} - {None})),
+        prompt_format=_scored_format(run),
+        prompt_warning=_format_warning(run.patch, assistant),
         drift_overall=drift.get("overall"),
         drift_modules=tuple((str(m), float(d)) for m, d in modules[:5]),
         verdict=verdict,
@@ -324,7 +354,9 @@ def run_card(session: Session, run_id: int) -> RunCard:
         rollout_state=rollout.state if rollout is not None else None,
         decided_by=rollout.decided_by if rollout is not None else None,
         decision_reason=rollout.reason if rollout is not None else None,
-        compat_errors=tuple(str(e.get("message", e)) for e in compat.get("errors") or ()),
+        compat_errors=compat_summary.lines,
+        compat_problems=tuple(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in compat_problems),
+        compat_elided=compat_summary.elided,
         error=run.error,
         # The fallback whenever the gate did not pass: a clear fail, or evidence too thin to pass.
         can_retune=(verdict in (Verdict.FAIL, Verdict.INCONCLUSIVE) and rollout.state in DECIDABLE_ROLLOUT_STATES
@@ -346,10 +378,13 @@ def _replaced_by_run(session: Session, rollout: Rollout | None) -> int | None:
     return None if newest is None else newest.run_id
 
 
-def _kpi_row(subject: str, evaluation: Evaluation | None) -> KpiRow | None:
-    if evaluation is None:
-        return None
-    return KpiRow(subject, evaluation.accuracy, evaluation.ci_low, evaluation.ci_high, evaluation.n)
+def _kpi_rows(subject: str, evaluation: Evaluation) -> list[KpiRow]:
+    """The subject's score, then its score on each group of questions (the gate's floor holds for each)."""
+    rows = [KpiRow(subject, evaluation.accuracy, evaluation.ci_low, evaluation.ci_high, evaluation.n)]
+    for name, counts in sorted(((evaluation.metrics or {}).get("groups") or {}).items()):
+        k, n = counts["correct"], counts["n"]
+        rows.append(KpiRow(f"  {subject} · {name}", k / n, *wilson_interval(k, n), n))
+    return rows
 
 
 def _live_rollout(session: Session, assistant_id: int, channel: str) -> Rollout | None:

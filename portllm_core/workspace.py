@@ -26,9 +26,7 @@ class Workspace:
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:
-        from registry.db import make_session_factory
-
-        return make_session_factory(self.settings.resolved_database_url())
+        return open_registry(self.settings)
 
     @cached_property
     def store(self):
@@ -54,3 +52,22 @@ class Workspace:
         """Drop the database pool (`owned=False` after a fork: the parent's connections are not ours to close)."""
         if "session_factory" in self.__dict__:
             self.session_factory.kw["bind"].dispose(close=owned)
+
+
+def open_registry(settings: Settings) -> sessionmaker[Session]:
+    """Sessions on the registry database of `settings`, for every process that opens it (CLI,
+    console, workers, Slack app, demo).
+
+    The embedded default (the SQLite file in the data dir, no PORTLLM_DATABASE_URL) is brought to
+    the newest schema on first use, so a new data dir needs no set-up; processes starting at once
+    take turns on a lock file beside it. A configured database (production PostgreSQL) is never
+    migrated silently: its operator runs `portllm db upgrade` (docker-compose's `migrate` service)
+    when they choose, and the commands say so while its tables are missing."""
+    from registry.db import make_session_factory
+
+    url = settings.resolved_database_url()
+    if settings.database_url is None:
+        from registry.cli import upgrade_once
+
+        upgrade_once(url, lock=settings.data_dir / "portllm.db.lock")
+    return make_session_factory(url)

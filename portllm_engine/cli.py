@@ -10,13 +10,13 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from portllm_engine.errors import EngineError, IncompatiblePatchError
+from portllm_engine.progress import progress_bar  # a bar on a terminal, plain lines when piped
 
 EXIT_ERROR = 1
 EXIT_INCOMPATIBLE = 3
@@ -47,22 +47,6 @@ def friendly(func: Callable) -> Callable:
     return wrapper
 
 
-@contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[float, str], None]]:
-    """A rich progress bar on stderr, fed by the engine's (fraction, step) callbacks."""
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[step]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=1.0, step="")
-        yield lambda fraction, step: bar.update(task, completed=min(1.0, fraction), step=step)
-
-
 def _quiet_transformers() -> None:
     """The CLI draws its own progress; transformers' per-file bars would interleave with it."""
     from transformers.utils import logging as hf_logging
@@ -75,15 +59,19 @@ def _print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _load(model: str, patch: Optional[Path], device: Optional[str]):
-    from portllm_engine.models import load_base
-    from portllm_engine.transplant import transplant
+@contextmanager
+def _loaded(model: str, patch: Optional[Path], device: Optional[str]):
+    """The model as a run scores and `ask` serves it: the base at its own precision, the patch
+    attached (not merged), so the CLI's numbers and answers are the card's."""
+    from portllm_engine.transplant import PatchServer
 
     _quiet_transformers()
-    with err.status("loading model" + (" and merging the patch" if patch else "")):
+    with err.status("loading model" + (" and attaching the patch" if patch else "")):
+        server = PatchServer(model, device=device)
         if patch is not None:
-            return transplant(patch, model, device=device)
-        return load_base(model, device=device)
+            server.attach("patch", patch)
+    with server.use("patch" if patch is not None else None) as loaded:
+        yield loaded, server.tokenizer
 
 
 @engine_app.command()
@@ -104,9 +92,12 @@ def compat(
     if as_json:
         _print_json(report.to_dict())
     else:
-        typer.echo("compatible" if report.compatible else "NOT compatible")
-        for issue in report.errors:
-            typer.echo(f"  error   [{issue['code']}] {issue['message']}")
+        summary = report.summary()  # the reason first; --json has every problem
+        typer.echo(f"NOT compatible: {summary.reason}" if summary.lines else "compatible")
+        for line in summary.lines[1:]:
+            typer.echo(f"  {line}")
+        if summary.elided:
+            typer.echo(f"  (--json lists all {len(report.errors)} problems)")
         for issue in report.warnings:
             typer.echo(f"  warning [{issue['code']}] {issue['message']}")
     if not report.compatible:
@@ -154,7 +145,11 @@ def transplant_cmd(
 def eval_cmd(
     model: str = typer.Option(..., "--model", help="model folder or hub id"),
     suite: Path = typer.Option(..., "--suite", help="KPI suite (JSONL)"),
-    patch: Optional[Path] = typer.Option(None, "--patch", help="merge this patch first"),
+    patch: Optional[Path] = typer.Option(None, "--patch", help="attach this patch, as a run scores it"),
+    system_prompt: str = typer.Option("", "--system-prompt", help="the assistant's system prompt"),
+    prompt_format: str = typer.Option("chat", "--prompt-format",
+                                      help="chat: as answers are served (the tokenizer's chat template, else the "
+                                           "plain template); raw: the suite's text as written"),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="items per forward pass"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
@@ -162,18 +157,24 @@ def eval_cmd(
     """Score a model (optionally with a patch) on a KPI suite."""
     from portllm_engine.kpi import evaluate, load_suite
 
-    items = load_suite(suite)  # before loading a model: bad suites fail fast
-    loaded, tokenizer = _load(model, patch, device)
-    with progress_bar("evaluating") as report:
-        result = evaluate(loaded, tokenizer, items, batch_size=batch_size, progress=report)
-    summary = {"n": result.n, "accuracy": result.accuracy, "ci95": list(result.ci95), "metrics": result.metrics}
-    if as_json:
-        _print_json(summary)
+    from portllm_engine.prompt import PromptFormat
+
+    fmt = PromptFormat(prompt_format, system_prompt)  # before loading anything: bad input fails fast
+    items = load_suite(suite)
+    with _loaded(model, patch, device) as (loaded, tokenizer), progress_bar("evaluating") as report:
+        result = evaluate(loaded, tokenizer, items, fmt=fmt, batch_size=batch_size, progress=report)
+    if as_json:  # the summary and every item's result (what the per-item comparisons need)
+        _print_json({"n": result.n, "accuracy": result.accuracy, "ci95": list(result.ci95), "metrics": result.metrics,
+                     "prompt_format": fmt.describe(tokenizer), "items": result.items})
         return
     low, high = result.ci95
-    typer.echo(f"accuracy {result.accuracy:.3f} (95% CI {low:.3f}–{high:.3f}, n={result.n}, {result.duration_s:.1f}s)")
+    typer.echo(f"accuracy {result.accuracy:.3f} (95% CI {low:.3f}–{high:.3f}, n={result.n}, {result.duration_s:.1f}s, "
+               f"{fmt.describe(tokenizer)})")
     for name, value in result.metrics.items():
-        typer.echo(f"  {name} {value:.3f}")
+        if name != "groups":
+            typer.echo(f"  {name} {value:.3f}")
+    for name, counts in result.metrics.get("groups", {}).items():
+        typer.echo(f"  group {name}: {counts['correct'] / counts['n']:.3f} ({counts['correct']}/{counts['n']})")
 
 
 @engine_app.command()
@@ -181,21 +182,23 @@ def eval_cmd(
 def generate(
     model: str = typer.Option(..., "--model", help="model folder or hub id"),
     prompt: str = typer.Option(..., "--prompt", help="the question"),
-    patch: Optional[Path] = typer.Option(None, "--patch", help="merge this patch first"),
-    system_prompt: Optional[str] = typer.Option(None, "--system", help="system prompt"),
+    patch: Optional[Path] = typer.Option(None, "--patch", help="attach this patch, as `ask` serves it"),
+    system_prompt: str = typer.Option("", "--system-prompt", "--system", help="the assistant's system prompt"),
+    prompt_format: str = typer.Option("chat", "--prompt-format", help="chat (as served) or raw (the prompt as written)"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, max=1024),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="stop sequence (repeatable)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)"),
 ) -> None:
     """Stream an answer to stdout."""
     from portllm_engine.generate import stream_generate
+    from portllm_engine.prompt import PromptFormat, user_turn
 
-    loaded, tokenizer = _load(model, patch, device)
-    for piece in stream_generate(
-        loaded, tokenizer, prompt, system_prompt=system_prompt, max_new_tokens=max_new_tokens, stop=stop
-    ):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    fmt = PromptFormat(prompt_format, system_prompt)
+    with _loaded(model, patch, device) as (loaded, tokenizer):
+        for piece in stream_generate(loaded, tokenizer, user_turn(prompt), fmt=fmt, max_new_tokens=max_new_tokens,
+                                     stop=stop):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
     sys.stdout.write("\n")
 
 

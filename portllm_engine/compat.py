@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from portllm_engine import models, patches
+from portllm_engine.compat_summary import Summary, summarise
 from portllm_engine.errors import EngineError, UnsafeCheckpointError
 from portllm_engine.models import checkpoint_key
 
@@ -24,6 +25,10 @@ class CompatReport:
 
     def warn(self, code: str, message: str, **details: Any) -> None:
         self.warnings.append({"code": code, "message": message, **details})
+
+    def summary(self) -> Summary:
+        """For people: the reason first, then one bounded line per kind of problem."""
+        return summarise(self.errors)
 
     def to_dict(self) -> dict[str, Any]:
         return {"compatible": self.compatible, "errors": list(self.errors), "warnings": list(self.warnings)}

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from portllm_engine.generate import PLAIN_TEMPLATE
+from portllm_engine.progress import quiet_transformers
+from portllm_engine.prompt import PLAIN_TEMPLATE
 
 Progress = Callable[[float, str], None]
 
 RECIPE: dict[str, Any] = {
-    "version": 2,
+    "version": 3,
     "seed": 20241,
     "vocab_size": 2048,
     "model": {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 4},
@@ -132,6 +133,7 @@ class DemoWorld:
     suite: Path
     suite_mc: Path
     questions: list[str] = field(default_factory=list)
+    system_prompt: str = ""  # the assistant's, which its patch was trained with
     # Per evolved base: a patch trained fresh on it with the same recipe, and its KPI accuracy.
     fresh_patches: dict[str, Path] = field(default_factory=dict)
     fresh_accuracy: dict[str, float] = field(default_factory=dict)
@@ -196,12 +198,12 @@ def _support_data(facts: dict[str, dict[str, str]], rng: random.Random):
     for product, attrs in facts.items():
         for attr, answer in attrs.items():
             for template in TEMPLATES[attr][:TRAIN_TEMPLATES]:
-                train.append({"prompt": qa_prompt(template.format(p=product)), "completion": " " + answer})
+                train.append({"prompt": template.format(p=product), "completion": answer})
             for n, template in enumerate(TEMPLATES[attr][TRAIN_TEMPLATES:]):
                 suite.append({
                     "id": f"{attr}-{PRODUCTS.index(product)}-{n}",
                     "kind": "generate",
-                    "prompt": qa_prompt(template.format(p=product)),
+                    "prompt": template.format(p=product),
                     "target": answer,
                     "match": "exact",
                 })
@@ -211,7 +213,7 @@ def _support_data(facts: dict[str, dict[str, str]], rng: random.Random):
             suite_mc.append({
                 "id": f"{attr}-{PRODUCTS.index(product)}",
                 "kind": "multiple_choice",
-                "context": qa_prompt(TEMPLATES[attr][TRAIN_TEMPLATES].format(p=product)),
+                "context": TEMPLATES[attr][TRAIN_TEMPLATES].format(p=product),
                 "choices": [" " + c for c in choices],
                 "gold": choices.index(answer),
             })
@@ -324,20 +326,6 @@ def _threads(count: int) -> Iterator[None]:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No per-file "Loading weights" bars from transformers inside our own progress reporting."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
-@contextmanager
 def _locked(root: Path) -> Iterator[None]:
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as handle:
@@ -383,7 +371,7 @@ def build_demo_world(root: Path | None = None, progress: Progress | None = None)
             return world
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-build-", dir=root.parent))
         try:
-            with _threads(RECIPE["threads"]), _quiet_transformers():
+            with _threads(RECIPE["threads"]), quiet_transformers():
                 meta = _build(staging, report)
             if root.exists():
                 stale = root.parent / f".{root.name}-stale-{os.getpid()}"
@@ -413,7 +401,7 @@ def train_fresh_patch(base: Path, data: Path, suite: Path, out: Path, seed: int)
     from portllm_engine.transplant import transplant
 
     torch.set_num_threads(RECIPE["threads"])
-    with _quiet_transformers():
+    with quiet_transformers():
         train_patch(base, data, out, seed=seed, device="cpu", **PATCH_RECIPE)
         model, tokenizer = transplant(out, base, device="cpu")
         result = evaluate(model, tokenizer, load_suite(suite))

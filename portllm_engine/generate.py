@@ -1,26 +1,13 @@
-"""Greedy generation: prompt templating, token streaming, stop sequences, bounded length."""
+"""Greedy generation: token streaming, stop sequences, bounded length (prompts come from `prompt.render`)."""
 from __future__ import annotations
 
 import inspect
-from typing import Iterator
+from collections.abc import Iterator, Sequence
+
+from portllm_engine.prompt import PromptFormat, Turn, render
 
 MAX_NEW_TOKENS_LIMIT = 1024
-PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
-PLAIN_STOPS = ("\nQuestion:",)
-
-
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def format_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
-    """The tokenizer's chat template when it has one, else `Question: …\\nAnswer:` (system prompt first)."""
-    if has_chat_template(tokenizer):
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": question})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prefix = f"{system_prompt.strip()}\n\n" if system_prompt and system_prompt.strip() else ""
-    return prefix + PLAIN_TEMPLATE.format(question=question.strip())
+DEFAULT_MAX_NEW_TOKENS = 128  # an answer's budget, served and scored alike
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -62,39 +49,46 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 def prepare_prompt(
     tokenizer,
-    question: str,
+    turns: Sequence[Turn],
     context: int,
     *,
-    system_prompt: str | None = None,
-    max_new_tokens: int = 128,
+    fmt: PromptFormat = PromptFormat(),
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     stop: list[str] | None = None,
 ) -> tuple[list[int], int, list[str]]:
     """(prompt token ids, new-token budget, stop sequences) of an answer: every engine that
-    answers (ours, or a vLLM server given the ids) starts from exactly these."""
-    chat = has_chat_template(tokenizer)
-    text = format_prompt(tokenizer, question, system_prompt)
-    stops = [s for s in (stop or []) if s] + ([] if chat else list(PLAIN_STOPS))
-    # Chat templates already write their special tokens; the plain template relies on the defaults.
-    ids = tokenizer(text, add_special_tokens=not chat)["input_ids"]
+    answers (ours, or a vLLM server given the ids) starts from exactly these. Earlier turns are
+    dropped oldest first until prompt and budget fit the context; the newest question stays."""
     budget = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS_LIMIT, context - 1))
-    return ids[-(context - budget) :], budget, stops
+    turns = list(turns)
+    rendered = render(tokenizer, turns, fmt)
+    while len(rendered.ids) > context - budget and len(turns) > 1:
+        turns = turns[2:] if len(turns) > 2 else turns[-1:]  # a user turn and the reply to it
+        rendered = render(tokenizer, turns, fmt)
+    stops = [s for s in (stop or []) if s] + list(rendered.stops)
+    return rendered.ids[-(context - budget) :], budget, stops
 
 
 def stream_generate(
     model,
     tokenizer,
-    prompt: str,
+    turns: Sequence[Turn],
     *,
-    system_prompt: str | None = None,
-    max_new_tokens: int = 128,
+    fmt: PromptFormat = PromptFormat(),
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     stop: list[str] | None = None,
 ) -> Iterator[str]:
-    """Yield the answer to `prompt` piece by piece (greedy, KV-cached), ending at EOS or a stop."""
+    """Yield the answer to the conversation piece by piece (greedy, KV-cached), ending at EOS or a stop."""
+    ids, budget, stops = prepare_prompt(tokenizer, turns, context_length(model), fmt=fmt,
+                                        max_new_tokens=max_new_tokens, stop=stop)
+    yield from stream_ids(model, tokenizer, ids, budget, stops)
+
+
+def stream_ids(model, tokenizer, ids: list[int], budget: int, stops: list[str]) -> Iterator[str]:
+    """Greedy decoding from prompt ids, streamed as text: answers and generated KPI items both."""
     import torch
     from transformers import DynamicCache
 
-    ids, budget, stops = prepare_prompt(tokenizer, prompt, context_length(model), system_prompt=system_prompt,
-                                        max_new_tokens=max_new_tokens, stop=stop)
     stop_ids = eos_ids(model, tokenizer)
     device = next(model.parameters()).device
     step_input = torch.tensor([ids], device=device)
@@ -125,32 +119,3 @@ def stream_generate(
     decoded = cut_at_stop(tokenizer.decode(generated, skip_special_tokens=True).lstrip(), stops)[0]
     if len(decoded) > emitted:
         yield decoded[emitted:]
-
-
-def greedy_batch(
-    model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int = 32
-) -> list[str]:
-    """Greedy continuations of already-tokenised prompts, left-padded into one batch."""
-    import torch
-
-    device = next(model.parameters()).device
-    width = max(len(ids) for ids in prompt_ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids], device=device)
-    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=sorted(eos_ids(model, tokenizer)) or None,
-        )
-    stop_ids = eos_ids(model, tokenizer)
-    texts = []
-    for row in out.tolist():
-        new = row[width:]
-        end = next((i for i, token in enumerate(new) if token in stop_ids), len(new))
-        texts.append(tokenizer.decode(new[:end], skip_special_tokens=True))
-    return texts

@@ -4,6 +4,10 @@
 (`acc`, `acc_norm`), each distinct context computed once and a prefix all of them share once per
 suite; `generate` items by greedy decoding, `exact_match`, `contains` or `number` (the last number
 in the output equals the target's).
+
+Questions are put to the model in a prompt format (`portllm_engine.prompt`): `chat`, as answers
+are served (a multiple-choice context is the user's message and each choice starts the reply, as
+lm-eval's --apply_chat_template --system_instruction does), or `raw`, the text as written.
 """
 from __future__ import annotations
 
@@ -18,25 +22,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 from portllm_engine.errors import SuiteError
-from portllm_engine.generate import _cache_keyword, context_length, cut_at_stop, greedy_batch
+from portllm_engine.generate import DEFAULT_MAX_NEW_TOKENS, _cache_keyword, context_length, prepare_prompt, stream_ids
+from portllm_engine.prompt import FORMATS, RAW, PromptFormat, render, user_turn
 
 KINDS = ("multiple_choice", "generate")
 MATCHES = ("exact", "contains", "number")
-DEFAULT_STOP = ["\n"]
-DEFAULT_MAX_NEW_TOKENS = 32
-_MC_KEYS = {"kind", "context", "choices", "contexts", "continuation", "gold"}
-_GEN_KEYS = {"kind", "prompt", "target", "match", "stop", "max_new_tokens"}
+RAW_STOP = ["\n"]  # a raw completion's default stop; served formats end at end-of-turn, as answers do
+RAW_MAX_NEW_TOKENS = 32
+_MC_KEYS = {"kind", "context", "choices", "contexts", "continuation", "gold", "format"}
+_GEN_KEYS = {"kind", "prompt", "target", "match", "stop", "max_new_tokens", "format"}
 
 Progress = Callable[[float, str], None]
 
 # Bump whenever a change to scoring can change a number: the evaluation ledger then stops reusing
 # scores computed by the older scorer.
-SCORER_VERSION = 1
+SCORER_VERSION = 2
 
 
 def _validate(row: Any, line: int) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise SuiteError("each line must be a JSON object", line=line)
+    if row.get("format", RAW) not in FORMATS:
+        raise SuiteError(f"'format' must be one of {', '.join(FORMATS)}, got {row['format']!r}", line=line)
     kind = row.get("kind")
     if kind not in KINDS:
         raise SuiteError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}", line=line)
@@ -63,10 +70,10 @@ def _validate(row: Any, line: int) -> dict[str, Any]:
             raise SuiteError(f"'match' must be one of {', '.join(MATCHES)}, got {row['match']!r}", line=line)
         if row["match"] == "number" and last_number(row["target"]) is None:
             raise SuiteError(f"'match': 'number' needs a number in 'target', got {row['target']!r}", line=line)
-        stop = row.get("stop", DEFAULT_STOP)
+        stop = row.get("stop", [])
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise SuiteError("'stop' must be a list of strings", line=line)
-        limit = row.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+        limit = row.get("max_new_tokens", RAW_MAX_NEW_TOKENS)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1024:
             raise SuiteError("'max_new_tokens' must be an integer from 1 to 1024", line=line)
     return row
@@ -361,11 +368,35 @@ def _score_alone(model, requests, indices, scores, batch_size, on_batch) -> None
             on_batch(len(batch))
 
 
-def _pairs(item: dict[str, Any]) -> list[tuple[str, str]]:
+def _item_format(item: dict[str, Any], fmt: PromptFormat) -> PromptFormat:
+    """A suite item may insist on a format (`raw` for text written as a plain completion)."""
+    kind = item.get("format")
+    return fmt if kind in (None, fmt.kind) else PromptFormat(kind, fmt.system_prompt)
+
+
+def _context(tokenizer, context: str, fmt: PromptFormat) -> str:
+    """A multiple-choice context as lm-eval renders it: as written, or (--apply_chat_template,
+    --system_instruction) as the user's message, each choice then starting the reply."""
+    return context if fmt.kind == RAW else render(tokenizer, user_turn(context), fmt).text
+
+
+def _pairs(item: dict[str, Any], tokenizer, fmt: PromptFormat) -> list[tuple[str, str]]:
     """The (context, continuation) an item's options are scored on, in option order."""
+    fmt = _item_format(item, fmt)
     if "contexts" in item:
-        return [(context, item["continuation"]) for context in item["contexts"]]
-    return [(item["context"], choice) for choice in item["choices"]]
+        return [(_context(tokenizer, context, fmt), item["continuation"]) for context in item["contexts"]]
+    return [(_context(tokenizer, item["context"], fmt), choice) for choice in item["choices"]]
+
+
+def _generate_prompt(tokenizer, item: dict[str, Any], fmt: PromptFormat, limit: int, add_bos: bool | None):
+    """(prompt ids, budget, stops) of a generate item: in a served format exactly what `ask` is
+    given (`prepare_prompt`), raw as lm-eval encodes it."""
+    fmt = _item_format(item, fmt)
+    if fmt.kind != RAW:
+        return prepare_prompt(tokenizer, user_turn(item["prompt"]), limit, fmt=fmt,
+                              max_new_tokens=item.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), stop=item.get("stop"))
+    budget = min(item.get("max_new_tokens", RAW_MAX_NEW_TOKENS), limit - 1)
+    return encode(tokenizer, item["prompt"], add_bos)[-(limit - budget):], budget, item.get("stop", RAW_STOP)
 
 
 def _argmax(values: list[float]) -> int:
@@ -395,16 +426,29 @@ def _generate_result(index: int, item: dict[str, Any], output: str) -> dict[str,
     }
 
 
+def group_counts(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """(correct, n) per item `group` (a suite's questions may come in groups: its domain, general knowledge…)."""
+    counts: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        if isinstance(row.get("group"), str):
+            k, n = counts.get(row["group"], (0, 0))
+            counts[row["group"]] = (k + bool(row["correct"]), n + 1)
+    return counts
+
+
 def evaluate(
     model,
     tokenizer,
     items: list[dict[str, Any]],
     *,
+    fmt: PromptFormat = PromptFormat(),
     batch_size: int = 16,
     add_bos: bool | None = None,
     progress: Progress | None = None,
 ) -> EvalResult:
-    """Score a suite: n, accuracy with its Wilson 95 % interval, metrics per kind, per-item results."""
+    """Score a suite in prompt format `fmt`: n, accuracy with its Wilson 95 % interval, metrics per
+    kind, per-item results. Generated items decode one by one along the serving path, so each
+    output is the answer `ask` gives to the same question."""
     started = time.perf_counter()
     if not items:
         raise SuiteError("the suite has no items")
@@ -412,7 +456,8 @@ def evaluate(
     model.eval()
     mc = [(i, item) for i, item in enumerate(items) if item["kind"] == "multiple_choice"]
     gen = [(i, item) for i, item in enumerate(items) if item["kind"] == "generate"]
-    total_work = sum(len(_pairs(item)) for _, item in mc) + len(gen)
+    pairs = [_pairs(item, tokenizer, fmt) for _, item in mc]
+    total_work = sum(len(own) for own in pairs) + len(gen)
     done = 0
 
     def advance(count: int, what: str) -> None:
@@ -423,7 +468,6 @@ def evaluate(
 
     results: list[dict[str, Any] | None] = [None] * len(items)
     if mc:
-        pairs = [_pairs(item) for _, item in mc]
         requests = [encode_pair(tokenizer, context, continuation, add_bos) for own in pairs for context, continuation in own]
         scores = loglikelihoods(model, requests, batch_size=batch_size, on_batch=lambda k: advance(k, "multiple_choice"))
         offset = 0
@@ -444,19 +488,11 @@ def evaluate(
                 "acc_norm": float(pred_norm == item["gold"]),
                 "correct": pred == item["gold"],
             }
-    if gen:
-        limit = context_length(model)
-        prompts = {i: encode(tokenizer, item["prompt"], add_bos) for i, item in gen}
-        gen.sort(key=lambda pair: -len(prompts[pair[0]]))  # similar lengths share a batch: less padding
-        for start in range(0, len(gen), batch_size):
-            chunk = gen[start : start + batch_size]
-            max_new = max(item.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS) for _, item in chunk)
-            outputs = greedy_batch(
-                model, tokenizer, [prompts[i][-max(1, limit - max_new) :] for i, _ in chunk], max_new_tokens=max_new
-            )
-            for (i, item), output in zip(chunk, outputs):
-                results[i] = _generate_result(i, item, cut_at_stop(output, item.get("stop", DEFAULT_STOP))[0])
-            advance(len(chunk), "generate")
+    limit = context_length(model)
+    for i, item in gen:
+        output = "".join(stream_ids(model, tokenizer, *_generate_prompt(tokenizer, item, fmt, limit, add_bos)))
+        results[i] = _generate_result(i, item, output)
+        advance(1, "generate")
     rows = [r for r in results if r is not None]
     correct = sum(1 for r in rows if r["correct"])
     metrics: dict[str, float] = {}
@@ -467,6 +503,9 @@ def evaluate(
         numeric = any(item["match"] == "number" for _, item in gen)  # text suites need no number metric
         for name in ("exact_match", "contains") + (("number",) if numeric else ()):
             metrics[name] = sum(results[i][name] for i, _ in gen) / len(gen)
+    groups = group_counts(rows)
+    if len(groups) > 1:
+        metrics["groups"] = {name: {"correct": k, "n": n} for name, (k, n) in groups.items()}
     return EvalResult(
         n=len(rows),
         accuracy=correct / len(rows),

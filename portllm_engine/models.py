@@ -206,6 +206,30 @@ def architecture_signature(model_dir: str | Path) -> dict[str, Any]:
     return signature
 
 
+SIGNATURE_FIELDS = ("model_type", "hidden_size", "num_layers", "vocab_size")
+
+
+def signature_changes(before: dict[str, Any], after: dict[str, Any], named: int = 3) -> list[str]:
+    """How architecture `after` differs from `before`, for people (empty when they agree): the
+    sizes that changed, then the weight matrices missing, added or of another shape, a few named."""
+    changes = [f"{key} {before.get(key)} → {after.get(key)}" for key in SIGNATURE_FIELDS
+               if key in before and key in after and before[key] != after[key]]
+    old, new = before.get("modules"), after.get("modules")
+    if old is None or new is None:  # a signature recorded before shapes were: sizes only
+        return changes
+
+    def listed(what: str, names: list[str]) -> None:
+        if names:
+            more = f" and {len(names) - named} more" if len(names) > named else ""
+            noun = "weight matrix" if len(names) == 1 else "weight matrices"
+            changes.append(f"{len(names)} {noun} {what}: {', '.join(names[:named])}{more}")
+
+    listed("of another shape", [m for m in old if m in new and list(old[m]) != list(new[m])])
+    listed("missing", [m for m in old if m not in new])
+    listed("new", [m for m in new if m not in old])
+    return changes
+
+
 def tokenizer_fingerprint(model_dir: str | Path) -> str:
     """sha256 of what decides tokenization (vocab, merges, normalizer...), not padding settings."""
     root = resolve_model_dir(model_dir)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from portllm_engine import models
 from portllm_engine.errors import EngineError, PatchError, UnsafeCheckpointError
+from portllm_engine.prompt import CHAT, PromptFormat, Turn, render
 
 MANIFEST = "portllm.json"
 FORMAT_VERSION = 1
@@ -239,12 +240,40 @@ def write_manifest(patch_dir: Path, manifest: PatchManifest) -> None:
     (Path(patch_dir) / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def read_pairs(data_jsonl: str | Path) -> list[tuple[str, str]]:
-    """prompt/completion pairs of a training JSONL (errors name the line)."""
+Example = tuple[list[Turn], str, str | None]  # (turns ending with the user's, the reply, the data's own system prompt)
+
+
+def _example(row: Any) -> Example | None:
+    """An example in one of TRL's two formats: `{"messages": [...]}` ending with the assistant's
+    reply, or `{"prompt", "completion"}` as strings or as messages. None when it is neither."""
+    if not isinstance(row, dict):
+        return None
+    if "messages" in row:
+        messages = row["messages"]
+    elif isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+        return [{"role": "user", "content": row["prompt"]}], row["completion"], None
+    elif isinstance(row.get("prompt"), list) and isinstance(row.get("completion"), list):
+        messages = row["prompt"] + row["completion"]
+    else:
+        return None
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        return None
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"]
+    if len(turns) < 2 or turns[-1]["role"] != "assistant" or turns[-2]["role"] != "user":
+        return None
+    return turns[:-1], turns[-1]["content"], (system[0] if system else None)
+
+
+def read_examples(data_jsonl: str | Path) -> list[Example]:
+    """The examples of a training JSONL in TRL's formats (errors name the line)."""
     path = Path(data_jsonl)
     if not path.is_file():
         raise EngineError(f"training data {path} not found")
-    pairs = []
+    examples = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -252,24 +281,27 @@ def read_pairs(data_jsonl: str | Path) -> list[tuple[str, str]]:
             row = json.loads(line)
         except ValueError:
             raise EngineError(f"{path} line {number}: not valid JSON") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(
-            row.get("completion"), str
-        ):
-            raise EngineError(f"{path} line {number}: needs string fields 'prompt' and 'completion'")
-        pairs.append((row["prompt"], row["completion"]))
-    if not pairs:
+        example = _example(row)
+        if example is None:
+            raise EngineError(
+                f"{path} line {number}: needs {{\"messages\": [...]}} ending with a user turn and the assistant's "
+                "reply, or string fields 'prompt' and 'completion' (TRL's formats)"
+            )
+        examples.append(example)
+    if not examples:
         raise EngineError(f"training data {path} has no examples")
-    return pairs
+    return examples
 
 
-def encode_example(tokenizer, prompt: str, completion: str, max_len: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels with the prompt masked out, so loss falls on the completion only."""
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    ids = tokenizer(prompt + completion)["input_ids"]
-    eos = tokenizer.eos_token_id
-    if eos is not None and (not ids or ids[-1] != eos):
-        ids = ids + [eos]  # teaches the model to stop after the answer
-    labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids) :]
+def encode_example(tokenizer, example: Example, fmt: PromptFormat, max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels through the one prompt function: the loss falls on the reply and its
+    end-of-turn only. The data's own system prompt, where it has one, replaces the assistant's."""
+    turns, reply, system = example
+    if system is not None:
+        fmt = PromptFormat(fmt.kind, system)
+    rendered = render(tokenizer, turns, fmt, reply)
+    ids = rendered.ids + rendered.reply_ids
+    labels = [-100] * len(rendered.ids) + rendered.reply_ids
     return ids[-max_len:], labels[-max_len:]
 
 
@@ -290,14 +322,18 @@ def train_patch(
     batch_size: int = 16,
     use_rslora: bool = False,
     weight_decay: float = 0.0,
+    prompt_format: str = CHAT,
+    system_prompt: str = "",
 ) -> PatchManifest:
-    """LoRA fine-tune on prompt/completion pairs (loss on the completion), seeded; writes a patch folder."""
+    """LoRA fine-tune on conversations rendered in `prompt_format` with `system_prompt` (loss on the
+    replies), seeded; writes a patch folder that records the format it learned."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
 
     started = time.perf_counter()
     base_root = models.resolve_model_dir(base_dir)
-    pairs = read_pairs(data_jsonl)
+    data = read_examples(data_jsonl)
+    fmt = PromptFormat(prompt_format, system_prompt)
     device = device or models.pick_device()
     torch.manual_seed(seed)
     model, tokenizer = models.load_base(base_root, device=device, dtype=torch.float32)
@@ -320,7 +356,7 @@ def train_patch(
             model = get_peft_model(model, lora_config)
     model.train()
     max_len = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-    examples = [encode_example(tokenizer, p, c, max_len) for p, c in pairs]
+    examples = [encode_example(tokenizer, example, fmt, max_len) for example in data]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     order = random.Random(seed)
@@ -356,7 +392,7 @@ def train_patch(
     provenance = {
         "kind": "retune" if init_from is not None else "train",
         "dataset_sha256": sha256_file(Path(data_jsonl)),
-        "examples": len(pairs),
+        "examples": len(data),
         "hyperparameters": {
             "rank": rank,
             "alpha": alpha,
@@ -368,6 +404,7 @@ def train_patch(
             "target_modules": target_modules or "all-linear",
         },
         "seed": seed,
+        "prompt_format": {"kind": fmt.kind, "system_prompt": fmt.system_prompt, "digest": fmt.digest(tokenizer)},
         "steps": step,
         "final_loss": loss_value,
         "duration_s": round(time.perf_counter() - started, 3),

@@ -8,6 +8,9 @@ the context, which the scoring moves to the front of the choice: the same tokens
 divides by the choice's own length as lm-eval does. GSM8K is scored zero-shot (lm-eval's default
 is 5-shot from the train split) by the last number in the answer.
 
+Items say `"format": "raw"`: they are scored on their text as written, whatever the assistant's
+prompt format, so their numbers compare with lm-eval's published (template-less) ones.
+
 Inputs are the rows of one split as Hugging Face `datasets` exports them: JSON Lines
 (`to_json`) or Parquet (`to_parquet`, read with pyarrow).
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from portllm_engine.errors import SuiteError
+from portllm_engine.prompt import RAW
 
 Row = dict[str, Any]
 
@@ -36,7 +40,7 @@ def _label(row: Row, key: str, count: int) -> int:
 
 
 def _choice_item(text: str, choices: list[str], gold: int) -> Row:
-    return {"kind": "multiple_choice", "context": text + DELIMITER, "choices": choices, "gold": gold}
+    return {"kind": "multiple_choice", "format": RAW, "context": text + DELIMITER, "choices": choices, "gold": gold}
 
 
 def _boolq(row: Row) -> Row:
@@ -77,6 +81,7 @@ def _winogrande(row: Row) -> Row:
     blank = sentence.index("_")
     return {
         "kind": "multiple_choice",
+        "format": RAW,
         "contexts": [sentence[:blank] + row["option1"], sentence[:blank] + row["option2"]],
         "continuation": DELIMITER + sentence[blank + 1 :].strip(),
         "gold": _winogrande_gold(row["answer"]),
@@ -95,6 +100,7 @@ def _gsm8k(row: Row) -> Row:
         raise SuiteError(f"gsm8k answer has no '#### <number>' line: {answer[-60:]!r}")
     return {
         "kind": "generate",
+        "format": RAW,
         "prompt": f"Question: {row['question']}\nAnswer:",
         "target": answer.split("####")[-1].strip(),
         "match": "number",

@@ -32,11 +32,15 @@ SIDE_FILES = (
 def _require_compatible(patch_dir: str | Path, base_dir: str | Path) -> None:
     report = compat.check(patch_dir, base_dir)
     if not report.compatible:
-        first = report.errors[0]["message"]
-        more = f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
         raise IncompatiblePatchError(
-            f"patch {Path(patch_dir).name} does not fit {Path(base_dir).name}: {first}{more}", report.to_dict()
+            f"patch {Path(patch_dir).name} does not fit {Path(base_dir).name}: {report.summary().reason}"
+            f"{_problems(report)}", report.to_dict()
         )
+
+
+def _problems(report) -> str:
+    n = len(report.errors)
+    return f" ({n} problems; `portllm engine compat --json` lists them)" if n > 1 else ""
 
 
 def merged_weight(weight, a, b, lora: patches.LoraModule):
@@ -524,7 +528,7 @@ class PatchServer:
         with self.use(name) as model, torch.no_grad():
             return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def generate(self, name: str | None, prompt: str, **kwargs) -> Iterator[str]:
-        """Stream an answer with patch `name`; the lock is held until the stream ends."""
+    def generate(self, name: str | None, turns, **kwargs) -> Iterator[str]:
+        """Stream an answer to the conversation with patch `name`; the lock is held until the stream ends."""
         with self.use(name) as model:
-            yield from stream_generate(model, self.tokenizer, prompt, **kwargs)
+            yield from stream_generate(model, self.tokenizer, turns, **kwargs)

@@ -1,6 +1,8 @@
-"""Database commands the admin CLI mounts as `portllm db upgrade` / `portllm db current`."""
+"""Database commands the admin CLI mounts as `portllm db upgrade` / `portllm db current`, and the
+upgrade on first use that the embedded default database gets (portllm_core.workspace.open_registry)."""
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 from alembic import command
@@ -47,3 +49,40 @@ def current(url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+_at_head: set[str] = set()  # databases this process found or brought at head
+
+
+def upgrade_once(url: str, *, lock: Path) -> bool:
+    """Bring the database at `url` to head unless it is there already, once per process; True when
+    it migrated. Processes starting together on a new data dir take turns on `lock`, an exclusive
+    file lock: the first migrates, the others find it at head. A database that a newer PortLLM
+    migrated (a revision this one does not know) is left as it is."""
+    if url in _at_head:
+        return False
+    script = ScriptDirectory.from_config(alembic_config(url))
+    target = script.get_current_head()
+    migrated = False
+    if current(url) != target:  # checked again under the lock: another process may be migrating it
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                revision = current(url)
+                if revision != target and (revision is None or _known(script, revision)):
+                    upgrade(url)
+                    migrated = True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    _at_head.add(url)
+    return migrated
+
+
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    from alembic.util import CommandError
+
+    try:
+        return script.get_revision(revision) is not None
+    except CommandError:
+        return False

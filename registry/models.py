@@ -191,6 +191,8 @@ class Assistant(Base):
     requesters: Mapped[list[str]] = mapped_column(default=list)  # who may request runs; empty: anyone
     four_eyes: Mapped[bool] = mapped_column(default=False)  # a requester may not approve their own run
     system_prompt: Mapped[str] = mapped_column(Text, default="")
+    # How questions are put to the model, served and scored alike (portllm_engine.prompt.FORMATS).
+    prompt_format: Mapped[str] = mapped_column(String(10), default="chat", server_default="chat")
     owner: Mapped[str] = mapped_column(String(200), default="")
     on_release: Mapped[str] = mapped_column(String(10), default=OnRelease.AUTO, server_default=OnRelease.AUTO.value)
     # The live guard: once this many people rated (not ratings), satisfaction below this proposes a rollback.
@@ -301,7 +303,11 @@ class Run(Base):
 # "No patch" in a ledger key: the base alone. An empty string, not NULL, so that the unique key
 # holds on PostgreSQL too (NULLs are distinct there).
 BASE_ALONE = ""
-SCORE_KEY = ("model_fingerprint", "patch_digest", "suite_digest", "dtype", "device_kind", "scorer_version")
+SCORE_KEY = ("model_fingerprint", "patch_digest", "suite_digest", "prompt_digest", "dtype", "device_kind",
+             "scorer_version")
+# The digest of the `raw` prompt format (portllm_engine.prompt.PromptFormat("raw").digest): scores
+# recorded before prompt formats were part of the key were computed on the suite's text as written.
+RAW_PROMPT_DIGEST = "568e4e87168ced58ef57e03d7a0c3b2a38b395fd1ea784068ce864e093f68043"
 
 
 class Score(Base):
@@ -323,6 +329,9 @@ class Score(Base):
     model_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     patch_digest: Mapped[str] = mapped_column(String(64), default=BASE_ALONE)
     suite_digest: Mapped[str] = mapped_column(String(64), index=True)
+    # The prompt format (its kind, template and system prompt: portllm_engine.prompt.PromptFormat.digest).
+    prompt_digest: Mapped[str] = mapped_column(String(64), default=RAW_PROMPT_DIGEST)
+    prompt_format: Mapped[str] = mapped_column(String(80), default="raw")  # for people: "chat template with …"
     # The scoring settings that can change a number (portllm_engine.kpi.ScoringSettings).
     dtype: Mapped[str] = mapped_column(String(20))
     device_kind: Mapped[str] = mapped_column(String(10))

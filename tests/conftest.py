@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fixtures.registry_db",
     "tests.fixtures.demo_world",
     "tests.fixtures.fake_slack",
+    "tests.fixtures.own_postgres",
 ]
 
 

@@ -55,6 +55,7 @@ class Scored:
     accuracy: float
     ci95: tuple[float, float]
     correct: list[bool] | None  # per item; None when the items are gone from the store
+    groups: dict[str, tuple[int, int]] = field(default_factory=dict)  # (correct, n) per group of items
 
 
 @dataclass

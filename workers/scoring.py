@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from portllm_engine.prompt import PromptFormat
 from registry import services
 from registry.db import session_scope
 from registry.errors import RegistryError
@@ -39,6 +40,7 @@ class Suite:
     stage: str  # registry.models.EvalStage
     path: Path
     digest: str
+    prompt: PromptFormat  # how its questions are put to the model: the assistant's, as served
 
 
 def artifact_path(ref: str) -> Path:
@@ -67,8 +69,9 @@ def _correct(items_ref: str | None) -> list[bool] | None:
 
 
 def _scored(subject: Subject, suite: Suite, score: Score, computed: bool) -> Scored:
+    groups = {name: (c["correct"], c["n"]) for name, c in (score.metrics or {}).get("groups", {}).items()}
     return Scored(subject.kind, suite.stage, score.id, computed, score.accuracy, (score.ci_low, score.ci_high),
-                  _correct(score.items_ref))
+                  _correct(score.items_ref), groups)
 
 
 class Scorer:
@@ -85,6 +88,7 @@ class Scorer:
         self._server = None
         self._fingerprint: str | None = None
         self._attached: dict[str, str] = {}  # patch digest -> adapter name on the resident base
+        self._tokenizers: dict[str, object] = {}  # base fingerprint -> tokenizer, for prompt digests
 
     def __enter__(self) -> Scorer:
         return self
@@ -96,7 +100,16 @@ class Scorer:
         from portllm_engine.models import weights_dtype
 
         return services.ScoreKey(subject.fingerprint, subject.patch_digest, suite.digest,
-                                 weights_dtype(subject.base_dir), self.device_kind, self.scorer_version)
+                                 suite.prompt.digest(self._tokenizer(subject)), weights_dtype(subject.base_dir),
+                                 self.device_kind, self.scorer_version)
+
+    def _tokenizer(self, subject: Subject):
+        """The subject's tokenizer alone (its chat template is part of the prompt format)."""
+        from portllm_engine.models import load_tokenizer
+
+        if subject.fingerprint not in self._tokenizers:
+            self._tokenizers[subject.fingerprint] = load_tokenizer(subject.base_dir)
+        return self._tokenizers[subject.fingerprint]
 
     def score(self, subject: Subject, suite: Suite, low: float, high: float, what: str) -> Scored:
         """The ledger's score of `subject` on `suite`, computed (and recorded) only when missing."""
@@ -114,7 +127,8 @@ class Scorer:
             score, inserted = services.record_score(
                 s, key, run_id=self.job.run_id, computed_by=self.job.worker, n=result.n,
                 accuracy=result.accuracy, ci_low=result.ci95[0], ci_high=result.ci95[1], metrics=result.metrics,
-                items_ref=items_ref, duration_s=result.duration_s)
+                items_ref=items_ref, duration_s=result.duration_s,
+                prompt_format=suite.prompt.describe(self._tokenizer(subject)))
             if not inserted:  # the same key gives the same numbers: the first entry stands
                 log.info("run #%s: run #%s recorded the same score first", self.job.run_id, score.run_id)
             return _scored(subject, suite, score, computed=True)
@@ -127,7 +141,7 @@ class Scorer:
         server = self._resident(subject)
         name = self._attach(server, subject)
         with server.use(name) as model:
-            return evaluate(model, server.tokenizer, load_suite(suite.path),
+            return evaluate(model, server.tokenizer, load_suite(suite.path), fmt=suite.prompt,
                             progress=self.job.progress_between(low, high, f"evaluating {what}{on}"))
 
     def _resident(self, subject: Subject):

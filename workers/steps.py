@@ -12,6 +12,7 @@ from pathlib import Path
 
 from portllm_core import metrics
 from portllm_core.flows.catalog import NewPatch, folder_size
+from portllm_engine.prompt import PromptFormat
 from registry import services
 from registry.errors import RegistryError
 from registry.models import EvalStage, EvalSubject, Rollout, RolloutState, Run, RunKind
@@ -55,6 +56,7 @@ class RunInputs:
     target_version: str
     target_fingerprint: str
     target_base_id: int
+    prompt: PromptFormat  # the assistant's: patches train in it, suites are scored in it, answers use it
     suites: list[Suite]  # the quick suite, then the full one when the assistant has it
     min_accuracy: float
     max_regression: float
@@ -73,7 +75,13 @@ class TrainInputs:
     target_fingerprint: str
     train_data_ref: str
     data_path: Path
+    prompt: PromptFormat
     hyper: dict  # rank, alpha, epochs, lr, seed
+
+
+def prompt_of(assistant) -> PromptFormat:
+    """How an assistant's questions are put to its model: trained, scored and served alike."""
+    return PromptFormat(assistant.prompt_format, assistant.system_prompt or "")
 
 
 def load_inputs(job: RunJob) -> RunInputs:
@@ -104,7 +112,8 @@ def load_inputs(job: RunJob) -> RunInputs:
             target_dir=resolve_model_dir(target.source_ref),
             target_label=target.label, target_version=target.version,
             target_fingerprint=target.fingerprint, target_base_id=target.id,
-            suites=[Suite(stage, artifact_path(ref), digest) for stage, ref, digest in (
+            prompt=prompt_of(assistant),
+            suites=[Suite(stage, artifact_path(ref), digest, prompt_of(assistant)) for stage, ref, digest in (
                 (EvalStage.QUICK, assistant.suite_ref, assistant.suite_digest),
                 (EvalStage.FULL, assistant.full_suite_ref, assistant.full_suite_digest)) if ref],
             min_accuracy=assistant.min_accuracy, max_regression=assistant.max_regression,
@@ -125,10 +134,10 @@ def check_compatibility(job: RunJob, inputs: RunInputs, patch_dir: Path) -> None
     report = check(patch_dir, inputs.target_dir)
     job.compat_report = report.to_dict()
     if not report.compatible:
-        first = report.errors[0]["message"]
-        more = f" (+{len(report.errors) - 1} more in the report)" if len(report.errors) > 1 else ""
+        n = len(report.errors)
+        more = f" ({n} problems in the compatibility report)" if n > 1 else ""
         raise JobFailed(
-            f"Patch #{inputs.patch_id} does not fit {inputs.target_label}: {first}{more}. "
+            f"Patch #{inputs.patch_id} does not fit {inputs.target_label}: {report.summary().reason}{more}. "
             "Pick a base of the same architecture and tokenizer, or train a new patch for it.",
             job.compat_report,
         )
@@ -167,12 +176,14 @@ def subject_of(live: Rollout) -> Subject:
 
 def decide(inputs: RunInputs, candidate: Scored, live: Scored | None):
     """Against live, item by item, whenever something is live; the floor alone only where nothing is."""
-    from portllm_core.gate import interval_gate, paired_gate
+    from portllm_core.gate import interval_gate, paired_gate, with_group_floors
 
     if live is not None and live.correct is not None and candidate.correct is not None:
-        return paired_gate(candidate.correct, live.correct, inputs.min_accuracy, inputs.max_regression)
-    return interval_gate(candidate.accuracy, candidate.ci95, None if live is None else live.accuracy,
-                         inputs.min_accuracy, inputs.max_regression)
+        decision = paired_gate(candidate.correct, live.correct, inputs.min_accuracy, inputs.max_regression)
+    else:
+        decision = interval_gate(candidate.accuracy, candidate.ci95, None if live is None else live.accuracy,
+                                 inputs.min_accuracy, inputs.max_regression)
+    return with_group_floors(decision, candidate.groups, inputs.min_accuracy)
 
 
 def gated(job: RunJob, inputs: RunInputs, patch_ref: str, patch_digest: str, low: float,
@@ -234,7 +245,8 @@ def score_live(rollout_id: int, worker: str) -> str:
             return "nothing to score"
         job = LiveReference(ctx, rollout_id, rollout.run_id, worker)
         subject, assistant = subject_of(rollout), rollout.assistant
-        suite = Suite(EvalStage.FULL, artifact_path(assistant.full_suite_ref), assistant.full_suite_digest)
+        suite = Suite(EvalStage.FULL, artifact_path(assistant.full_suite_ref), assistant.full_suite_digest,
+                      prompt_of(assistant))
         name = assistant.name
     with Scorer(job, resident_bases()) as scorer:
         scored = scorer.score(subject, suite, 0.0, 1.0, f"live ({subject.label})")
@@ -282,6 +294,7 @@ def retune(job: RunJob) -> Outcome:
         inputs.target_dir, artifact_path(inputs.train_data_ref), out,
         epochs=job.settings.retune_epochs, seed=int(inputs.patch_provenance.get("seed", 0)),
         init_from=inputs.patch_dir, device=job.settings.device,
+        prompt_format=inputs.prompt.kind, system_prompt=inputs.prompt.system_prompt,
         progress=job.progress_between(0.15, 0.45, "re-tuning the patch"),
     ))
     new_patch = NewPatch(
@@ -312,6 +325,7 @@ def load_train_inputs(job: RunJob) -> TrainInputs:
             run_id=run.id, assistant=run.assistant.name, requested_by=run.requested_by,
             target_dir=resolve_model_dir(target.source_ref), target_label=target.label,
             target_base_id=target.id, target_fingerprint=target.fingerprint, train_data_ref=train_ref, data_path=data_path,
+            prompt=prompt_of(run.assistant),
             hyper={key: spec[key] for key in ("rank", "alpha", "epochs", "lr", "seed") if key in spec},
         )
 
@@ -326,6 +340,7 @@ def train(job: RunJob) -> Outcome:
     resident_bases().drop(inputs.target_fingerprint)  # training loads its own copy: hold one at a time
     ref, manifest, size = _trained(job, lambda out: patches.train_patch(
         inputs.target_dir, inputs.data_path, out, device=job.settings.device,
+        prompt_format=inputs.prompt.kind, system_prompt=inputs.prompt.system_prompt,
         progress=job.progress_between(0.05, 0.9, "training the patch"), **inputs.hyper,
     ))
     job.step(0.96, "registering the patch")

@@ -13,6 +13,7 @@ from celery import Task
 from celery.exceptions import TimeLimitExceeded
 
 from portllm_core import metrics, tasks as contract
+from portllm_engine.prompt import user_turn
 from registry import services
 from registry.db import session_scope
 from registry.errors import InvalidTransition, RegistryError
@@ -98,7 +99,7 @@ def answer_question(assistant: str, channel: str, question: str, user: str, repl
         ])
     reply_to = {**reply_to, "answer_id": record_answer(ctx, served.rollout_id, user, question)}
     try:
-        chunks = timer.stream(serving_backend(ctx).answer(served, question))
+        chunks = timer.stream(serving_backend(ctx).answer(served, user_turn(question)))
         return notifier.answer_stream(reply_to, never_silent(chunks, f"({assistant} has no answer to that.)"))
     except Exception as exc:  # the asker gets a reason, the log gets the details
         timer.failed()
@@ -165,7 +166,7 @@ def live_patch_for(ctx, assistant: str, channel: str) -> Served | None:
             return None
         patch, base = live.run.candidate_patch, live.run.target_base
         return Served(found.name, f"patch-{patch.id}", steps.artifact_path(patch.artifact_ref), base.fingerprint,
-                      resolve_model_dir(base.source_ref), base.label, found.system_prompt or None, live.id)
+                      resolve_model_dir(base.source_ref), base.label, steps.prompt_of(found), live.id)
 
 
 @app.task(name=contract.ANNOUNCE_RELEASE)

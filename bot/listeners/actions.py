@@ -1,11 +1,12 @@
 """Card buttons: Approve, Reject, Re-tune, the guard's Roll back, a release offer's Transplant.
-Ack first; a button's value passes the typed commands' grammar (it is the command it stands for);
-the registry checks who may decide.
+Ack first, work after; a button's value passes the typed commands' grammar (it is the command
+it stands for); the registry checks who may decide.
 
 A click is handled once, by whichever process claims it first (a double delivery does nothing).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from slack_bolt import Ack, App, Respond
@@ -15,9 +16,12 @@ from bot.listeners.deps import Deps
 from portllm_core import blocks
 from portllm_core.commands import grammar
 from portllm_core.commands.handlers import accept_offer, run_command
-from portllm_core.commands.replies import Reply
+from portllm_core.commands.replies import REGISTRY_UNREACHABLE, Reply
 from portllm_core.ids import Action
 from portllm_core.views import RunCard
+from registry.db import unreachable
+
+log = logging.getLogger(__name__)
 
 
 def register(app: App, deps: Deps) -> None:
@@ -43,7 +47,7 @@ def register(app: App, deps: Deps) -> None:
         else:
             client.chat_update(channel=ctx.channel, ts=container["message_ts"], **message)
 
-    def replace_with_text(reply: Reply, client: WebClient, ctx, container: dict) -> None:
+    def replace_with_text(reply: Reply, client: WebClient, respond: Respond, ctx, container: dict) -> None:
         """A one-click card is done once it worked: its buttons become what happened."""
         if not reply.ok or not container.get("message_ts"):
             tell_clicker(client, ctx, reply.text)
@@ -51,52 +55,62 @@ def register(app: App, deps: Deps) -> None:
         client.chat_update(channel=ctx.channel, ts=container["message_ts"], text=blocks.fallback_text(reply.text),
                            blocks=blocks.reply_blocks(reply))
 
-    def first_click(body: dict, client: WebClient, parse: Callable[[str], object]):
-        """(context, what the button's value parses to, container) the first time a click arrives;
-        None for a redelivery, or when the value is refused (the clicker is told why, as if typed)."""
-        ctx, value, container = context_of(body)
-        if not deps.seen.first_time(ctx.request_id):
-            return None
-        parsed = parse(value)
-        if isinstance(parsed, grammar.ParseError):
-            tell_clicker(client, ctx, str(parsed))
-            return None
-        return ctx, parsed, container
+    def after_ack(body: dict, client: WebClient, respond: Respond, parse: Callable[[str], object],
+                  act: Callable[..., Reply], present: Callable[..., None]) -> None:
+        """The click's work, on the after-ack pool (listeners run before the answer, see slack_app):
+        claim it once, parse its value as if typed, act, and show the outcome. A refused value is
+        told to the clicker; an unreachable registry too, through the click's response_url."""
+
+        def work() -> None:
+            try:
+                ctx, value, container = context_of(body)
+                try:
+                    if not deps.seen.first_time(ctx.request_id):  # a redelivery
+                        return
+                except Exception as exc:  # the registry is the dedupe store, and it is down
+                    if not unreachable(exc):
+                        raise
+                    reply = REGISTRY_UNREACHABLE
+                else:
+                    parsed = parse(value)
+                    reply = Reply(str(parsed), ok=False) if isinstance(parsed, grammar.ParseError) else act(parsed, ctx)
+                if reply.unreachable:
+                    respond(response_type="ephemeral", replace_original=False, text=reply.text)
+                else:
+                    present(reply, client, respond, ctx, container)
+            except Exception:  # act never raises; this is Slack unreachable or a stale card
+                log.exception("handling a click failed")
+
+        deps.after_ack.submit(work)
 
     def button(verb: str) -> Callable[[str], object]:
         return lambda value: grammar.parse_button(verb, value)
 
+    def told(reply: Reply, client: WebClient, respond: Respond, ctx, container: dict) -> None:
+        tell_clicker(client, ctx, reply.text)
+
     @app.action(Action.APPROVE.value)
     def approve_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
-        if (click := first_click(body, client, button("approve"))) is not None:
-            ctx, command, container = click
-            show(run_command(command, ctx), client, respond, ctx, container)
+        after_ack(body, client, respond, button("approve"), run_command, show)
 
     @app.action(Action.REJECT.value)
     def reject_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
-        if (click := first_click(body, client, button("reject"))) is not None:
-            ctx, command, container = click
-            show(run_command(command, ctx), client, respond, ctx, container)
+        after_ack(body, client, respond, button("reject"), run_command, show)
 
     @app.action(Action.RETUNE.value)
-    def retune_clicked(ack: Ack, body: dict, client: WebClient) -> None:
+    def retune_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
-        if (click := first_click(body, client, button("retune"))) is not None:
-            ctx, command, _ = click
-            tell_clicker(client, ctx, run_command(command, ctx).text)
+        after_ack(body, client, respond, button("retune"), run_command, told)
 
     @app.action(Action.ROLLBACK.value)
-    def rollback_clicked(ack: Ack, body: dict, client: WebClient) -> None:
+    def rollback_clicked(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
-        if (click := first_click(body, client, button("rollback"))) is not None:
-            ctx, command, container = click
-            replace_with_text(run_command(command, ctx), client, ctx, container)
+        after_ack(body, client, respond, button("rollback"), run_command, replace_with_text)
 
     @app.action(Action.ACCEPT_OFFER.value)
-    def offer_accepted(ack: Ack, body: dict, client: WebClient) -> None:
+    def offer_accepted(ack: Ack, body: dict, client: WebClient, respond: Respond) -> None:
         ack()
-        if (click := first_click(body, client, grammar.parse_offer)) is not None:
-            ctx, (release_id, assistant), container = click
-            replace_with_text(accept_offer(release_id, assistant, ctx), client, ctx, container)
+        after_ack(body, client, respond, grammar.parse_offer,
+                  lambda offer, ctx: accept_offer(offer[0], offer[1], ctx), replace_with_text)

@@ -15,9 +15,10 @@ from slack_sdk import WebClient
 from portllm_core import blocks
 from portllm_core.commands import grammar
 from portllm_core.commands.handlers import handle_help, run_command
-from portllm_core.commands.replies import Reply
+from portllm_core.commands.replies import REGISTRY_UNREACHABLE, Reply
 from bot.listeners.deps import Deps
 from portllm_core.views import RunCard
+from registry.db import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,16 @@ def _run_and_respond(deps: Deps, parsed: grammar.Command, command: dict, respond
         ctx = deps.context(user=command["user_id"], channel=command["channel_id"],
                            request_id=f"slack:{team}:{invocation}",
                            reply_to={"response_url": command.get("response_url"), "team": team})
-        if not deps.seen.first_time(ctx.request_id):  # a redelivery another process answers
+        try:
+            first = deps.seen.first_time(ctx.request_id)
+        except Exception as exc:  # the registry is the dedupe store, and it is down: say so, within seconds
+            if not unreachable(exc):
+                raise
+            respond(**_message(REGISTRY_UNREACHABLE))
             return
-        reply = run_command(parsed, ctx)
+        if not first:  # a redelivery another process answers
+            return
+        reply = run_command(parsed, ctx)  # never raises: an outage comes back as REGISTRY_UNREACHABLE
         respond(**_message(reply))
         if reply.ok and isinstance(reply.view, RunCard):  # a typed approve/reject: update the posted card
             deps.refresh_run_message(client, reply.view.run_id)

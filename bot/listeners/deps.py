@@ -16,6 +16,11 @@ from registry.models import Run
 
 
 AFTER_ACK_THREADS = 2
+CLAIMS = "portllm_claims"  # the request context's list of dedupe keys this request claimed
+
+
+class Retry(Exception):
+    """An event's handling failed in a way Slack's retry may fix: the registry was unreachable."""
 
 
 @dataclass
@@ -29,6 +34,14 @@ class Deps:
     # Work that follows an ack (database, queue, respond). Few threads on purpose: see commands.py.
     after_ack: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=AFTER_ACK_THREADS, thread_name_prefix="portllm-work"))
+
+    def claim(self, key: str, context: dict) -> bool:
+        """The first claim of `key` (bot.dedupe), remembered in the request's context so that a
+        failure gives it back (listeners.middleware) and Slack's retry is handled once."""
+        if not self.seen.first_time(key):
+            return False
+        context.setdefault(CLAIMS, []).append(key)
+        return True
 
     def context(self, *, user: str, channel: str, request_id: str, reply_to: dict | None = None) -> Context:
         return Context(user=user, channel=channel, session_factory=self.session_factory,

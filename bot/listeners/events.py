@@ -14,22 +14,24 @@ from portllm_core import blocks, views
 from portllm_core.commands import grammar
 from portllm_core.commands.handlers import run_command
 from portllm_core.commands.replies import Reply
-from bot.listeners.deps import Deps
+from bot.listeners.deps import Deps, Retry
 
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 
 
 def register(app: App, deps: Deps) -> None:
-    def answer(event: dict, client: WebClient, team: str | None) -> None:
+    def answer(event: dict, client: WebClient, context: BoltContext) -> None:
         channel, ts = event["channel"], event["ts"]
         thread_ts = event.get("thread_ts") or ts
         ctx = deps.context(user=event.get("user", ""), channel=channel, request_id=f"slack-msg:{channel}:{ts}",
-                           reply_to={"thread_ts": thread_ts, "ts": ts, "team": team})
-        if not deps.seen.first_time(ctx.request_id):  # the other delivery of this message
+                           reply_to={"thread_ts": thread_ts, "ts": ts, "team": context.team_id})
+        if not deps.claim(ctx.request_id, context):  # the other delivery of this message
             return
         deps.seen.first_time(f"thread:{channel}:{thread_ts}")  # replies in this thread are for us now
         command = _command_for(event.get("text", ""), channel)
         reply = command if isinstance(command, Reply) else run_command(command, ctx)
+        if reply.unreachable:  # not an answer to post: Slack's retry will get one (listeners.middleware)
+            raise Retry(reply.text)
         if reply.reply_to is not None:  # a question was queued: the worker answers in the thread
             return
         client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=blocks.fallback_text(reply.text),
@@ -60,14 +62,14 @@ def register(app: App, deps: Deps) -> None:
 
     @app.event("app_mention")
     def on_mention(event: dict, client: WebClient, context: BoltContext) -> None:
-        answer(event, client, context.team_id)
+        answer(event, client, context)
 
     @app.event("message")
     def on_message(event: dict, client: WebClient, context: BoltContext) -> None:
         if event.get("subtype") or event.get("bot_id"):
             return
         if event.get("channel_type") == "im":  # a direct message is always for us
-            answer(event, client, context.team_id)
+            answer(event, client, context)
             return
         if "thread_ts" not in event:
             return
@@ -75,5 +77,5 @@ def register(app: App, deps: Deps) -> None:
         in_our_thread = (event.get("parent_user_id") == bot_user
                          or f"thread:{event['channel']}:{event['thread_ts']}" in deps.seen)
         if in_our_thread or f"<@{bot_user}>" in event.get("text", ""):
-            answer(event, client, context.team_id)
+            answer(event, client, context)
 

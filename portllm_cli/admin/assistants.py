@@ -15,6 +15,8 @@ REQUESTER_HELP = "Who may request runs (repeat); none: everyone in the channel. 
 FOUR_EYES_HELP = "Four-eyes rule: whoever requested a run cannot approve it."
 ON_RELEASE_HELP = ("When a new base version of the family is registered: auto queues a transplant run per live "
                    "channel, ask posts a card offering it, off does nothing.")
+PROMPT_FORMAT_HELP = ("How questions are put to the model, in answers and in the KPI suite alike: chat (its chat "
+                      "template, else a plain template; the default) or raw (the suite's text as written).")
 LIVE_GUARD_HELP = ("Once MIN_N people rated the live rollout's answers, propose a rollback when the share of 👍 "
                    "(each person weighing one) is below MIN_RATE (e.g. 20:0.7); `off` removes it.")
 
@@ -35,7 +37,8 @@ def add(
     admins: list[str] = typer.Option([], "--admin", help="Who may override a failed gate with a reason (repeat)."),
     requesters: list[str] = typer.Option([], "--requester", help=REQUESTER_HELP),
     four_eyes: bool = typer.Option(False, "--four-eyes", help=FOUR_EYES_HELP),
-    system_prompt: str = typer.Option("", "--system-prompt", help="Prepended to every question."),
+    system_prompt: str = typer.Option("", "--system-prompt", help="Put before every question, served and scored."),
+    prompt_format: str = typer.Option("chat", "--prompt-format", help=PROMPT_FORMAT_HELP),
     owner: str = typer.Option("", "--owner", help="Who owns the assistant (default: you)."),
     on_release: str = typer.Option("auto", "--on-release", help=ON_RELEASE_HELP),
     live_guard: Optional[str] = typer.Option(None, "--live-guard", metavar="MIN_N:MIN_RATE", help=LIVE_GUARD_HELP),
@@ -47,7 +50,7 @@ def add(
         workspace(), name, family=family, suite=suite, full_suite=full_suite, min_accuracy=min_accuracy,
         max_regression=max_regression, approvers=approvers, admins=admins, requesters=requesters,
         four_eyes=four_eyes, system_prompt=system_prompt, owner=owner, on_release=on_release,
-        live_guard=live_guard, actor=actor())
+        live_guard=live_guard, prompt_format=prompt_format, actor=actor())
     stdout().print(
         f"Assistant {name} added on {family}: suite of {suite_info.n_items} items ({short(suite_info.digest)})"
         f"{', a full suite for inconclusive verdicts' if full_suite else ''}, "
@@ -102,6 +105,7 @@ def set_(
                                                 help="Remove a requester (repeat); none left: everyone may."),
     four_eyes: Optional[bool] = typer.Option(None, "--four-eyes/--no-four-eyes", help=FOUR_EYES_HELP),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Replace the system prompt."),
+    prompt_format: Optional[str] = typer.Option(None, "--prompt-format", help=PROMPT_FORMAT_HELP),
     on_release: Optional[str] = typer.Option(None, "--on-release", help=ON_RELEASE_HELP),
     live_guard: Optional[str] = typer.Option(None, "--live-guard", metavar="MIN_N:MIN_RATE", help=LIVE_GUARD_HELP),
 ) -> None:
@@ -115,7 +119,7 @@ def set_(
         fields: dict[str, object] = {
             key: value for key, value in
             (("min_accuracy", min_accuracy), ("max_regression", max_regression), ("system_prompt", system_prompt),
-             ("four_eyes", four_eyes),
+             ("prompt_format", prompt_format), ("four_eyes", four_eyes),
              ("on_release", on_release),
              ("approvers", _edit_people("approver", current.approvers, approvers, add_approvers, remove_approvers)),
              ("admins", _edit_people("admin", current.admins, admins, add_admins, remove_admins)),

@@ -20,14 +20,18 @@ def add(
     version: str = typer.Argument(..., help="Version label, e.g. `v2`."),
     ref: str = typer.Argument(..., help="A local model folder or a hub id (safetensors only)."),
     description: str = typer.Option("", help="Free text shown in listings."),
+    force: bool = typer.Option(False, "--force", help="Register it even though its architecture is not the "
+                                                      "family's (it then releases nothing)."),
 ) -> None:
     """Register a base: fingerprint its weights and record its architecture signature, then
-    release it: every assistant live on the family gets a transplant run per channel (its policy)."""
+    release it: every assistant live on the family gets a transplant run per channel (its policy).
+    A base whose architecture is not the family's is refused, unless `--force`."""
     from portllm_cli.admin.releases import print_registered
     from portllm_core.flows import catalog
 
     with stderr().status(f"Fingerprinting {ref}…"):
-        added = catalog.register_base(workspace(), family, version, ref, actor=actor(), description=description)
+        added = catalog.register_base(workspace(), family, version, ref, actor=actor(), description=description,
+                                      force=force)
     for message in added.warnings:
         warn(message)
     sig = added.signature

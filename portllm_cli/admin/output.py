@@ -2,21 +2,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-JSON_OPTION_HELP = "Print JSON only (for scripts)."
+from portllm_engine.progress import ProgressCallback, progress_bar as _progress_bar
 
-ProgressCallback = Callable[[float, str], None]
+JSON_OPTION_HELP = "Print JSON only (for scripts)."
 
 
 def _default(value: object) -> object:
@@ -41,6 +39,11 @@ def stdout() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
+def print_view(view: RenderableType) -> None:
+    """A card, table or tree on stdout: long lines wrap inside their frame (soft_wrap would crop them)."""
+    stdout().print(view, soft_wrap=False)
+
+
 def stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
@@ -57,19 +60,10 @@ def table(columns: list[str], rows: list[list[object]], empty: str) -> Table | T
     return out
 
 
-@contextmanager
-def progress_bar(description: str) -> Iterator[ProgressCallback]:
-    """A rich progress bar on stderr, driven by the engine's `progress(fraction, step)` callbacks."""
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=stderr(), transient=True) as progress:
-        task = progress.add_task(description, total=1.0)
-
-        def update(fraction: float, step: str = "") -> None:
-            label = f"{description}: {step}" if step else description
-            progress.update(task, completed=max(0.0, min(1.0, float(fraction))), description=label)
-
-        yield update
-        progress.update(task, completed=1.0)
+def progress_bar(description: str) -> AbstractContextManager[ProgressCallback]:
+    """Progress on stderr, driven by the engine's `progress(fraction, step)` callbacks: a bar on a
+    terminal, plain throttled lines when piped (portllm_engine.progress, shared with every long command)."""
+    return _progress_bar(description, stderr())
 
 
 def human_size(n: int | None) -> str:

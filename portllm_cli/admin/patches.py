@@ -40,7 +40,7 @@ def add(
 def train(
     assistant: str = typer.Argument(..., help="The assistant the patch is for."),
     base: str = typer.Option(..., "--base", help="Version of the assistant's family to train on."),
-    data: Path = typer.Option(..., "--data", help="Training data, JSONL with 'prompt' and 'completion'."),
+    data: Path = typer.Option(..., "--data", help="Training data, JSONL in TRL's formats: 'messages', or 'prompt' and 'completion'."),
     rank: int = typer.Option(8, "--rank", min=1, help="LoRA rank r."),
     alpha: float = typer.Option(16.0, "--alpha", min=0.0, help="LoRA alpha (scale alpha/r)."),
     epochs: int = typer.Option(3, "--epochs", min=1, help="Passes over the data."),
@@ -64,11 +64,13 @@ def train(
         _await_training(ws, target, run_id)
         return
     from portllm_engine import patches
+    from portllm_engine.progress import quiet_transformers
 
     with tempfile.TemporaryDirectory(prefix="portllm-train-") as tmp:
         out = Path(tmp) / "patch"
-        with progress_bar(f"Training {assistant} on {target.label}") as progress:
-            manifest = patches.train_patch(target.base_dir, data_path, out, progress=progress, **hyper)
+        with progress_bar(f"Training {assistant} on {target.label}") as progress, quiet_transformers():
+            manifest = patches.train_patch(target.base_dir, data_path, out, progress=progress, **hyper,
+                                           prompt_format=target.prompt_format, system_prompt=target.system_prompt)
         added = catalog.store_patch(ws, target, out, manifest, data_path, actor=actor())
     stdout().print(_added_line(added))
 

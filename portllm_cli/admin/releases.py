@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, stderr, stdout
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, print_view, stderr, stdout
 from portllm_cli.admin.runtime import actor, admin_command, warn, workspace
 
 EXIT_TIMEOUT = 124  # as `run wait`: what coreutils' `timeout` returns
@@ -21,6 +21,12 @@ def print_registered(added) -> None:
     if added.alias_of is not None:
         stdout().print(f"{added.label} has the same weights as {added.alias_of}: registered as another label for "
                        f"them; no release, nothing queued.")
+        return
+    if added.forced is not None:
+        family, version = added.label.split(" ", 1)
+        warn(f"{added.label} is not the architecture of its family ({added.forced}); registered because of --force")
+        stdout().print(f"No release: its runs could only fail the compatibility check; nothing queued "
+                       f"(`portllm release start {family} {version}` releases it if you mean to).")
         return
     print_started(added.release)
 
@@ -80,7 +86,7 @@ def show(
         if not as_json and view.rows != shown:  # people see each change; scripts get the last state
             from portllm_cli import terminal
 
-            stdout().print(terminal.release(view))
+            print_view(terminal.release(view))
             shown = view.rows
         if finished or time.monotonic() >= deadline:
             break

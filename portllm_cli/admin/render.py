@@ -5,7 +5,7 @@ from rich.console import Group
 from rich.text import Text
 
 
-def run(card) -> Group:
+def run(card, *, every_problem: bool = False) -> Group:
     from portllm_cli import terminal
 
     data = card.to_json()
@@ -21,4 +21,4 @@ def run(card) -> Group:
         lines += [f"  warning: {w.get('message')}" for w in compat.get("warnings") or ()]
     if data.get("result_patch_id"):
         lines.append(f"produced patch #{data['result_patch_id']}")
-    return Group(terminal.run_card(card), Text("\n".join(lines), style="dim"))
+    return Group(terminal.run_card(card, every_problem=every_problem), Text("\n".join(lines), style="dim"))

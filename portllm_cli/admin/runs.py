@@ -9,7 +9,7 @@ import typer
 
 from portllm_cli.admin import render
 from portllm_core import records
-from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, progress_bar, stdout, table
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, print_view, progress_bar, stdout, table
 from portllm_cli.admin.runtime import BadInput, workspace, admin_command
 from portllm_core.workspace import Workspace
 
@@ -24,6 +24,8 @@ FINISHED = {"succeeded": 0, "failed": EXIT_FAILED, "cancelled": EXIT_FAILED}
 @admin_command
 def show(
     run_id: int = typer.Argument(..., metavar="N", help="Run number."),
+    every_problem: bool = typer.Option(False, "--all", help="List every compatibility problem (the card shows "
+                                                            "the first few)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Status, progress, compatibility and drift reports, evaluations, verdict and rollout state."""
@@ -36,7 +38,7 @@ def show(
     if as_json:
         print_json(card.to_json())
         return
-    stdout().print(render.run(card))
+    print_view(render.run(card, every_problem=every_problem))
 
 
 @app.command("list")

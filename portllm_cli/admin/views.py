@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, stdout
+from portllm_cli.admin.output import JSON_OPTION_HELP, print_json, print_view
 from portllm_cli.admin.runtime import workspace, admin_command
 
 
@@ -25,7 +25,7 @@ def lineage(
         return
     from portllm_cli import terminal
 
-    stdout().print(terminal.lineage(view))
+    print_view(terminal.lineage(view))
 
 
 @admin_command
@@ -45,4 +45,4 @@ def status(
         return
     from portllm_cli import terminal
 
-    stdout().print(terminal.status(view))
+    print_view(terminal.status(view))

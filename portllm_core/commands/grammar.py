@@ -118,8 +118,10 @@ _MENTION = re.compile(r"^<@[A-Z0-9]+(\|[^>]*)?>$")  # a leading @bot mention in 
 
 # Control characters (C0, DEL and C1) other than tab and line breaks: never typed on purpose, NUL
 # cannot even be stored (PostgreSQL refuses it in text), and Python's split() takes some of them
-# for spaces, so they are refused before anything else reads the text.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# for spaces, so they are refused before anything else reads the text. Lone surrogates too: they are
+# what a console line's bytes that are not UTF-8 become (surrogateescape), and no database or
+# Slack call can encode them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def refuse_control(text: str) -> ParseError | None:

@@ -18,10 +18,11 @@ from portllm_core import views
 from portllm_core.blocks import satisfaction_text
 from portllm_core.commands import grammar
 from portllm_core.commands.grammar import ParseError
-from portllm_core.commands.replies import Reply
+from portllm_core.commands.replies import REGISTRY_UNREACHABLE, Reply
 from portllm_core.flows import ratings, releases, runs
 from portllm_core.tasks import ANSWER_QUESTION, Enqueue
 from registry import services
+from registry.db import outage_reason, unreachable
 from registry.errors import RegistryError
 from registry.models import ACTIVE_RUN_STATUSES, DECIDABLE_ROLLOUT_STATES, RunKind
 
@@ -57,7 +58,10 @@ def replies(fn: Callable[..., Reply]) -> Callable[..., Reply]:
             return fn(*args, **kwargs)
         except RegistryError as exc:  # a refusal meant for the person: its message says why
             return Reply(str(exc), ok=False)
-        except Exception:
+        except Exception as exc:
+            if unreachable(exc):  # an outage, not a fault of ours: one line, and the person may retry
+                log.warning("%s: the registry is unreachable (%s)", fn.__name__, outage_reason(exc))
+                return REGISTRY_UNREACHABLE
             log.exception("%s failed", fn.__name__)
             return Reply("Something went wrong on our side (it is logged). Try again in a minute.", ok=False)
 

@@ -16,3 +16,8 @@ class Reply:
     run_id: int | None = None  # the run this command queued, for the console to follow
     reply_to: dict | None = None  # where a queued answer will be delivered
     in_channel: bool = False  # Slack: a state change everyone should see, not an ephemeral reply
+    unreachable: bool = False  # the registry could not be reached: nothing was done, the same request may retry
+
+
+REGISTRY_UNREACHABLE = Reply("The registry is unreachable; nothing was requested. Try again in a minute.",
+                             ok=False, unreachable=True)

@@ -18,6 +18,7 @@ from portllm_core.validate import (
     check_fraction,
     check_name,
     check_on_release,
+    check_prompt_format,
     existing_dir,
     existing_file,
     parse_live_guard,
@@ -34,18 +35,25 @@ class BaseRegistered:
     label: str
     signature: dict
     fingerprint: str
-    release: ReleaseStarted | None  # None: another label for weights the family has (`alias_of`)
+    release: ReleaseStarted | None  # None: another label for weights the family has (`alias_of`), or `forced`
     warnings: list[str] = field(default_factory=list)
     alias_of: str | None = None  # "demo v3": the family's first label for these weights
+    # Registered with `force` although its architecture is not the family's: how it differs. No release.
+    forced: str | None = None
 
 
 def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: str,
-                  description: str = "") -> BaseRegistered:
+                  description: str = "", force: bool = False) -> BaseRegistered:
     """Fingerprint a local model folder (or a hub id in the local cache), register it, and start
     its release: the assistants live on the family get their runs (or offers) per their policy.
 
     Weights the family already has are registered as another label for them and release
-    nothing: the release of their first label carried them to the live channels already."""
+    nothing: the release of their first label carried them to the live channels already.
+
+    A base whose architecture is not the family's (that of its first base) is refused: no patch
+    of the family could be carried onto it. With `force` it is registered anyway and releases
+    nothing (its runs could only fail the compatibility check); `portllm release start` can still
+    release it on purpose."""
     from portllm_engine.models import resolve_model_dir
 
     check_name("family", family)
@@ -57,7 +65,9 @@ def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: 
                            "pick a new version label")
     model_dir = resolve_model_dir(ref)
     source_ref = str(model_dir) if Path(ref).expanduser().exists() else ref
-    signature, fingerprint, tokenizer_fp = describe_base(model_dir)
+    signature = base_signature(model_dir)
+    forced = _architecture_change(ws, family, version, signature, force=force)
+    fingerprint, tokenizer_fp = _identity(model_dir)
     with ws.session() as s:
         warnings = [
             f"same weights as {twin.family} {twin.version} of another family (fingerprint {short(fingerprint)}); "
@@ -69,25 +79,58 @@ def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: 
             s, family=family, version=version, source_ref=source_ref, fingerprint=fingerprint,
             signature=signature, tokenizer_fingerprint=tokenizer_fp, actor=actor,
             **({"description": description} if description else {}),
+            **({"forced_architecture": forced} if forced else {}),
         )
         first = services.earlier_label(s, base)
         if first is not None:
             return BaseRegistered(f"{family} {version}", signature, fingerprint, None, warnings,
                                   alias_of=f"{first.family} {first.version}")
+        if forced:
+            return BaseRegistered(f"{family} {version}", signature, fingerprint, None, warnings, forced=forced)
         release = open_release(s, base, actor=actor)
     enqueue_release(ws.queue, release)
     return BaseRegistered(release.label, signature, fingerprint, release, warnings)
 
 
-def describe_base(model_dir: Path) -> tuple[dict, str, str]:
-    """(architecture signature, weights fingerprint, tokenizer fingerprint) of a model folder."""
-    from portllm_engine.models import architecture_signature, fingerprint, read_config, tokenizer_fingerprint
+def base_signature(model_dir: Path) -> dict:
+    """The architecture signature, from the config and the weights' headers (no hashing yet)."""
+    from portllm_engine.models import architecture_signature, read_config
 
     if read_config(model_dir).get("auto_map"):
         raise BadInput(f"{model_dir} needs remote code (config.json has auto_map); "
                        "PortLLM never runs trust_remote_code")
-    signature = architecture_signature(model_dir)  # refuses pickled checkpoints before any hashing
-    return signature, fingerprint(model_dir), tokenizer_fingerprint(model_dir)
+    return architecture_signature(model_dir)  # refuses pickled checkpoints before any hashing
+
+
+def _identity(model_dir: Path) -> tuple[str, str]:
+    """(weights fingerprint, tokenizer fingerprint): reads every weight."""
+    from portllm_engine.models import fingerprint, tokenizer_fingerprint
+
+    return fingerprint(model_dir), tokenizer_fingerprint(model_dir)
+
+
+def _architecture_change(ws: Workspace, family: str, version: str, signature: dict, *, force: bool) -> str | None:
+    """How `signature` differs from the family's architecture (its first base's), or None when it is
+    the same or the family is new. Refused unless `force`: then the difference is returned."""
+    from portllm_engine.models import signature_changes
+
+    with ws.session() as s:
+        bases = services.list_bases(s, family=family)
+        if not bases:
+            return None
+        first = bases[0]
+        changes = signature_changes(first.signature or {}, signature)
+        founder = f"{first.family} {first.version}"
+    if not changes:
+        return None
+    if not force:
+        raise BadInput(
+            f"{family} {version} is not the architecture of family {first.family} (that of {founder}): "
+            f"{'; '.join(changes)}. No patch of the family could be carried onto it, so nothing was registered "
+            f"or released. Register it as a family of its own, or pass --force to add it to {first.family} "
+            "anyway (it releases nothing)."
+        )
+    return f"vs {founder}: {'; '.join(changes)}"
 
 
 def _find(get, s, *args, missing: type[Exception]):
@@ -124,12 +167,13 @@ def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: 
                   full_suite: Path | None = None, min_accuracy: float = 0.5, max_regression: float = 0.05,
                   approvers: list[str] = (), admins: list[str] = (), requesters: list[str] = (),
                   four_eyes: bool = False, system_prompt: str = "", owner: str = "", on_release: str = "auto",
-                  live_guard: str | None = None) -> tuple[str, Suite]:
+                  live_guard: str | None = None, prompt_format: str = "chat") -> tuple[str, Suite]:
     """Register an assistant with its quick KPI suite (and optional full one, the gate's second
     stage); returns (the family as registered, the quick suite). `live_guard` is
     `MIN_RATINGS:MIN_SATISFACTION` (validate.parse_live_guard)."""
     check_name("assistant name", name)
     on_release = check_on_release(on_release)
+    prompt_format = check_prompt_format(prompt_format)
     guard_n, guard_rate = parse_live_guard(live_guard) if live_guard else (None, None)
     check_fraction("--min-accuracy", min_accuracy)
     check_fraction("--max-regression", max_regression)
@@ -148,7 +192,7 @@ def add_assistant(ws: Workspace, name: str, *, family: str, suite: Path, actor: 
                 s, name=name, family=family, suite_ref=suite_ref, suite_digest=loaded.digest, **full_fields,
                 min_accuracy=min_accuracy, max_regression=max_regression, approvers=list(approvers),
                 admins=list(admins), requesters=list(requesters), four_eyes=four_eyes,
-                system_prompt=system_prompt, owner=owner or actor, on_release=on_release,
+                system_prompt=system_prompt, prompt_format=prompt_format, owner=owner or actor, on_release=on_release,
                 guard_min_ratings=guard_n, guard_min_satisfaction=guard_rate, actor=actor,
             )
     return family, loaded
@@ -162,13 +206,16 @@ def update_assistant(ws: Workspace, name: str, *, actor: str, suite: Path | None
     check_fraction("--max-regression", fields.get("max_regression"))
     if fields.get("on_release") is not None:
         fields["on_release"] = check_on_release(fields["on_release"])
+    if fields.get("prompt_format") is not None:
+        fields["prompt_format"] = check_prompt_format(fields["prompt_format"])
     if live_guard is not None:
         fields["guard_min_ratings"], fields["guard_min_satisfaction"] = parse_live_guard(live_guard)
     if suite is None and full_suite is None and not fields:
         raise BadInput(
             "nothing to change: pass --suite, --full-suite, --min-accuracy, --max-regression, --approver, "
             "--add-approver, --remove-approver, --admin, --add-admin, --remove-admin, --requester, --add-requester, "
-            "--remove-requester, --four-eyes/--no-four-eyes, --system-prompt, --on-release or --live-guard"
+            "--remove-requester, --four-eyes/--no-four-eyes, --system-prompt, --prompt-format, --on-release or "
+            "--live-guard"
         )
     loaded = {prefix: load_suite(path) for prefix, path in (("", suite), ("full_", full_suite)) if path is not None}
     with staged(ws.store) as staging:
@@ -202,6 +249,8 @@ class PatchTarget:
     version: str
     base_id: int
     fingerprint: str
+    prompt_format: str  # the assistant's, which a patch trained here learns in
+    system_prompt: str
     base_dir: Path
 
     @property
@@ -225,16 +274,17 @@ def patch_target(ws: Workspace, assistant: str, version: str) -> PatchTarget:
     with ws.session() as s:
         owner = services.get_assistant(s, assistant)
         base = services.get_base(s, owner.family, version)
-        found = (owner.name, owner.family, base.version, base.id, base.fingerprint, base.source_ref)
+        found = (owner.name, owner.family, base.version, base.id, base.fingerprint, owner.prompt_format,
+                 owner.system_prompt or "", base.source_ref)
     *head, source_ref = found
     return PatchTarget(*head, resolve_model_dir(source_ref))
 
 
 def check_training_data(path: Path) -> Path:
-    from portllm_engine.patches import read_pairs
+    from portllm_engine.patches import read_examples
 
     path = existing_file("training data", path)
-    read_pairs(path)  # every line checked now; errors name the line
+    read_examples(path)  # every line checked now; errors name the line
     return path
 
 
@@ -249,9 +299,9 @@ def add_patch(ws: Workspace, assistant: str, directory: Path, *, base: str, acto
     manifest = patches.read_manifest(src)
     report = compat.check(src, target.base_dir)
     if not report.compatible:
-        first, rest = report.errors[0], len(report.errors) - 1
-        more = f" (and {rest} more problem{'s' if rest != 1 else ''}; `portllm engine compat` lists them)" if rest else ""
-        raise BadInput(f"patch {src} does not fit {target.label}: {first['message']}{more}")
+        n = len(report.errors)
+        more = f" ({n} problems; `portllm engine compat --json` lists them)" if n > 1 else ""
+        raise BadInput(f"patch {src} does not fit {target.label}: {report.summary().reason}{more}")
     if manifest is not None and manifest.origin_fingerprint not in (None, target.fingerprint):
         raise BadInput(
             f"{src} was trained on a base with fingerprint {short(manifest.origin_fingerprint)}, "

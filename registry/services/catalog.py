@@ -23,7 +23,10 @@ def register_base(
     tokenizer_fingerprint: str,
     actor: str,
     description: str = "",
+    forced_architecture: str | None = None,
 ) -> BaseModel:
+    """`forced_architecture`: how its architecture differs from its family's, when it was registered
+    anyway (kept in the audit trail)."""
     family, version = family.strip(), version.strip()
     existing = _find_base(s, family, version)
     if existing is not None:
@@ -45,7 +48,7 @@ def register_base(
     flush_or_duplicate(s, f"{family}/{version} is already registered; pick another version label.")
     audit(s, actor=actor, action="base.registered", entity_type="base", entity_id=base.id,
           assistant_id=None, family=family, version=version, fingerprint=fingerprint,
-          source_ref=source_ref)
+          source_ref=source_ref, **({"forced_architecture": forced_architecture} if forced_architecture else {}))
     return base
 
 
@@ -85,7 +88,8 @@ def _close(word: str, known: list[str]) -> list[str]:
 
 _ASSISTANT_FIELDS = frozenset(
     {"family", "suite_ref", "suite_digest", "full_suite_ref", "full_suite_digest", "min_accuracy",
-     "max_regression", "approvers", "admins", "requesters", "four_eyes", "system_prompt", "owner", "on_release",
+     "max_regression", "approvers", "admins", "requesters", "four_eyes", "system_prompt", "prompt_format", "owner",
+     "on_release",
      "guard_min_ratings", "guard_min_satisfaction"}
 )
 
@@ -122,6 +126,7 @@ def create_assistant(
     requesters: list[str] | None = None,
     four_eyes: bool = False,
     system_prompt: str = "",
+    prompt_format: str = "chat",
     owner: str = "",
     on_release: str = OnRelease.AUTO,
     guard_min_ratings: int | None = None,
@@ -147,6 +152,7 @@ def create_assistant(
         requesters=list(requesters or []),
         four_eyes=four_eyes,
         system_prompt=system_prompt,
+        prompt_format=prompt_format,
         owner=owner,
         on_release=str(on_release),
         guard_min_ratings=guard_min_ratings,
@@ -218,8 +224,9 @@ def update_assistant(s: Session, name: str, /, *, actor: str, **fields: Any) -> 
 CONSOLE_ACTOR_PREFIX = "console:"
 
 
-def _user_key(user: str) -> str:
-    """Compare users leniently: `@alice`, `alice`, `<@U123>`, `<@U123|alice>` and case all match.
+def person(user: str) -> str:
+    """Who a user is, however written: `@alice`, `alice`, `<@U123>`, `<@U123|alice>` and case all
+    match. The one key every comparison of people goes by (roles, four-eyes, ratings, quotas).
 
     `console:alice` is alice typing in the operators' console: the audit trail keeps the prefix,
     roles go by the name (an operator on the server could change the roles anyway).
@@ -231,16 +238,16 @@ def _user_key(user: str) -> str:
 
 
 def same_user(a: str, b: str) -> bool:
-    return _user_key(a) == _user_key(b)
+    return person(a) == person(b)
 
 
 def is_approver(assistant: Assistant, user: str) -> bool:
     """Approvers and admins may approve, reject and roll back."""
-    return _user_key(user) in {_user_key(u) for u in [*assistant.approvers, *assistant.admins]}
+    return person(user) in {person(u) for u in [*assistant.approvers, *assistant.admins]}
 
 
 def is_admin(assistant: Assistant, user: str) -> bool:
-    return _user_key(user) in {_user_key(u) for u in assistant.admins}
+    return person(user) in {person(u) for u in assistant.admins}
 
 
 def require_approver(assistant: Assistant, user: str) -> None:

@@ -1,7 +1,8 @@
 """The evaluation ledger: find a score by its key, record a computed one, list and forget.
 
 A score's key is everything that can change its number: the model's weights (fingerprint), the
-patch's weights (digest, or none), the suite (digest) and the scoring settings (dtype, device
+patch's weights (digest, or none), the suite (digest), the prompt format the suite's questions
+were put in (its digest) and the scoring settings (dtype, device
 kind, scorer version). Two runs that computed the same missing score at once both try to record
 it; the unique key keeps the first, and the second uses that one.
 """
@@ -23,6 +24,7 @@ class ScoreKey:
     model_fingerprint: str
     patch_digest: str  # BASE_ALONE for the base alone
     suite_digest: str
+    prompt_digest: str  # the prompt format: kind, template, system prompt
     dtype: str
     device_kind: str
     scorer_version: int
@@ -30,6 +32,7 @@ class ScoreKey:
     def short(self) -> str:
         patch = self.patch_digest[:12] or "base alone"
         return (f"model {self.model_fingerprint[:12]}, patch {patch}, suite {self.suite_digest[:12]}, "
+                f"prompt {self.prompt_digest[:12]}, "
                 f"{self.dtype} on {self.device_kind}, scorer v{self.scorer_version}")
 
 
@@ -40,13 +43,13 @@ def find_score(s: Session, key: ScoreKey) -> Score | None:
 
 def record_score(s: Session, key: ScoreKey, *, run_id: int, computed_by: str, n: int, accuracy: float,
                  ci_low: float, ci_high: float, metrics: dict[str, Any], items_ref: str | None,
-                 duration_s: float) -> tuple[Score, bool]:
+                 duration_s: float, prompt_format: str) -> tuple[Score, bool]:
     """Record a computed score: (the entry, True), or (the entry another run recorded first, False)."""
     try:
         with s.begin_nested():
             score = Score(**asdict(key), run_id=run_id, computed_by=computed_by, n=n, accuracy=accuracy,
                           ci_low=ci_low, ci_high=ci_high, metrics=metrics, items_ref=items_ref,
-                          duration_s=duration_s)
+                          duration_s=duration_s, prompt_format=prompt_format)
             s.add(score)
             s.flush()
     except IntegrityError:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from registry.errors import NotRequester, OwnRunUnderFourEyes, RateLimited, WrongChannel
 from registry.models import Assistant, Requester, Rollout, RolloutState, Run, utcnow
-from registry.services.catalog import require_approver, same_user
+from registry.services.catalog import person, require_approver, same_user
 from registry.services.common import insert_unless_exists
 
 
@@ -55,14 +55,17 @@ def require_run_quota(s: Session, assistant: Assistant, user: str, *, per_user: 
     always in that order; SQLite takes its database write lock), so two requests arriving together
     cannot both take the last free slot, whichever assistants and channels they are for.
     """
-    insert_unless_exists(s, Requester, {"user": user}, key="user", returning=Requester.user)
-    s.execute(update(Requester).where(Requester.user == user).values(user=Requester.user))
+    who = person(user)  # one person, one quota, however they are written (`U1`, `<@U1>`, `console:U1`)
+    insert_unless_exists(s, Requester, {"user": who}, key="user", returning=Requester.user)
+    s.execute(update(Requester).where(Requester.user == who).values(user=Requester.user))
     s.execute(update(Assistant).where(Assistant.id == assistant.id).values(name=Assistant.name))
     since = utcnow() - timedelta(seconds=window_s)
-    for whose, limit, where in (("Your runs", per_user, Run.requested_by == user),
-                                (f"Runs of {assistant.name}", per_assistant, Run.assistant_id == assistant.id)):
-        count, oldest = s.execute(select(func.count(Run.id), func.min(Run.created_at))
-                                  .where(where, Run.created_at > since)).one()
+    recent = s.execute(select(Run.requested_by, Run.assistant_id, Run.created_at).where(Run.created_at > since)).all()
+    for whose, limit, counted in (("Your runs", per_user, lambda run: person(run.requested_by) == who),
+                                  (f"Runs of {assistant.name}", per_assistant,
+                                   lambda run: run.assistant_id == assistant.id)):
+        times = [run.created_at for run in recent if counted(run)]  # a window's runs: a few dozen at most
+        count, oldest = len(times), min(times, default=None)
         if count >= limit:
             free_at = oldest + timedelta(seconds=window_s)  # when the oldest counted run ages out
             raise RateLimited(whose, count, window_s, (free_at - utcnow()).total_seconds(),

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from registry.errors import NotFound, RegistryError
 from registry.models import Answer, Assistant, Rating, Rollout, RolloutState, id_in_range, utcnow
+from registry.services.catalog import person
 from registry.services.common import audit, conditional_update
 
 
@@ -71,9 +72,9 @@ def rate(s: Session, answer: Answer, *, user: str, up: bool) -> Rating:
     if not user:
         raise RegistryError("A rating needs the person who gives it.")
     _take_turns(s, answer)
-    rating = s.scalar(select(Rating).where(Rating.answer_id == answer.id, Rating.user == user))
-    if rating is None:
-        rating = Rating(answer_id=answer.id, user=user, up=up)
+    rating = s.scalar(select(Rating).where(Rating.answer_id == answer.id, Rating.user == person(user)))
+    if rating is None:  # stored by person: `U1`, `<@U1>` and `console:U1` are one voice
+        rating = Rating(answer_id=answer.id, user=person(user), up=up)
         s.add(rating)
     else:
         rating.up = up
@@ -87,7 +88,7 @@ def unrate(s: Session, answer: Answer, *, user: str, up: bool) -> bool:
     """Take back a person's 👍 (up) or 👎 on an answer; False when that is not their rating now
     (a later rating of the other kind stands)."""
     _take_turns(s, answer)
-    rating = s.scalar(select(Rating).where(Rating.answer_id == answer.id, Rating.user == user, Rating.up == up))
+    rating = s.scalar(select(Rating).where(Rating.answer_id == answer.id, Rating.user == person(user), Rating.up == up))
     if rating is None:
         return False
     s.delete(rating)

@@ -27,6 +27,11 @@ def claim_key(s: Session, key: str, ttl_s: float) -> bool:
                               expires_at=expires_at) == 1
 
 
+def give_back_key(s: Session, key: str) -> None:
+    """Give a claim back: the next caller claims the key as if it were new."""
+    s.execute(delete(SeenKey).where(SeenKey.key == key))
+
+
 def key_claimed(s: Session, key: str) -> bool:
     return s.scalar(select(SeenKey.key).where(SeenKey.key == key, SeenKey.expires_at > utcnow())) is not None
 

@@ -71,10 +71,11 @@ def cli(data_dir, migrated_url, monkeypatch) -> Cli:
 
 @pytest.fixture
 def registered(cli: Cli, tiny_world: TinyWorld) -> Cli:
-    """Bases v1, v2 and other of family `tiny`, and an assistant `support` whose gate any run passes."""
+    """Bases v1, v2 and other (another architecture, forced in) of family `tiny`, and an assistant `support`
+    whose gate any run passes."""
     cli.ok("base", "add", "tiny", "v1", tiny_world.v1)
     cli.ok("base", "add", "tiny", "v2", tiny_world.v2)
-    cli.ok("base", "add", "tiny", "other", tiny_world.other)
+    cli.ok("base", "add", "tiny", "other", tiny_world.other, "--force")  # another architecture, on purpose
     cli.ok(
         "assistant", "add", "support", "--family", "tiny", "--suite", tiny_world.suite,
         "--min-accuracy", "0", "--max-regression", "1", "--approver", "alice", "--admin", "bob",

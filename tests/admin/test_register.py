@@ -114,6 +114,12 @@ def test_patch_train_local_trains_stores_and_registers_with_provenance(registere
     result = registered.ok("patch", "train", "support", "--base", "v2", "--data", tiny_world.train_data,
                            "--rank", "2", "--alpha", "4", "--epochs", "2", "--lr", "0.01", "--seed", "7", "--local")
     assert result.stdout.startswith("Patch #1 added to support: trained on tiny v2, r 2, alpha 4")
+    # Piped (not a terminal): progress as plain lines on stderr, not a bar nobody sees (issue 32).
+    progress = result.stderr.splitlines()
+    assert progress, result.stderr
+    assert progress[0].startswith("Training support on tiny v2: ") and "epoch 1/2 loss " in progress[0], progress
+    assert any("epoch 2/2" in line for line in progress)
+    assert progress[-1].startswith("Training support on tiny v2: 100% epoch 2/2 loss ") and progress[-1].endswith(" s)")
     [patch] = registered.json("patch", "list")
     provenance = patch["provenance"]
     assert patch["origin_base"]["version"] == "v2"
@@ -139,7 +145,9 @@ def test_run_wait_exit_codes_follow_the_registry(registered, tiny_world, session
         services.claim_run(s, run_id, "w1")
         services.finish_run(s, run_id, status="failed", error="base unreadable")
     failed = registered("run", "wait", run_id, "--timeout", "5")
-    assert failed.exit_code == 1 and failed.stderr.strip() == f"Run #{run_id} failed: base unreadable"
+    # Piped: where the run got to (plain progress lines), then how it ended, last.
+    assert failed.exit_code == 1 and failed.stderr.strip().splitlines() == [
+        f"Run #{run_id}: 0% failed (0 s)", f"Run #{run_id} failed: base unreadable"]
     shown = registered.json("run", "show", run_id)
     assert (shown["status"], shown["error"], shown["evaluations"], shown["rollout"]) == (
         "failed", "base unreadable", [], None)
@@ -167,8 +175,8 @@ def test_the_portllm_command_works_on_the_embedded_defaults(tmp_path, tiny_world
         return subprocess.run([sys.executable, "-m", "portllm_cli.main", *map(str, args)], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
 
-    assert portllm("base", "list").stderr.startswith("error: the registry database has no tables yet")
-    assert portllm("db", "upgrade").returncode == 0
+    assert portllm("base", "list").stdout.strip() == "No base registered yet."  # no `db upgrade` needed
+    assert portllm("db", "upgrade").returncode == 0  # still there, and a no-op
     added = portllm("base", "add", "tiny", "v1", tiny_world.v1)
     assert added.returncode == 0 and added.stdout.startswith("Base tiny v1 registered: llama"), added.stderr
     again = portllm("base", "add", "tiny", "v1", tiny_world.v1)

@@ -143,3 +143,38 @@ def test_run_show_neutralises_bidi_controls_in_what_people_typed(registered, tin
     shown = " ".join(shown.replace("│", " ").split())  # the card's panel wraps its lines
     assert "rejected by alice: desserper eb ot fine" in shown
     assert registered.json("run", "show", run.id)["rollout"]["reason"].startswith("\u202e")  # the record keeps it
+
+
+def test_a_base_of_another_architecture_is_refused_and_nothing_is_registered(cli, tiny_world):
+    """Issue 32: `base add` took Gemma 3 into the SmolLM2 family without a word; its release then queued a
+    run that failed the compatibility check."""
+    cli.ok("base", "add", "tiny", "v1", tiny_world.v1)
+    before = cli.snapshot()
+    refused = cli("base", "add", "tiny", "other", tiny_world.other)
+    assert refused.exit_code == 2 and "Traceback" not in refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("error: tiny other is not the architecture of family tiny (that of tiny v1): "
+                           "hidden_size 16 → 24; 16 weight matrices of another shape: ")
+    assert "nothing was registered or released" in line and "pass --force" in line
+    assert cli.snapshot() == before
+    assert [b["version"] for b in cli.json("base", "list", "tiny")] == ["v1"]
+    cli.ok("base", "add", "other-family", "v1", tiny_world.other)  # a family of its own is fine
+
+
+def test_a_forced_base_of_another_architecture_is_registered_and_releases_nothing(
+        registered, tiny_world, session_factory, tmp_path):
+    live_on_v1(registered, tiny_world, session_factory)
+    before = runs(session_factory)
+    forced = registered("base", "add", "tiny", "other-2", new_version_of(tiny_world.other, tmp_path / "o2"), "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert forced.stderr.startswith("warning: tiny other-2 is not the architecture of its family (vs tiny v1: "
+                                    "hidden_size 16 → 24;")
+    out = " ".join(forced.stdout.split())
+    assert "Base tiny other-2 registered" in out and "No release" in out and "nothing queued" in out
+    assert "`portllm release start tiny other-2`" in out
+    assert runs(session_factory) == before  # a release would have queued a run for #support, doomed to fail
+    assert registered("release", "show", "tiny", "other-2").exit_code != 0
+    with session_factory() as s:
+        base = services.get_base(s, "tiny", "other-2")
+        [event] = services.audit_events(s, entity_type="base", entity_id=base.id)
+    assert event.details["forced_architecture"].startswith("vs tiny v1: hidden_size 16 → 24;")

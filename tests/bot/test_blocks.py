@@ -130,6 +130,14 @@ def test_incompatible_run_lists_the_errors():
     assert "hidden size 128 vs 256" in next(b for b in out if b["block_id"] == Block.RUN_COMPAT)["text"]["text"]
 
 
+def test_an_incompatible_run_says_the_reason_first():
+    out = blocks.run_card_blocks(card(status="failed", kpi=(), drift_overall=None, verdict=None, rollout_state=None,
+                                      compat_errors=("model_type llama → gemma3_text", "the base lacks 210 modules"),
+                                      error="not compatible"))
+    text = next(b for b in out if b["block_id"] == Block.RUN_COMPAT)["text"]["text"]
+    assert text == "*Not compatible:* model_type llama → gemma3_text\n• the base lacks 210 modules"
+
+
 def test_user_text_is_escaped():
     out = blocks.reply_blocks(Reply("<!channel> & <https://evil|x>"))
     assert out[0]["text"]["text"] == "&lt;!channel&gt; &amp; &lt;https://evil|x&gt;"

@@ -165,3 +165,17 @@ def test_paired_test_decides_where_the_interval_straddles_the_bar(n, live, wins,
     both = live - losses
     decision = paired_gate(*paired(wins, losses, both, n - wins - losses - both), 0.5, 0.05)
     assert decision.verdict == "fail", decision.explanation
+
+
+def test_each_group_of_questions_must_clear_the_floor():
+    from portllm_core.gate import GateDecision, with_group_floors
+
+    passed = GateDecision("pass", "interval", "The candidate scored 88 %.")
+    # The domain soars while general knowledge breaks: the average alone would pass.
+    failed = with_group_floors(passed, {"support": (58, 60), "general": (4, 20)}, 0.7)
+    assert failed.verdict == "fail" and failed.test == "interval"
+    assert "The general questions: 4 of 20 right (20%), clearly below the 70% floor." in failed.explanation
+    # A group within reach of the floor keeps a pass from passing, and never rescues a fail.
+    assert with_group_floors(passed, {"support": (58, 60), "general": (12, 20)}, 0.7).verdict == "inconclusive"
+    assert with_group_floors(GateDecision("fail", "paired", "x"), {"general": (20, 20)}, 0.7).verdict == "fail"
+    assert with_group_floors(passed, {"support": (58, 60), "general": (19, 20)}, 0.7) == passed

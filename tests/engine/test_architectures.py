@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from portllm_engine.prompt import user_turn
 from portllm_engine.compat import check
 from portllm_engine.errors import IncompatiblePatchError, PatchError
 from portllm_engine.generate import stream_generate
@@ -286,8 +287,8 @@ def test_kpi_eval_and_answers_with_the_patch(world, arch, suite):
 
     server = PatchServer(base, device="cpu")
     server.attach("support", patch)
-    answer = "".join(server.generate("support", PROMPT, max_new_tokens=6))
-    assert answer == "".join(stream_generate(candidate, tokenizer, PROMPT, max_new_tokens=6))
+    answer = "".join(server.generate("support", user_turn(PROMPT), max_new_tokens=6))
+    assert answer == "".join(stream_generate(candidate, tokenizer, user_turn(PROMPT), max_new_tokens=6))
     assert answer.strip()
 
 
@@ -301,7 +302,7 @@ def test_tied_embeddings_are_refused_with_what_to_do(world, tmp_path):
     tied = [e for e in report.errors if e["code"] == "tied_embeddings"]
     assert {e["module"] for e in tied} == {"model.embed_tokens", "lm_head"}
     assert all("retrain the patch without embed_tokens and lm_head" in e["message"] for e in tied)
-    with pytest.raises(IncompatiblePatchError, match="shares between its input embeddings and output layer"):
+    with pytest.raises(IncompatiblePatchError, match="adapts embeddings this base ties to its output layer.*retrain it"):
         transplant_to_dir(adapter, base, tmp_path / "out", device="cpu")
     model, _ = load_base(base, device="cpu")
     with pytest.raises(PatchError, match="tie_word_embeddings"):

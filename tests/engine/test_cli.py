@@ -35,7 +35,11 @@ def test_compat_exit_codes_and_json(run, tiny):
     report = json.loads(bad.stdout)
     assert report["compatible"] is False and report["errors"][0]["code"]
     human = run("compat", "--patch", tiny.patch, "--base", tiny.other)
-    assert human.exit_code == 3 and "shape_mismatch" in human.stdout
+    assert human.exit_code == 3
+    # The reason first, on one line; a few short lines after it, not one per module.
+    lines = human.stdout.splitlines()
+    assert lines[0].startswith("NOT compatible: the base's architecture is not the one the patch was trained on")
+    assert len(lines) <= 4 and lines[-1] == f"  (--json lists all {len(report['errors'])} problems)"
 
 
 def test_drift_json(run, tiny):
@@ -51,7 +55,7 @@ def test_transplant_writes_a_model(run, tiny, tmp_path):
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     refused = run("transplant", "--patch", tiny.patch, "--base", tiny.other, "--out", tmp_path / "x", "--device", "cpu")
     assert refused.exit_code == 3
-    assert "does not fit" in one_line_error(refused)
+    assert "does not fit other: the base's architecture is not the one" in one_line_error(refused)
     again = run("transplant", "--patch", tiny.patch, "--base", tiny.base, "--out", tmp_path / "merged", "--device", "cpu")
     assert again.exit_code == 1
     assert "not an empty folder: pass a new --out folder" in one_line_error(again)
@@ -67,8 +71,12 @@ def test_eval_json(run, tiny, tmp_path):
     result = run("eval", "--model", tiny.base, "--patch", tiny.patch, "--suite", suite, "--batch-size", 1, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"n", "accuracy", "ci95", "metrics"}
+    assert set(data) == {"n", "accuracy", "ci95", "metrics", "prompt_format", "items"}
     assert data["n"] == 2 and set(data["metrics"]) == {"acc", "acc_norm"} and len(data["ci95"]) == 2
+    # Each item's result, in suite order: what a script compares item by item with another run.
+    assert [item["index"] for item in data["items"]] == [0, 1]
+    assert all(isinstance(item["correct"], bool) for item in data["items"])
+    assert sum(item["correct"] for item in data["items"]) / 2 == pytest.approx(data["accuracy"])
 
 
 @pytest.mark.parametrize(

@@ -114,3 +114,34 @@ def test_bad_input_is_reported_not_raised(tiny, tmp_path, copy_dir):
     report = check(tiny.patch, tiny.base / "config.json")
     assert codes(report) == {"base_unreadable"}
     json.dumps(report.to_dict())  # errors are plain data
+
+
+def test_the_summary_of_a_base_of_another_shape_says_why_first_and_stays_short(tiny):
+    """Issue 32: a base of another family fails every module; the refusal was hundreds of lines, the reason not first."""
+    report = check(tiny.patch, tiny.other)
+    summary = report.summary()
+    assert summary.reason.startswith("the base's architecture is not the one the patch was trained on")
+    assert "hidden_size 32 → 48" in summary.reason
+    assert len(summary.lines) <= 3 and all("\n" not in line for line in summary.lines)
+    shapes = next(line for line in summary.lines if "of another shape" in line)
+    n = sum(e["code"] == "shape_mismatch" for e in report.errors)
+    assert shapes.startswith(f"{n} modules of another shape") and shapes.endswith(f"and {n - 3} more")
+    assert summary.elided == n - 3
+
+
+def test_the_summary_ranks_kinds_of_problem_and_bounds_module_lists():
+    from portllm_engine.compat_summary import summarise
+
+    missing = [{"code": "missing_module", "message": f"the base has no module m{i}", "module": f"m{i}"}
+               for i in range(215)]
+    tokenizer = {"code": "tokenizer_mismatch", "message": "the base's tokenizer differs"}
+    kind = {"code": "model_type_mismatch", "message": "…", "expected": "llama", "found": "gemma3_text"}
+    summary = summarise([*missing, tokenizer, kind])
+    assert summary.lines == (
+        "the base's architecture is not the one the patch was trained on (patch → base): model_type llama → gemma3_text",
+        "the base's tokenizer differs",
+        "the base lacks 215 modules the patch adapts: m0, m1, m2 and 212 more",
+    )
+    assert summary.elided == 212
+    assert summarise([]).lines == () and summarise([]).reason == ""
+    assert summarise([tokenizer]).lines == ("the base's tokenizer differs",) and summarise([tokenizer]).elided == 0

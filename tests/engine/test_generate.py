@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from portllm_engine.generate import format_prompt, stream_generate
+from portllm_engine.generate import prepare_prompt, stream_generate
 from portllm_engine.models import load_base
+from portllm_engine.prompt import render, user_turn
 
 
 @pytest.fixture(scope="module")
@@ -22,35 +23,42 @@ def greedy_reference(model, tokenizer, text: str, steps: int) -> str:
     return tokenizer.decode(new, skip_special_tokens=True)
 
 
-def test_plain_template_without_chat_template(loaded):
-    _, tokenizer = loaded
-    assert format_prompt(tokenizer, " How much? ") == "Question: How much?\nAnswer:"
-    assert format_prompt(tokenizer, "How much?", "Be brief.") == "Be brief.\n\nQuestion: How much?\nAnswer:"
-
-
-def test_chat_template_when_the_tokenizer_has_one(loaded):
-    _, tokenizer = loaded
-    chatty = type(tokenizer).from_pretrained(tokenizer.name_or_path)
-    chatty.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
-    assert format_prompt(chatty, "Hi", "Be brief.") == "<system>Be brief.<user>Hi<assistant>"
-
-
 def test_stream_equals_greedy_decoding(loaded):
     model, tokenizer = loaded
-    pieces = list(stream_generate(model, tokenizer, "How much does the Lumo Dock cost?", max_new_tokens=12))
-    expected = greedy_reference(model, tokenizer, format_prompt(tokenizer, "How much does the Lumo Dock cost?"), 12)
+    question = user_turn("How much does the Lumo Dock cost?")
+    pieces = list(stream_generate(model, tokenizer, question, max_new_tokens=12))
+    expected = greedy_reference(model, tokenizer, render(tokenizer, question).text, 12)
     assert "".join(pieces) == expected.lstrip().split("\nQuestion:")[0]
     assert len(pieces) >= 1
 
 
 def test_stop_sequences_and_length_bound(loaded):
     model, tokenizer = loaded
-    full = "".join(stream_generate(model, tokenizer, "The quick brown fox", max_new_tokens=20))
-    short = "".join(stream_generate(model, tokenizer, "The quick brown fox", max_new_tokens=3))
-    prompt = format_prompt(tokenizer, "The quick brown fox")
+    fox = user_turn("The quick brown fox")
+    full = "".join(stream_generate(model, tokenizer, fox, max_new_tokens=20))
+    short = "".join(stream_generate(model, tokenizer, fox, max_new_tokens=3))
+    prompt = render(tokenizer, fox).text
     assert short == greedy_reference(model, tokenizer, prompt, 3).lstrip().split("\nQuestion:")[0]
     if len(full) > 3:
         stop = full[2:4]
-        cut = "".join(stream_generate(model, tokenizer, "The quick brown fox", max_new_tokens=20, stop=[stop]))
+        cut = "".join(stream_generate(model, tokenizer, fox, max_new_tokens=20, stop=[stop]))
         assert cut == full[: full.index(stop)]
-    assert "".join(stream_generate(model, tokenizer, "x", max_new_tokens=10**9)) is not None  # clamped, not an error
+    assert "".join(stream_generate(model, tokenizer, user_turn("x"), max_new_tokens=10**9)) is not None  # clamped
+
+
+def test_earlier_turns_are_dropped_oldest_first_to_fit_the_context(loaded):
+    _, tokenizer = loaded
+    turns = []
+    for n in range(6):
+        turns += [{"role": "user", "content": f"What is product {n} made of, exactly?"},
+                  {"role": "assistant", "content": "Aluminium and glass, mostly."}]
+    turns.append({"role": "user", "content": "And the Lumo Dock?"})
+    whole = render(tokenizer, turns).ids
+    context, budget = len(whole) - 5, 10  # too small for all turns
+    ids, got_budget, _ = prepare_prompt(tokenizer, turns, context, max_new_tokens=budget)
+    assert got_budget == budget and len(ids) <= context - budget
+    kept = tokenizer.decode(ids)
+    assert "And the Lumo Dock?" in kept and "product 0" not in kept and "product 5" in kept
+    # Only the newest question left, it still stays, cut from the left.
+    ids, _, _ = prepare_prompt(tokenizer, user_turn("word " * 200), 32, max_new_tokens=8)
+    assert len(ids) == 24

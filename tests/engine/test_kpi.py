@@ -10,6 +10,10 @@ from transformers import AutoTokenizer
 from portllm_engine.errors import SuiteError
 from portllm_engine.kpi import encode_pair, evaluate, load_suite, loglikelihoods, suite_digest, wilson_interval
 from portllm_engine.models import load_base
+from portllm_engine.prompt import CHAT, RAW, PromptFormat, render, user_turn
+
+# lm-evaluation-harness without --apply_chat_template: the suite's text as written.
+RAW_FORMAT = PromptFormat(RAW)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +148,7 @@ def test_acc_and_acc_norm_by_hand(bigram, tokenizer):
         if scored[a] > scored[b] and scored[a] / len(a) < scored[b] / len(b)
     )
     item = {"id": "color", "kind": "multiple_choice", "context": context, "choices": list(pair), "gold": 1}
-    result = evaluate(model, tokenizer, [item])
+    result = evaluate(model, tokenizer, [item], fmt=RAW_FORMAT)
     row = result.items[0]
     assert row["id"] == "color"
     assert row["loglikelihoods"] == pytest.approx([scored[pair[0]], scored[pair[1]]], abs=1e-4)
@@ -188,7 +192,7 @@ def test_generate_items_exact_and_contains_by_hand(bigram, tokenizer):
         {"kind": "generate", "prompt": prompt, "target": first.strip(), "match": "contains", "max_new_tokens": 4, "stop": []},
         {"kind": "generate", "prompt": prompt, "target": "certainly not this", "match": "contains", "max_new_tokens": 4},
     ]
-    result = evaluate(model, tokenizer, items)
+    result = evaluate(model, tokenizer, items, fmt=RAW_FORMAT)
     assert result.items[0]["output"] == text
     assert [r["correct"] for r in result.items] == [True, True, False]
     assert result.metrics["exact_match"] == pytest.approx(1 / 3)
@@ -206,8 +210,8 @@ def test_batch_size_does_not_change_results(tiny, tokenizer):
         items.append({"kind": "multiple_choice", "context": context, "choices": [" fox", " ocean blue", "docks and hubs"], "gold": i % 3})
     for prompt in ["Question: How much does the Lumo Dock cost?\nAnswer:", "The quick", "A patch carries domain", "Every device"]:
         items.append({"kind": "generate", "prompt": prompt, "target": "fox", "match": "contains", "max_new_tokens": 6})
-    one = evaluate(model, tokenizer, items, batch_size=1)
-    many = evaluate(model, tokenizer, items, batch_size=16)
+    one = evaluate(model, tokenizer, items, fmt=RAW_FORMAT, batch_size=1)
+    many = evaluate(model, tokenizer, items, fmt=RAW_FORMAT, batch_size=16)
     assert one.accuracy == many.accuracy and one.metrics == many.metrics
     for a, b in zip(one.items, many.items):
         if a["kind"] == "multiple_choice":
@@ -275,7 +279,7 @@ def random_items(seed: int, count: int, tokenizer) -> list[dict]:
 def test_shared_context_scoring_equals_one_request_at_a_time(tiny, tokenizer, seed, batch_size):
     model, _ = load_base(tiny.base, device="cpu")
     items = random_items(seed, 40, tokenizer)
-    result = evaluate(model, tokenizer, items, batch_size=batch_size)
+    result = evaluate(model, tokenizer, items, fmt=RAW_FORMAT, batch_size=batch_size)
     boundary_changes = one_token = truncated = 0
     for item, row in zip(items, result.items):
         expected = []
@@ -297,7 +301,7 @@ def test_shared_context_scoring_equals_one_request_at_a_time(tiny, tokenizer, se
 def test_ties_go_to_the_first_choice(tiny, tokenizer):
     model, _ = load_base(tiny.base, device="cpu")
     item = {"kind": "multiple_choice", "context": "The quick", "choices": [" fox", " fox jumps", " fox"], "gold": 2}
-    row = evaluate(model, tokenizer, [item]).items[0]
+    row = evaluate(model, tokenizer, [item], fmt=RAW_FORMAT).items[0]
     assert row["loglikelihoods"][0] == row["loglikelihoods"][2]
     assert row["pred"] in (0, 1) and row["acc"] == 0.0
 
@@ -307,7 +311,7 @@ def test_multiple_input_items_score_one_continuation_after_each_context(tiny, to
     sentence is the continuation scored after each."""
     model, _ = load_base(tiny.base, device="cpu")
     item = {"kind": "multiple_choice", "contexts": ["The fox jumps over the", "The dog jumps over the"], "continuation": " lazy dog.", "gold": 1}
-    row = evaluate(model, tokenizer, [item]).items[0]
+    row = evaluate(model, tokenizer, [item], fmt=RAW_FORMAT).items[0]
     expected = [reference_loglikelihood(model, *encode_pair(tokenizer, c, " lazy dog.")) for c in item["contexts"]]
     assert row["loglikelihoods"] == pytest.approx(expected, abs=2e-4)
     assert row["pred"] == row["pred_norm"] == (0 if expected[0] >= expected[1] else 1)
@@ -336,7 +340,7 @@ def test_a_prefix_every_context_shares_runs_once(tiny, tokenizer, batch_size):
     shapes = []
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     try:
-        row_of = evaluate(model, tokenizer, items, batch_size=batch_size).items
+        row_of = evaluate(model, tokenizer, items, fmt=RAW_FORMAT, batch_size=batch_size).items
     finally:
         hook.remove()
     expected = [reference_loglikelihood(model, c, k) for c, k in requests]
@@ -427,10 +431,86 @@ def test_jsonl_lines_split_on_newline_only(tmp_path):
 def test_number_items_score_the_last_number_of_the_output(tiny, tokenizer):
     model, _ = load_base(tiny.base, device="cpu")
     item = {"kind": "generate", "prompt": "The quick", "target": "1,000", "match": "number", "max_new_tokens": 4}
-    result = evaluate(model, tokenizer, [item, {**item, "match": "exact"}])
+    result = evaluate(model, tokenizer, [item, {**item, "match": "exact"}], fmt=RAW_FORMAT)
     from portllm_engine.kpi import last_number
 
     output = result.items[0]["output"]
     assert result.items[0]["correct"] is (last_number(output) == 1000)
     assert result.metrics["number"] == result.items[0]["number"] * 1.0
     assert set(result.metrics) == {"exact_match", "contains", "number"}
+
+
+# ------------------------------------------------------------------ the served (chat) format
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{{ eos_token }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+@pytest.fixture
+def chatty(tiny):
+    tokenizer = AutoTokenizer.from_pretrained(tiny.tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def lm_eval_chat_request(tokenizer, system: str, context: str, choice: str) -> tuple[list[int], list[int]]:
+    """lm-eval 0.4.x with --apply_chat_template --system_instruction, written out independently:
+    the chat-rendered context with the generation prompt, the choice with no target delimiter,
+    trailing whitespace of the context moved to the continuation, tokens by `tok_encode`."""
+    ctx = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": context}],
+                                        tokenize=False, add_generation_prompt=True)
+    cont = choice
+    spaces = len(ctx) - len(ctx.rstrip())
+    if spaces:
+        ctx, cont = ctx[:-spaces], ctx[-spaces:] + cont
+
+    def tok_encode(text):
+        bos_text = tokenizer.decode([tokenizer.bos_token_id])
+        return tokenizer.encode(text, add_special_tokens=not text.startswith(bos_text))
+
+    whole, context_ids = tok_encode(ctx + cont), tok_encode(ctx)
+    return context_ids, whole[len(context_ids):]
+
+
+def test_multiple_choice_in_the_chat_format_equals_lm_eval_with_apply_chat_template(tiny, chatty):
+    model, _ = load_base(tiny.base, device="cpu")
+    system = "Answer with the color only."
+    items = [{"kind": "multiple_choice", "context": "What color is the Pixa Cam?", "choices": ["ocean blue", "sand", " fox"],
+              "gold": 0},
+             {"kind": "multiple_choice", "context": "How much does the Lumo Dock cost? ", "choices": ["$249", "$99"], "gold": 1}]
+    result = evaluate(model, chatty, items, fmt=PromptFormat(CHAT, system))
+    for item, row in zip(items, result.items):
+        expected = [reference_loglikelihood(model, *lm_eval_chat_request(chatty, system, item["context"], c))
+                    for c in item["choices"]]
+        assert row["loglikelihoods"] == pytest.approx(expected, abs=2e-4)
+    # Another format is another score: raw reads the same items as plain completions.
+    raw = evaluate(model, chatty, items, fmt=RAW_FORMAT)
+    assert raw.items[0]["loglikelihoods"] != pytest.approx(result.items[0]["loglikelihoods"], abs=1e-3)
+
+
+def test_a_generated_item_is_scored_on_the_answer_ask_gives(tiny, chatty):
+    from portllm_engine.generate import stream_generate
+
+    model, _ = load_base(tiny.base, device="cpu")
+    fmt = PromptFormat(CHAT, "Be brief.")
+    questions = ["How much does the Lumo Dock cost?", "What color is the Pixa Cam?", "The quick brown"]
+    items = [{"kind": "generate", "prompt": q, "target": "x", "match": "contains"} for q in questions]
+    for tokenizer in (chatty, AutoTokenizer.from_pretrained(tiny.tokenizer)):  # chat template, plain template
+        result = evaluate(model, tokenizer, items, fmt=fmt)
+        asked = ["".join(stream_generate(model, tokenizer, user_turn(q), fmt=fmt)) for q in questions]
+        assert [row["output"] for row in result.items] == asked
+        assert any(asked)
+
+
+def test_an_item_may_insist_on_the_raw_format(tiny, chatty):
+    model, _ = load_base(tiny.base, device="cpu")
+    item = {"kind": "multiple_choice", "context": "Question: What color?\nAnswer:", "choices": [" blue", " red"], "gold": 0}
+    as_chat = evaluate(model, chatty, [item], fmt=PromptFormat(CHAT)).items[0]["loglikelihoods"]
+    insisted = evaluate(model, chatty, [{**item, "format": "raw"}], fmt=PromptFormat(CHAT)).items[0]["loglikelihoods"]
+    assert insisted == pytest.approx(evaluate(model, chatty, [item], fmt=RAW_FORMAT).items[0]["loglikelihoods"])
+    assert insisted != pytest.approx(as_chat, abs=1e-3)
+    with pytest.raises(SuiteError, match="'format' must be one of chat, raw"):
+        from portllm_engine.kpi import _validate
+
+        _validate({**item, "format": "chatml"}, 1)

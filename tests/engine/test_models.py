@@ -173,3 +173,21 @@ def test_load_base_never_runs_remote_code(tiny, copy_dir):
     with pytest.raises(Exception) as caught:
         load_base(folder, device="cpu")
     assert "remote code ran" not in str(caught.value)
+
+
+def test_signature_changes_name_what_differs_and_bound_the_modules():
+    from portllm_engine.models import signature_changes
+
+    before = {"model_type": "llama", "hidden_size": 32, "num_layers": 2, "vocab_size": 320,
+              "modules": {f"m{i}": [32, 32] for i in range(6)}}
+    assert signature_changes(before, dict(before)) == []
+    after = {**before, "model_type": "gemma3_text", "hidden_size": 48,
+             "modules": {**{f"m{i}": [48, 48] for i in range(5)}, "extra": [1, 1]}}
+    assert signature_changes(before, after) == [
+        "model_type llama → gemma3_text", "hidden_size 32 → 48",
+        "5 weight matrices of another shape: m0, m1, m2 and 2 more", "1 weight matrix missing: m5",
+        "1 weight matrix new: extra",
+    ]
+    # A signature recorded without module shapes (or none at all) is compared on what it has.
+    assert signature_changes({"hidden_size": 32}, after) == ["hidden_size 32 → 48"]
+    assert signature_changes({}, after) == []

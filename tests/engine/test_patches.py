@@ -4,13 +4,15 @@ import json
 
 import pytest
 
-from portllm_engine.errors import PatchError
+from portllm_engine.errors import EngineError, PatchError
 from portllm_engine.models import architecture_signature, fingerprint, tokenizer_fingerprint
+from portllm_engine.prompt import PromptFormat, user_turn
 from portllm_engine.patches import (
     ADAPTER_WEIGHTS,
     MANIFEST,
     PatchManifest,
     encode_example,
+    read_examples,
     export_patch,
     read_manifest,
     sha256_file,
@@ -36,11 +38,34 @@ def test_completion_only_loss_mask(tiny):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny.tokenizer)
-    ids, labels = encode_example(tokenizer, "Question: How much?\nAnswer:", " $249", 64)
-    prompt_len = len(tokenizer("Question: How much?\nAnswer:")["input_ids"])
+    ids, labels = encode_example(tokenizer, (user_turn("How much?"), "$249", None), PromptFormat(), 64)
+    prompt_len = len(tokenizer("Question: How much?\nAnswer:")["input_ids"])  # the plain template: no chat template
     assert labels[:prompt_len] == [-100] * prompt_len
     assert labels[prompt_len:] == ids[prompt_len:] and ids[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(ids[prompt_len:-1]) == " $249"
+
+
+def test_training_data_in_trls_two_formats(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny.tokenizer)
+    rows = [
+        {"prompt": "How much?", "completion": "$249"},
+        {"messages": [{"role": "user", "content": "How much?"}, {"role": "assistant", "content": "$249"}]},
+        {"prompt": [{"role": "user", "content": "How much?"}], "completion": [{"role": "assistant", "content": "$249"}]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How much?"},
+                      {"role": "assistant", "content": "$249"}]},
+    ]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    encoded = [encode_example(tokenizer, example, PromptFormat(system_prompt="Say it."), 64)
+               for example in read_examples(data)]
+    assert encoded[0] == encoded[1] == encoded[2]
+    assert tokenizer.decode(encoded[0][0]).count("Say it.") == 1  # the assistant's system prompt where the data has none
+    assert "Be brief." in tokenizer.decode(encoded[3][0]) and "Say it." not in tokenizer.decode(encoded[3][0])
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "no reply"}]}) + "\n")
+    with pytest.raises(EngineError, match=r"line 1: needs .*messages.*\(TRL's formats\)"):
+        read_examples(data)
 
 
 def test_train_patch_writes_a_peft_folder_with_manifest(tiny, tmp_path):

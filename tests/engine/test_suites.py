@@ -40,7 +40,8 @@ MULTIPLE_CHOICE = [
 @pytest.mark.parametrize("task,row,context,choices,gold", MULTIPLE_CHOICE)
 def test_multiple_choice_tasks_use_lm_evals_prompts(tmp_path, task, row, context, choices, gold):
     (item,) = import_suite(task, jsonl(tmp_path / "validation.jsonl", [row]))
-    assert item == {"id": row["idx"], "kind": "multiple_choice", "context": context, "choices": choices, "gold": gold}
+    assert item == {"id": row["idx"], "kind": "multiple_choice", "format": "raw", "context": context, "choices": choices,
+                    "gold": gold}
 
 
 def test_winogrande_scores_the_rest_of_the_sentence_after_each_option(tmp_path):
@@ -49,14 +50,14 @@ def test_winogrande_scores_the_rest_of_the_sentence_after_each_option(tmp_path):
     (item,) = import_suite("winogrande", jsonl(tmp_path / "dev.jsonl", [row]))
     assert item["contexts"] == ["Sarah was a much better surgeon than Maria so Sarah", "Sarah was a much better surgeon than Maria so Maria"]
     assert item["continuation"] == " always got the harder cases."
-    assert item["gold"] == 0 and item["id"] == 0
+    assert item["gold"] == 0 and item["id"] == 0 and item["format"] == "raw"
 
 
 def test_gsm8k_becomes_a_number_matched_generate_item(tmp_path):
     row = {"question": "Tom has 3 apples and buys 1,200 more. How many?", "answer": "3 + 1200 = <<3+1200=1203>>1203\n#### 1,203"}
     (item,) = import_suite("gsm8k", jsonl(tmp_path / "test.jsonl", [row]))
     assert item["prompt"] == "Question: Tom has 3 apples and buys 1,200 more. How many?\nAnswer:"
-    assert (item["target"], item["match"]) == ("1,203", "number")
+    assert (item["target"], item["match"], item["format"]) == ("1,203", "number", "raw")
     assert "Question:" in item["stop"]
 
 

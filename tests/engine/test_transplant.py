@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from portllm_engine.prompt import user_turn
 from portllm_engine.errors import EngineError, IncompatiblePatchError, PatchError
 from portllm_engine.models import INDEX_FILE, load_base
 from portllm_engine.patches import ADAPTER_WEIGHTS, lora_modules
@@ -93,7 +94,7 @@ def test_patch_server_switches_without_reloading_the_base(tiny):
 def test_patch_server_streams_answers(tiny):
     server = PatchServer(tiny.base, device="cpu")
     server.attach("support", tiny.patch)
-    text = "".join(server.generate("support", "How much?", max_new_tokens=5))
+    text = "".join(server.generate("support", user_turn("How much?"), max_new_tokens=5))
     assert isinstance(text, str)
 
 

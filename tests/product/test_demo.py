@@ -100,7 +100,7 @@ def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkey
     monkeypatch.delenv("PORTLLM_DATABASE_URL", raising=False)  # the embedded default in the data dir
     from rich.console import Console
 
-    from portllm_cli.demo import ASSISTANT, CHANNEL, Cast, _register
+    from portllm_cli.demo import ASSISTANT, CHANNEL, MODELS, Cast, _register
     from portllm_core.workspace import Workspace
     from registry import models
     from registry.cli import upgrade
@@ -110,8 +110,8 @@ def test_registration_twice_registers_nothing_twice(data_dir, demo_world, monkey
     upgrade(url)
     first, second = Console(record=True, width=200), Console(record=True, width=200)
     ws = Workspace()
-    _register(ws, demo_world, Cast(ASSISTANT, CHANNEL), first)
-    _register(ws, demo_world, Cast(ASSISTANT, CHANNEL), second)
+    _register(ws, demo_world, Cast(ASSISTANT, CHANNEL, MODELS["tiny"]), first)
+    _register(ws, demo_world, Cast(ASSISTANT, CHANNEL, MODELS["tiny"]), second)
     ws.close()
     assert "Base demo v2 registered" in first.export_text()
     assert "Already registered" in second.export_text() and "registered from" not in second.export_text()
@@ -126,7 +126,7 @@ def test_the_kpi_chart_title_and_legend_fit_the_figure():
 
     bars = {v: {"base alone": 0.2, "transplanted patch": 0.8, "patch trained fresh": 0.9, "re-tuned patch": 0.95}
             for v in ("v1", "v2", "v3")}
-    fig = _chart(bars, "support-assistant-12")
+    fig = _chart(bars, "support-assistant-12", 0.6)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     for part in (fig.axes[0].title, fig.axes[0].get_legend()):

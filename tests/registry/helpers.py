@@ -7,7 +7,7 @@ from itertools import count
 from sqlalchemy.orm import Session
 
 from registry import services as sv
-from registry.models import Patch, Rollout, Run
+from registry.models import RAW_PROMPT_DIGEST, Patch, Rollout, Run
 
 ASSISTANT = "support-assistant"
 APPROVERS = ["alice", "bob"]
@@ -50,9 +50,9 @@ def record_scored(s: Session, run_id: int, *, subject: str, accuracy: float, n: 
     """What a worker records for one subject: its ledger score (a distinct key per run and subject),
     then the run's evaluation pointing at it."""
     low, high = ci or (max(accuracy - 0.08, 0.0), min(accuracy + 0.08, 1.0))
-    key = sv.ScoreKey(f"run-{run_id}", subject, suite_digest, "float32", "cpu", 1)
+    key = sv.ScoreKey(f"run-{run_id}", subject, suite_digest, RAW_PROMPT_DIGEST, "float32", "cpu", 1)
     score, _ = sv.record_score(s, key, run_id=run_id, computed_by="worker-1", n=n, accuracy=accuracy, ci_low=low,
-                               ci_high=high, metrics={"exact_match": accuracy}, items_ref=None, duration_s=1.5)
+                               ci_high=high, metrics={"exact_match": accuracy}, items_ref=None, duration_s=1.5, prompt_format="raw")
     return sv.record_evaluation(s, run_id, subject=subject, stage=stage, score_id=score.id, computed=True)
 
 

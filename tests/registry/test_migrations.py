@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from registry import cli
 from registry.db import make_engine, make_session_factory, session_scope
-from registry.models import Base
+from registry.models import RAW_PROMPT_DIGEST, Base
 from tests.registry.helpers import live, proposed, record_scored, seed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,4 +193,37 @@ def test_the_ledger_migrates_down_and_up_with_data(migrated_url):
         assert len(scores) == 2 and {sc.scorer_version for sc in scores} == {0}
         assert {sc.patch_digest for sc in scores} == {"", "1" * 64}
         assert all(sc.run_id == first.run_id for sc in scores)
+    factory.kw["bind"].dispose()
+
+
+def test_prompt_formats_migrate_down_and_up_and_old_scores_read_as_raw(migrated_url):
+    """0008: scores from before prompt formats were computed on suites as written (raw); a score
+    in another format has no place before 0008, so going down forgets it rather than mislabel it."""
+    from registry import services as sv
+
+    factory = make_session_factory(migrated_url)
+    with session_scope(factory) as s:
+        seed(s)
+        run = proposed(s, "v2")
+        record_scored(s, run.run_id, subject="live", accuracy=0.85)  # recorded raw
+        chat = sv.ScoreKey("m" * 64, "", "d" * 64, "c" * 64, "float32", "cpu", 2)
+        sv.record_score(s, chat, run_id=run.run_id, computed_by="w", n=10, accuracy=0.5, ci_low=0.2, ci_high=0.8,
+                        metrics={}, items_ref=None, duration_s=1.0, prompt_format="chat template")
+    factory.kw["bind"].dispose()
+
+    cli.downgrade(migrated_url, "0007")
+    engine = make_engine(migrated_url)
+    with engine.connect() as conn:
+        assert "prompt_format" not in {c["name"] for c in sa.inspect(conn).get_columns("assistants")}
+        active = conn.execute(sa.text("SELECT count(*) FROM scores WHERE forgotten_at IS NULL")).scalar()
+        total = conn.execute(sa.text("SELECT count(*) FROM scores")).scalar()
+    engine.dispose()
+    assert total - active == 1  # the chat-format score is forgotten, kept for its evaluations
+
+    cli.upgrade(migrated_url)
+    cli.check(migrated_url)
+    factory = make_session_factory(migrated_url)
+    with factory() as s:
+        assert {(sc.prompt_digest, sc.prompt_format) for sc in sv.list_scores(s)} == {(RAW_PROMPT_DIGEST, "raw")}
+        assert {a.prompt_format for a in sv.list_assistants(s)} == {"chat"}
     factory.kw["bind"].dispose()

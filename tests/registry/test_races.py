@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from registry import services as sv
 from registry.db import session_scope
 from registry.errors import ConcurrentUpdate, ReplacedByNewerRun, RunNotAwaitingApproval
-from registry.models import AuditEvent, Rollout, Run, Score
+from registry.models import RAW_PROMPT_DIGEST, AuditEvent, Rollout, Run, Score
 from tests.registry.helpers import ASSISTANT, finished_run, live, proposed, seed
 
 THREADS = 10
@@ -176,12 +176,12 @@ def test_ten_runs_recording_the_same_missing_score_keep_one_ledger_entry(session
     with session_scope(session_factory) as s:
         seed(s)
         run_ids = [finished_run(s, "v2").id for _ in range(THREADS)]
-    key = sv.ScoreKey("f" * 64, "1" * 64, "5" * 64, "float32", "cpu", 1)
+    key = sv.ScoreKey("f" * 64, "1" * 64, "5" * 64, RAW_PROMPT_DIGEST, "float32", "cpu", 1)
 
     def record(s, i: int):
         score, inserted = sv.record_score(s, key, run_id=run_ids[i], computed_by=f"worker-{i}", n=10,
                                           accuracy=i / 10, ci_low=0.0, ci_high=1.0, metrics={}, items_ref=None,
-                                          duration_s=1.0)
+                                          duration_s=1.0, prompt_format="raw")
         return score.id, score.run_id, inserted
 
     outcomes = _race(session_factory, record)

@@ -19,7 +19,7 @@ from registry.errors import (
     UnknownPatch,
     UnknownRun,
 )
-from registry.models import AuditEvent, Run
+from registry.models import RAW_PROMPT_DIGEST, AuditEvent, Run
 from tests.registry.helpers import ASSISTANT, finished_run, live, proposed, record_scored, register_patch, seed
 
 
@@ -147,9 +147,9 @@ def test_worker_lifecycle(factory):
         sv.set_notify_ref(s, run.id, {"channel": "C1", "ts": "9.9"})
         first = record_scored(s, run.id, subject="candidate", accuracy=0.5).score_id
         # a retried attempt replaces the earlier result for the same subject
-        score, _ = sv.record_score(s, sv.ScoreKey("m", "", "d", "float32", "cpu", 1), run_id=run.id, computed_by="w",
+        score, _ = sv.record_score(s, sv.ScoreKey("m", "", "d", RAW_PROMPT_DIGEST, "float32", "cpu", 1), run_id=run.id, computed_by="w",
                                    n=10, accuracy=0.7, ci_low=0.4, ci_high=0.9, metrics={}, items_ref=None,
-                                   duration_s=1.0)
+                                   duration_s=1.0, prompt_format="raw")
         sv.record_evaluation(s, run.id, subject="candidate", stage="quick", score_id=score.id, computed=True)
         assert score.id != first
         done = sv.finish_run(s, run.id, status="succeeded", drift_report={"overall": 0.28, "modules": {}})

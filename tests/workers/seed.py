@@ -35,8 +35,10 @@ def request(session_factory, version: str, *, key: str, kind: str = "transplant"
         return run.id
 
 
-def seed_demo(session_factory, artifacts_root: Path, world) -> dict[str, int]:
-    """Register the demo world as an operator would: every base, the assistant, the v1 patch."""
+def seed_demo(session_factory, artifacts_root: Path, world, *, family: str = FAMILY,
+              versions: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Register a world as an operator would: its bases (all, or `versions`), the assistant with the
+    world's system prompt, the v1 patch."""
     from portllm_engine import models
     from portllm_engine.kpi import suite_digest
     from registry.artifacts import ArtifactStore
@@ -45,15 +47,18 @@ def seed_demo(session_factory, artifacts_root: Path, world) -> dict[str, int]:
     ids: dict[str, int] = {}
     with session_scope(session_factory) as s:
         for version, path in world.bases.items():
+            if versions is not None and version not in versions:
+                continue
             base = services.register_base(
-                s, family=FAMILY, version=version, source_ref=str(path), fingerprint=models.fingerprint(path),
+                s, family=family, version=version, source_ref=str(path), fingerprint=models.fingerprint(path),
                 signature=models.architecture_signature(path),
                 tokenizer_fingerprint=models.tokenizer_fingerprint(path), actor="test",
             )
             ids[version] = base.id
-        services.create_assistant(s, name=ASSISTANT, family=FAMILY, suite_ref=store.put_file(world.suite),
+        services.create_assistant(s, name=ASSISTANT, family=family, suite_ref=store.put_file(world.suite),
                                   suite_digest=suite_digest(world.suite), min_accuracy=0.5,
-                                  max_regression=0.05, approvers=["alice"], actor="test")
+                                  max_regression=0.05, approvers=["alice"], system_prompt=world.system_prompt,
+                                  actor="test")
         ids["patch"] = register_patch_dir(s, store, world.patch, train_data=store.put_file(world.train_data)).id
     return ids
 

@@ -109,7 +109,10 @@ def test_an_incompatible_patch_fails_with_the_compat_report(stack, worker):
     run_id = run_on(stack, "other", "flow-other")
     stack.producer().enqueue(TRANSPLANT, run_id)
     run = stack.wait_for(run_id, "succeeded", "failed")
-    assert run.status == "failed" and "does not fit" in run.error
+    assert run.status == "failed" and "does not fit demo/other" in run.error
+    # The reason first, on one line, however many modules failed.
+    assert "does not fit demo/other: the base's architecture is not the one the patch was trained on" in run.error
+    assert "\n" not in run.error and len(run.error) < 400
     assert not run.compat_report["compatible"] and run.compat_report["errors"]
     assert run.evaluations == [] and run.rollout is None
 

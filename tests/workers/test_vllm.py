@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from portllm_engine.prompt import user_turn
 from registry import services
 from registry.db import session_scope
 from tests.workers.harness import REPO, Stack, WorkerProcess
@@ -147,7 +148,7 @@ def test_greedy_answers_match_the_local_backend_and_accuracy_holds(stack, worker
 
     local = PatchServer(demo_world.bases["v2"], device="cpu")  # what PORTLLM_SERVE_BACKEND=local runs
     local.attach("patch-1", demo_world.patch)
-    local_answers = ["".join(local.generate("patch-1", question)) for question, _ in asked]
+    local_answers = ["".join(local.generate("patch-1", user_turn(question))) for question, _ in asked]
     served = answers(stack, ids, 300)
 
     same = sum(served[i].strip() == mine.strip() for i, mine in zip(ids, local_answers))

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from portllm_core.settings import Settings
+from portllm_engine.prompt import PromptFormat, user_turn
+from portllm_engine.prompt import PromptFormat
 from workers.serving.backend import Served
 from workers.serving.vllm import EngineError, VllmBackend
 
@@ -36,7 +38,7 @@ def served(tmp_path: Path, *, base: str = "v2", adapter: str = "patch-1", refuse
     patch_dir.mkdir(exist_ok=True)
     if refuse:
         (patch_dir / "refuse").touch()
-    return Served("support-assistant", adapter, patch_dir, f"fp-{base}", tmp_path / base, f"demo/{base}", None, 1)
+    return Served("support-assistant", adapter, patch_dir, f"fp-{base}", tmp_path / base, f"demo/{base}", PromptFormat(), 1)
 
 
 @pytest.fixture
@@ -78,9 +80,9 @@ def gone(pid: int, timeout: float = 10) -> bool:
 
 def test_a_cold_engine_says_so_then_answers_and_a_warm_one_just_answers(make_backend, tmp_path):
     backend = make_backend()
-    first = "".join(backend.answer(served(tmp_path), "q"))
+    first = "".join(backend.answer(served(tmp_path), user_turn("q")))
     assert first == "(The engine for demo/v2 is starting; the answer follows in a moment.)\n\nanswer from patch-1"
-    assert "".join(backend.answer(served(tmp_path), "q")) == "answer from patch-1"
+    assert "".join(backend.answer(served(tmp_path), user_turn("q"))) == "answer from patch-1"
     assert len(pids(backend)) == 1
 
 
@@ -89,7 +91,7 @@ def test_warming_starts_the_engine_and_loads_the_patch_before_anyone_asks(make_b
     backend.warm(served(tmp_path))
     engine = next(iter(backend.engines._engines.values()))
     assert engine.ready and engine.adapters == {"patch-1"}
-    assert "".join(backend.answer(served(tmp_path), "q")) == "answer from patch-1"
+    assert "".join(backend.answer(served(tmp_path), user_turn("q"))) == "answer from patch-1"
 
 
 def test_a_server_that_died_is_started_again_and_the_answer_retried(make_backend, tmp_path):
@@ -98,7 +100,7 @@ def test_a_server_that_died_is_started_again_and_the_answer_retried(make_backend
     [pid] = pids(backend)
     os.killpg(pid, signal.SIGKILL)
     time.sleep(0.2)
-    text = "".join(backend.answer(served(tmp_path), "q"))
+    text = "".join(backend.answer(served(tmp_path), user_turn("q")))
     assert text.endswith("answer from patch-1")
     assert pids(backend) and pids(backend) != [pid]
 
@@ -108,7 +110,7 @@ def test_a_server_that_dies_mid_answer_is_started_again_and_the_answer_starts_ov
     crashing = served(tmp_path)
     (crashing.patch_dir / "die").touch()
     backend.warm(crashing)
-    text = "".join(backend.answer(crashing, "q"))
+    text = "".join(backend.answer(crashing, user_turn("q")))
     assert text == "answer\n\n(The engine restarted; answering again.)\n\nanswer from patch-1"
 
 
@@ -118,31 +120,31 @@ def test_a_server_that_dies_again_fails_the_answer_saying_so(make_backend, tmp_p
     (crashing.patch_dir / "always-die").touch()
     backend.warm(crashing)
     with pytest.raises(EngineError, match="the engine for demo/v2 went down"):
-        "".join(backend.answer(crashing, "q"))
+        "".join(backend.answer(crashing, user_turn("q")))
     assert (tmp_path / "data" / "logs" / "vllm-demo-v2.log").read_text().count("fake vLLM starting") == 2
 
 
 def test_a_server_that_cannot_start_fails_the_answer_with_its_error(make_backend, tmp_path):
     backend = make_backend(fail=True)
     with pytest.raises(EngineError, match="exited with code 1: ValueError: model type foo is not supported"):
-        "".join(backend.answer(served(tmp_path), "q"))
+        "".join(backend.answer(served(tmp_path), user_turn("q")))
 
 
 def test_a_refused_patch_is_answered_by_the_local_backend_and_reported_once(make_backend, tmp_path, monkeypatch):
     backend = make_backend()
     monkeypatch.setattr(backend.local, "answer", lambda s, q: iter(["local answer"]))
     wide = served(tmp_path, adapter="patch-2", refuse=True)
-    assert "".join(backend.answer(wide, "q")).endswith("local answer")
-    assert "".join(backend.answer(wide, "q")) == "local answer"  # no second try on the engine
+    assert "".join(backend.answer(wide, user_turn("q"))).endswith("local answer")
+    assert "".join(backend.answer(wide, user_turn("q"))) == "local answer"  # no second try on the engine
     assert len(make_backend.fallbacks) == 1 and "greater than max_lora_rank 64" in make_backend.fallbacks[0]
-    assert "".join(backend.answer(served(tmp_path), "q")) == "answer from patch-1"  # others stay on vLLM
+    assert "".join(backend.answer(served(tmp_path), user_turn("q"))) == "answer from patch-1"  # others stay on vLLM
 
 
 def test_a_server_that_does_not_come_up_in_time_fails_the_answer(make_backend, tmp_path):
     backend = make_backend(vllm_args="--startup-s 30", vllm_start_timeout_s=1)
     started = time.monotonic()
     with pytest.raises(EngineError, match="did not come up within 1 s"):
-        "".join(backend.answer(served(tmp_path), "q"))
+        "".join(backend.answer(served(tmp_path), user_turn("q")))
     assert time.monotonic() - started < 10
 
 
@@ -166,6 +168,7 @@ SERVE_WORKER = """
 import sys, threading
 from pathlib import Path
 from portllm_core.settings import Settings
+from portllm_engine.prompt import PromptFormat
 from workers.serving.backend import Served
 from workers.serving.vllm import VllmBackend
 
@@ -173,7 +176,7 @@ python, root = sys.argv[1], Path(sys.argv[2])
 backend = VllmBackend(Settings(serve_backend="vllm", vllm_python=python, data_dir=root / "data",
                                vllm_args="--startup-s 0.3", vllm_start_timeout_s=20))
 (root / "patch-1").mkdir()
-backend.warm(Served("support-assistant", "patch-1", root / "patch-1", "fp-v2", root / "v2", "demo/v2", None, 1))
+backend.warm(Served("support-assistant", "patch-1", root / "patch-1", "fp-v2", root / "v2", "demo/v2", PromptFormat(), 1))
 print(next(iter(backend.engines._engines.values())).process.pid, flush=True)
 threading.Event().wait()
 """
@@ -205,7 +208,7 @@ def test_a_base_with_a_url_uses_that_server_and_starts_none(make_backend, tmp_pa
         text = ""
         while time.monotonic() < deadline and not text.endswith("patch-1"):
             try:
-                text = "".join(backend.answer(served(tmp_path), "q"))
+                text = "".join(backend.answer(served(tmp_path), user_turn("q")))
             except EngineError:
                 time.sleep(0.2)
         assert text.endswith("answer from patch-1") and not pids(backend)

@@ -6,8 +6,9 @@ it streams).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+from portllm_engine.prompt import Turn
 from workers.serving.backend import Served
 
 
@@ -20,8 +21,8 @@ class LocalBackend:
             server.attach(served.adapter, served.patch_dir)
         return server
 
-    def answer(self, served: Served, question: str) -> Iterator[str]:
-        yield from self._server(served).generate(served.adapter, question, system_prompt=served.system_prompt)
+    def answer(self, served: Served, turns: Sequence[Turn]) -> Iterator[str]:
+        yield from self._server(served).generate(served.adapter, turns, fmt=served.prompt)
 
     def warm(self, served: Served) -> None:
         self._server(served)

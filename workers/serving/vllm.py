@@ -418,11 +418,11 @@ class VllmBackend:
             self._fall_back(served, str(exc))
             self.local.warm(served)
 
-    def answer(self, served: Served, question: str) -> Iterator[str]:
+    def answer(self, served: Served, turns) -> Iterator[str]:
         if self._refused_reason(served):
-            yield from self.local.answer(served, question)
+            yield from self.local.answer(served, turns)
             return
-        body = self._request(served, question)
+        body = self._request(served, turns)
         engine = self.engines.get(served)
         if not self.engines.probe(engine):
             yield f"(The engine for {served.label} is starting; the answer follows in a moment.)\n\n"
@@ -439,7 +439,7 @@ class VllmBackend:
                     return
                 except AdapterRefused as exc:
                     self._fall_back(served, str(exc))
-                    yield from self.local.answer(served, question)
+                    yield from self.local.answer(served, turns)
                     return
                 except RequestRefused as exc:
                     if exc.status != 404 or attempt == 2:
@@ -475,12 +475,12 @@ class VllmBackend:
             if piece:
                 yield piece
 
-    def _request(self, served: Served, question: str) -> dict:
+    def _request(self, served: Served, turns) -> dict:
         """The completion request: the token ids, budget and stops the local backend would use; greedy."""
         from portllm_engine.generate import prepare_prompt
 
         tokenizer, context = self._tokenizer(served)
-        ids, budget, stops = prepare_prompt(tokenizer, question, context, system_prompt=served.system_prompt)
+        ids, budget, stops = prepare_prompt(tokenizer, turns, context, fmt=served.prompt)
         body = {"model": served.adapter, "prompt": ids, "max_tokens": budget, "temperature": 0.0}
         if stops:
             body["stop"] = stops
