@@ -31,6 +31,7 @@ def smollm2(tmp_path_factory):
     return out, record
 
 
+@pytest.mark.real
 def test_smollm2_imports_into_a_plain_safetensors_folder(smollm2):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -16,6 +16,8 @@ from portllm_engine.transplant import transplant
 from tests.engine.conftest import make_lora
 from tests.engine.test_architectures import FLOAT32_WEIGHTS, LOGIT_TOLERANCE, peft_merged
 
+pytestmark = pytest.mark.real
+
 
 @pytest.mark.parametrize("base", ["v1", "other"], ids=["smollm2", "gemma3"])
 def test_transplant_on_real_weights_equals_peft_merge_and_unload(real_world, base, tmp_path):
