@@ -7,11 +7,13 @@ template) and the generation config.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from portllm_engine.errors import EngineError, ModelNotFoundError
 from portllm_engine.patches import sha256_file
@@ -95,7 +97,8 @@ def import_gguf(source: str | Path, out_dir: str | Path, *, dtype: str = STORED_
     digest = check_pinned(path)
     record = {"file": path.name, "sha256": digest, **describe_gguf(path), "stored_dtype": dtype}
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with _dequantizing_bar_obeys_switch():
+            loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:  # transformers names the unsupported architecture or broken field
         raise EngineError(f"cannot read {path.name} as a model: {str(exc).splitlines()[0][:200]}") from None
@@ -112,6 +115,24 @@ def import_gguf(source: str | Path, out_dir: str | Path, *, dtype: str = STORED_
     tokenizer.save_pretrained(out)
     (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+@contextmanager
+def _dequantizing_bar_obeys_switch() -> Iterator[None]:
+    """transformers draws its GGUF dequantizing bar even when its progress bars are switched off
+    (as a world build does, to draw its own)."""
+    from transformers import modeling_gguf_pytorch_utils as loader
+    from transformers.utils import logging as hf_logging
+
+    if hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    bar = loader.tqdm
+    loader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        loader.tqdm = bar
 
 
 def _package_dir(module: str) -> Path | None:
