@@ -36,8 +36,11 @@ $(VLLM_INSTALLED):
 
 vllm: $(VLLM_INSTALLED)
 
+# MODEL=smollm2 plays the story on SmolLM2-135M-Instruct; the tiny world stays the default until
+# a cold real-model run fits 12 minutes on 2 cores (README: what was measured).
+MODEL ?= tiny
 demo: $(INSTALLED)
-	$(VENV)/bin/portllm demo
+	$(VENV)/bin/portllm demo --model $(MODEL)
 
 # Two test processes a core (pytest-xdist): most tests wait on a worker process, a server or the
 # queue rather than a CPU (on 2 cores, 4 processes took the suite from 7:17 to 5:42). A module's

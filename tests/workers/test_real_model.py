@@ -22,7 +22,8 @@ from registry.db import session_scope
 from tests.workers.harness import REPO, Stack, WorkerProcess
 from tests.workers.seed import ASSISTANT, CHANNEL, request, seed_demo
 
-pytestmark = pytest.mark.slow
+# The gate's run on the real model takes minutes before the first answer (setup counts toward the limit).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 FAMILY = "smollm2"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
