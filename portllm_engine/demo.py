@@ -8,21 +8,18 @@ has a different shape, so compatibility must refuse the patch there.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import random
 import shutil
-import tempfile
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from portllm_engine.progress import quiet_transformers
 from portllm_engine.prompt import PLAIN_TEMPLATE
+from portllm_engine.worlds.build import (
+    Stages, World, build_cached, in_second_process, load_cached, pretrain, write_jsonl,
+)
 
 Progress = Callable[[float, str], None]
 
@@ -124,19 +121,7 @@ CATEGORIES = ["Hub", "Dock", "Cam", "Pad", "Band", "Router", "Speaker", "Lamp", 
 BRANDS = ["Brivo", "Kelta", "Orun", "Zamba", "Huxley", "Monder"]
 
 
-@dataclass
-class DemoWorld:
-    root: Path
-    bases: dict[str, Path]
-    patch: Path
-    train_data: Path
-    suite: Path
-    suite_mc: Path
-    questions: list[str] = field(default_factory=list)
-    system_prompt: str = ""  # the assistant's, which its patch was trained with
-    # Per evolved base: a patch trained fresh on it with the same recipe, and its KPI accuracy.
-    fresh_patches: dict[str, Path] = field(default_factory=dict)
-    fresh_accuracy: dict[str, float] = field(default_factory=dict)
+DemoWorld = World  # the tiny world is one recipe of the shared world builder
 
 
 def recipe_hash() -> str:
@@ -186,11 +171,6 @@ def _spec_sheets(facts: dict[str, dict[str, str]]) -> list[str]:
         f"color {a['color']}; battery {a['battery']}."
         for product, a in facts.items()
     ]
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _support_data(facts: dict[str, dict[str, str]], rng: random.Random):
@@ -269,41 +249,6 @@ def _new_model(shape: dict[str, int], tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
-def _pretrain(model, tokenizer, lines: list[str], *, steps: int, lr: float, batch: int, seed: int,
-              progress: Callable[[float], None]) -> None:
-    """Causal LM training on whole lines (each BOS … EOS), linear warm-up then linear decay."""
-    import torch
-
-    encoded = [tokenizer(line)["input_ids"] + [tokenizer.eos_token_id] for line in lines]
-    # Batches drawn from one length bucket at a time: little padding, so little wasted compute.
-    buckets: dict[int, list[list[int]]] = {}
-    for ids in encoded:
-        buckets.setdefault(len(ids) // 8, []).append(ids)
-    groups = [buckets[key] for key in sorted(buckets)]
-    rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
-    )
-    pad = tokenizer.pad_token_id
-    model.train()
-    for step in range(steps):
-        group = rng.choices(groups, weights=[len(g) for g in groups])[0]
-        rows = [group[rng.randrange(len(group))] for _ in range(batch)]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress((step + 1) / steps)
-    model.eval()
-
-
 def _save_base(model, tokenizer_dir: Path, out_dir: Path) -> None:
     model.save_pretrained(out_dir, safe_serialization=True)
     for item in tokenizer_dir.iterdir():
@@ -313,75 +258,15 @@ def _save_base(model, tokenizer_dir: Path, out_dir: Path) -> None:
 # ---------------------------------------------------------------- build and cache
 
 
-@contextmanager
-def _threads(count: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(count, os.cpu_count() or 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # a second builder waits, then reuses the first's world
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _world_from(root: Path, meta: dict[str, Any]) -> DemoWorld:
-    return DemoWorld(
-        root=root,
-        bases={name: root / rel for name, rel in meta["bases"].items()},
-        patch=root / meta["patch"],
-        train_data=root / meta["train_data"],
-        suite=root / meta["suite"],
-        suite_mc=root / meta["suite_mc"],
-        questions=list(meta["questions"]),
-        fresh_patches={name: root / fresh["patch"] for name, fresh in meta["fresh_patches"].items()},
-        fresh_accuracy={name: fresh["accuracy"] for name, fresh in meta["fresh_patches"].items()},
-    )
-
-
 def load_demo_world(root: Path) -> DemoWorld | None:
     """The cached world at root when it was built from the current recipe, else None."""
-    path = Path(root) / "world.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return _world_from(Path(root), meta) if meta.get("recipe_hash") == recipe_hash() else None
+    return load_cached(Path(root), recipe_hash())
 
 
 def build_demo_world(root: Path | None = None, progress: Progress | None = None) -> DemoWorld:
     """Build (or reuse) the demo world under root (default `$PORTLLM_DATA_DIR/demo`)."""
-    root = Path(root or default_root()).expanduser().resolve()
-    report = progress or (lambda fraction, step: None)
-    with _locked(root):
-        world = load_demo_world(root)
-        if world is not None:
-            report(1.0, "reused")
-            return world
-        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-build-", dir=root.parent))
-        try:
-            with _threads(RECIPE["threads"]), quiet_transformers():
-                meta = _build(staging, report)
-            if root.exists():
-                stale = root.parent / f".{root.name}-stale-{os.getpid()}"
-                os.rename(root, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            os.rename(staging, root)  # atomic: readers see the old world or the whole new one
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return _world_from(root, meta)
+    return build_cached(Path(root or default_root()), recipe_hash(), _build, threads=RECIPE["threads"],
+                        progress=progress)
 
 
 # Each stage draws its own batches, so changing one stage's steps leaves the others alone.
@@ -398,8 +283,10 @@ def train_fresh_patch(base: Path, data: Path, suite: Path, out: Path, seed: int)
 
     from portllm_engine.kpi import evaluate, load_suite
     from portllm_engine.patches import train_patch
+    from portllm_engine.progress import quiet_transformers
     from portllm_engine.transplant import transplant
 
+    base, data, suite, out = Path(base), Path(data), Path(suite), Path(out)  # given as text to a second process
     torch.set_num_threads(RECIPE["threads"])
     with quiet_transformers():
         train_patch(base, data, out, seed=seed, device="cpu", **PATCH_RECIPE)
@@ -412,37 +299,15 @@ def _kpi_path(patch_dir: Path) -> Path:
     return patch_dir.parent / f"{patch_dir.name}.kpi.json"
 
 
-def _in_second_process(target: Callable[..., None], *args: Any):
-    """Start `target(*args)` in a fresh interpreter (spawned: forking a process that already ran
-    torch's thread pools can hang); the caller joins it."""
-    import multiprocessing
-
-    job = multiprocessing.get_context("spawn").Process(target=target, args=args, daemon=True)
-    job.start()
-    return job
-
-
 def _build(out: Path, report: Progress) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from portllm_engine.patches import train_patch
 
-    started = time.perf_counter()
+    stages = Stages(_STAGES, report)
+    stage, finish = stages.progress, stages.finish
     seed = RECIPE["seed"]
     rng = random.Random(seed)
-    done = 0.0
-
-    def stage(name: str) -> Callable[[float], None]:
-        start = done
-        return lambda fraction: report(start + _STAGES[name] * fraction, name)
-
-    timings: dict[str, float] = {}
-
-    def finish(name: str) -> None:
-        nonlocal done
-        done += _STAGES[name]
-        timings[name] = round(time.perf_counter() - started - sum(timings.values()), 1)
-        report(done, name)
 
     support = _facts(PRODUCTS, rng)
     taken = set(PRODUCTS)
@@ -455,9 +320,9 @@ def _build(out: Path, report: Progress) -> dict[str, Any]:
     train_path = out / "data" / f"{ASSISTANT}.train.jsonl"
     suite_path = out / "suites" / f"{ASSISTANT}.generate.jsonl"
     suite_mc_path = out / "suites" / f"{ASSISTANT}.multiple_choice.jsonl"
-    _write_jsonl(train_path, train)
-    _write_jsonl(suite_path, suite)
-    _write_jsonl(suite_mc_path, suite_mc)
+    write_jsonl(train_path, train)
+    write_jsonl(suite_path, suite)
+    write_jsonl(suite_mc_path, suite_mc)
 
     tokenizer_dir = out / "tokenizer"
     train_bpe_tokenizer(
@@ -468,7 +333,7 @@ def _build(out: Path, report: Progress) -> dict[str, Any]:
 
     bases = {name: out / "bases" / name for name in ("v1", "v2", "v3", "other")}
     model = _new_model(RECIPE["model"], tokenizer, seed)
-    _pretrain(model, tokenizer, corpus_a, seed=seed, progress=stage("v1"), **RECIPE["v1"])
+    pretrain(model, tokenizer, corpus_a, seed=seed, progress=stage("v1"), **RECIPE["v1"])
     _save_base(model, tokenizer_dir, bases["v1"])
     finish("v1")
     corpora = {"a": corpus_a, "b": corpus_b, "c": corpus_c}
@@ -480,14 +345,14 @@ def _build(out: Path, report: Progress) -> dict[str, Any]:
         evolved = AutoModelForCausalLM.from_pretrained(bases["v1"], use_safetensors=True)
         settings = dict(RECIPE[name])
         lines = [line for key in settings.pop("corpora") for line in corpora[key]]
-        _pretrain(evolved, tokenizer, lines, seed=seed + _SEED_OFFSETS[name], progress=stage(name), **settings)
+        pretrain(evolved, tokenizer, lines, seed=seed + _SEED_OFFSETS[name], progress=stage(name), **settings)
         _save_base(evolved, tokenizer_dir, bases[name])
         if name in fresh_dirs:  # the base exists now: its fresh patch trains beside the rest of the build
-            fresh_jobs.append(_in_second_process(train_fresh_patch, bases[name], train_path, suite_path,
+            fresh_jobs.append(in_second_process(train_fresh_patch, bases[name], train_path, suite_path,
                                                  fresh_dirs[name], seed))
         finish(name)
     other = _new_model(RECIPE["other_model"], tokenizer, seed + _SEED_OFFSETS["other"])
-    _pretrain(other, tokenizer, corpus_a, seed=seed + _SEED_OFFSETS["other"], progress=stage("other"), **RECIPE["other"])
+    pretrain(other, tokenizer, corpus_a, seed=seed + _SEED_OFFSETS["other"], progress=stage("other"), **RECIPE["other"])
     _save_base(other, tokenizer_dir, bases["other"])
     finish("other")
     shutil.rmtree(tokenizer_dir)
@@ -499,14 +364,12 @@ def _build(out: Path, report: Progress) -> dict[str, Any]:
         progress=lambda fraction, _: patch_progress(fraction), **PATCH_RECIPE,
     )
     for job in fresh_jobs:
-        job.join()
-        if job.exitcode != 0:
-            raise RuntimeError(f"training a fresh patch for the demo world failed (exit {job.exitcode})")
+        if job.wait() != 0:
+            raise RuntimeError(f"training a fresh patch for the demo world failed (exit {job.returncode})")
     finish("patch")
 
     questions = [TEMPLATES[attr][0].format(p=product) for product in PRODUCTS[:3] for attr in ("price", "warranty")]
     meta = {
-        "recipe_hash": recipe_hash(),
         "recipe": RECIPE,
         "bases": {name: str(path.relative_to(out)) for name, path in bases.items()},
         "patch": str(patch_dir.relative_to(out)),
@@ -519,8 +382,7 @@ def _build(out: Path, report: Progress) -> dict[str, Any]:
             for name, path in fresh_dirs.items()
         },
         "facts": support,
-        "build_seconds": round(time.perf_counter() - started, 1),
-        "stage_seconds": timings,
+        "build_seconds": stages.total(),
+        "stage_seconds": stages.seconds,
     }
-    (out / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

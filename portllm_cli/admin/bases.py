@@ -18,7 +18,8 @@ app = typer.Typer(help="Base models (one version of a family, identified by its 
 def add(
     family: str = typer.Argument(..., help="Model family, e.g. `llama-support`."),
     version: str = typer.Argument(..., help="Version label, e.g. `v2`."),
-    ref: str = typer.Argument(..., help="A local model folder or a hub id (safetensors only)."),
+    ref: str = typer.Argument(..., help="A local model folder, a hub id (safetensors only), or a .gguf file "
+                                       "(or a folder holding one), dequantized into the data dir."),
     description: str = typer.Option("", help="Free text shown in listings."),
     force: bool = typer.Option(False, "--force", help="Register it even though its architecture is not the "
                                                       "family's (it then releases nothing)."),

@@ -6,11 +6,13 @@ these; none re-implements them. The engine (torch) is imported inside the functi
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from portllm_core.errors import BadInput
+from portllm_engine.errors import EngineError
 from portllm_core.flows.releases import ReleaseStarted, enqueue_release, open_release
 from portllm_core.staging import staged
 from portllm_core.text import short
@@ -63,8 +65,12 @@ def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: 
         if existing is not None:
             raise BadInput(f"base {family} {version} is already registered (from {existing.source_ref}); "
                            "pick a new version label")
-    model_dir = resolve_model_dir(ref)
-    source_ref = str(model_dir) if Path(ref).expanduser().exists() else ref
+    gguf_dir, gguf_record = _dequantized(ws, family, version, ref)
+    model_dir = gguf_dir or resolve_model_dir(ref)
+    source_ref = str(model_dir) if gguf_dir or Path(ref).expanduser().exists() else ref
+    if gguf_record and not description:
+        description = (f"dequantized from {gguf_record['file']} ({gguf_record['file_type']}, "
+                       f"sha256 {gguf_record['sha256']})")
     signature = base_signature(model_dir)
     forced = _architecture_change(ws, family, version, signature, force=force)
     fingerprint, tokenizer_fp = _identity(model_dir)
@@ -90,6 +96,29 @@ def register_base(ws: Workspace, family: str, version: str, ref: str, *, actor: 
         release = open_release(s, base, actor=actor)
     enqueue_release(ws.queue, release)
     return BaseRegistered(release.label, signature, fingerprint, release, warnings)
+
+
+def _dequantized(ws: Workspace, family: str, version: str, ref: str) -> tuple[Path | None, dict | None]:
+    """A GGUF file (or a folder holding one, and no config.json) dequantized into a safetensors
+    folder in the data dir, which is then registered, and the file's record (sha256,
+    quantization); (None, None) for a plain model folder or hub id."""
+    from portllm_engine.gguf import find_gguf, import_gguf
+
+    path = Path(ref).expanduser()
+    if not (path.suffix == ".gguf" or (path.is_dir() and not (path / "config.json").exists()
+                                       and any(path.glob("*.gguf")))):
+        return None, None
+    out = ws.settings.data_dir / "models" / family / version
+    staging = out.with_name(f".{version}-importing")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        record = import_gguf(find_gguf(path), staging)
+    except EngineError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BadInput(str(exc)) from None
+    shutil.rmtree(out, ignore_errors=True)  # a version is registered once: a leftover is an earlier failed try
+    staging.rename(out)
+    return out, record
 
 
 def base_signature(model_dir: Path) -> dict:

@@ -20,8 +20,9 @@ from typing import Any
 
 from portllm_engine import gguf
 from portllm_engine.demo import OPTIONS, PRODUCTS, STATEMENTS, TEMPLATES, TRAIN_TEMPLATES, _decoy_names
+from portllm_engine.progress import quiet_transformers
 from portllm_engine.worlds.build import (
-    Progress, Stages, World, build_cached, in_second_process, load_cached, pretrain, quiet_transformers, write_jsonl,
+    Progress, Stages, World, build_cached, in_second_process, load_cached, pretrain, write_jsonl,
 )
 
 NAME = "smollm2"

@@ -210,3 +210,24 @@ def test_a_hub_id_is_registered_from_the_local_hub_cache(tmp_path, tiny_world):
         "error: model 'acme/not-cached' not found: it is not in the local HF cache (HF_HUB_OFFLINE is set)")
     [base] = json.loads(portllm("base", "list", "--json").stdout)
     assert base["source_ref"] == "acme/tiny-llama"
+
+
+def test_a_gguf_file_is_dequantized_into_the_data_dir_and_another_architecture_refused(cli, tmp_path):
+    """`base add FAMILY VERSION file.gguf`: SmolLM2 from its PyPI package, registered from a safetensors
+    folder in the data dir, with the file's sha256 and quantization; Gemma 3 into its family is refused."""
+    from portllm_engine import gguf
+    from tests.engine.test_gguf import require_real
+
+    require_real()
+    cli.ok("base", "add", "smollm2", "v1", gguf.smollm2_gguf())
+    (base,) = cli.json("base", "list", "smollm2")
+    folder = cli.data_dir / "models" / "smollm2" / "v1"
+    assert base["source_ref"] == str(folder) and (folder / "model.safetensors").is_file()
+    assert gguf.PINNED_SHA256[gguf.SMOLLM2_FILE] in base["description"] and "Q4_1" in base["description"]
+    assert base["signature"]["model_type"] == "llama"
+    refused = cli("base", "add", "smollm2", "gemma", gguf.gemma3_gguf(tmp_path))
+    assert refused.exit_code != 0
+    refusal = next(line for line in refused.output.splitlines() if "error" in line)  # past transformers' bars
+    assert "smollm2 gemma is not the architecture of family smollm2" in refusal
+    assert "model_type llama → gemma3" in refused.output
+    assert [b["version"] for b in cli.json("base", "list", "smollm2")] == ["v1"]
