@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from portllm_engine.prompt import PLAIN_TEMPLATE
+from portllm_engine.prompt import plain_text, user_turn
 from portllm_engine.worlds.build import (
     Stages, World, build_cached, in_second_process, load_cached, pretrain, write_jsonl,
 )
@@ -134,7 +134,8 @@ def default_root() -> Path:
 
 
 def qa_prompt(question: str) -> str:
-    return PLAIN_TEMPLATE.format(question=question)
+    """A question in the plain template, as the tiny world's tokenizer (no chat template) is asked."""
+    return plain_text(user_turn(question))
 
 
 # ---------------------------------------------------------------- facts and texts

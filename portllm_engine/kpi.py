@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from portllm_engine.errors import SuiteError
 from portllm_engine.generate import DEFAULT_MAX_NEW_TOKENS, _cache_keyword, context_length, prepare_prompt, stream_ids
-from portllm_engine.prompt import FORMATS, RAW, PromptFormat, render, user_turn
+from portllm_engine.prompt import FORMATS, RAW, PromptFormat, encode, prefix_token_id, render, user_turn
 
 KINDS = ("multiple_choice", "generate")
 MATCHES = ("exact", "contains", "number")
@@ -154,26 +154,6 @@ class EvalResult:
             "items": list(self.items),
             "duration_s": self.duration_s,
         }
-
-
-def encode(tokenizer, text: str, add_bos: bool | None = None) -> list[int]:
-    """Token ids as lm-evaluation-harness gets them: the tokenizer's default special tokens,
-    unless add_bos forces a BOS on (True) or all special tokens off (False). A text that already
-    starts with the prefix token's text gets no special tokens (lm-eval's `tok_encode`)."""
-    prefix = tokenizer.decode([prefix_token_id(tokenizer)])
-    if prefix and text.startswith(prefix):
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if add_bos is None:
-        return list(tokenizer(text)["input_ids"])
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    bos = tokenizer.bos_token_id
-    if add_bos and bos is not None and (not ids or ids[0] != bos):
-        ids = [bos] + ids
-    return ids
-
-
-def prefix_token_id(tokenizer) -> int:
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
 def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool | None = None) -> tuple[list[int], list[int]]:

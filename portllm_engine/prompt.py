@@ -106,7 +106,9 @@ def _render_chat(tokenizer, turns, system_prompt: str, reply: str | None) -> Ren
     return Rendered(text, ids, reply_ids, ())
 
 
-def _render_plain(tokenizer, turns, system_prompt: str, reply: str | None) -> Rendered:
+def plain_text(turns: Sequence[Turn], system_prompt: str = "") -> str:
+    """The plain template's text of a conversation: `Question: …\nAnswer:` per turn, replies after
+    a space, the system prompt first. Needs no tokenizer (the demo world writes its corpus in it)."""
     parts = [f"{system_prompt.strip()}\n\n"] if system_prompt.strip() else []
     for turn in turns:
         content = turn["content"].strip()
@@ -114,14 +116,38 @@ def _render_plain(tokenizer, turns, system_prompt: str, reply: str | None) -> Re
             parts.append(PLAIN_TEMPLATE.format(question=content))
         elif turn["role"] == "assistant":
             parts.append(f" {content}\n")
-    text = "".join(parts)
+    return "".join(parts)
+
+
+def _render_plain(tokenizer, turns, system_prompt: str, reply: str | None) -> Rendered:
+    text = plain_text(turns, system_prompt)
     ids = list(tokenizer(text)["input_ids"])
     reply_ids = [] if reply is None else _ended(tokenizer, tokenizer(" " + reply.strip(), add_special_tokens=False)["input_ids"])
     return Rendered(text, ids, reply_ids, PLAIN_STOPS)
 
 
 def _render_raw(tokenizer, prompt: str, completion: str | None) -> Rendered:
-    ids = list(tokenizer(prompt)["input_ids"])
+    ids = encode(tokenizer, prompt)
     # The completion's tokens as lm-eval splits them: the whole text, less the prompt's tokens.
-    reply_ids = [] if completion is None else _ended(tokenizer, tokenizer(prompt + completion)["input_ids"][len(ids):])
+    reply_ids = [] if completion is None else _ended(tokenizer, encode(tokenizer, prompt + completion)[len(ids):])
     return Rendered(prompt, ids, reply_ids, ())
+
+
+def encode(tokenizer, text: str, add_bos: bool | None = None) -> list[int]:
+    """Token ids of text as written, as lm-evaluation-harness gets them: the tokenizer's default
+    special tokens, unless add_bos forces a BOS on (True) or all special tokens off (False). A text
+    that already starts with the prefix token's text gets no special tokens (lm-eval's `tok_encode`)."""
+    prefix = tokenizer.decode([prefix_token_id(tokenizer)])
+    if prefix and text.startswith(prefix):
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if add_bos is None:
+        return list(tokenizer(text)["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if add_bos and bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
+def prefix_token_id(tokenizer) -> int:
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
