@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
@@ -106,3 +108,26 @@ def start_server(env: dict[str, str], log_path: Path, *, workers: int = 1, threa
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("server did not start in time")
+
+
+@contextmanager
+def app_servers(base_env: dict[str, str], log_dir: Path) -> Iterator[Callable[..., Server]]:
+    """A starter of app processes (gunicorn), each with `base_env` and the given env on top; every
+    one it started is stopped at the end."""
+    started: list[Server] = []
+
+    def start(**env: str) -> Server:
+        server = start_server({**base_env, **env}, log_dir / f"server-{len(started)}.log", workers=1, threads=8)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+def response_url(fake_slack, name: str) -> str:
+    """Where the fake Web API takes a slash command's or a click's delayed replies."""
+    return fake_slack.url + f"response/{name}"

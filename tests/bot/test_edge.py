@@ -32,21 +32,9 @@ RETRY = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_error"}
 @pytest.fixture
 def serve(fake_slack, data_dir, tmp_path):
     """Start one app process (gunicorn) with the given env on top of the test's; stopped after."""
-    started: list[slack_http.Server] = []
-
-    def start(**env: str) -> slack_http.Server:
-        full = {**ENV, "PORTLLM_DATA_DIR": str(data_dir), "SLACK_API_URL": fake_slack.url, **env}
-        server = slack_http.start_server(full, tmp_path / f"server-{len(started)}.log", workers=1, threads=8)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def response_url(fake_slack, name: str) -> str:
-    return fake_slack.url + f"response/{name}"
+    with slack_http.app_servers({**ENV, "PORTLLM_DATA_DIR": str(data_dir), "SLACK_API_URL": fake_slack.url},
+                                tmp_path) as start:
+        yield start
 
 
 # -- 5. the request edge never answers 500 -----------------------------------------------------------
@@ -73,7 +61,7 @@ def test_signed_bodies_that_are_not_slack_payloads_get_400_and_one_log_line(serv
     assert stale.status_code == 401
 
     ok = slack_http.slash(server.url, "help", user=OUTSIDER, channel=CHANNEL, trigger_id="t-ok",
-                          response_url=response_url(fake_slack, "ok"))
+                          response_url=slack_http.response_url(fake_slack, "ok"))
     assert ok.status_code == 200 and "PortLLM commands" in ok.json()["text"]
     log = (tmp_path / "server-0.log").read_text()
     assert "Traceback" not in log
@@ -126,9 +114,9 @@ def test_a_registry_outage_under_the_bot(own_postgres, serve, fake_slack, data_d
     try:
         sent = time.time()
         typed = slack_http.slash(server.url, f"patch {ASSISTANT} onto v3", user=OUTSIDER, channel=CHANNEL,
-                                 trigger_id="t-outage", response_url=response_url(fake_slack, "typed"))
+                                 trigger_id="t-outage", response_url=slack_http.response_url(fake_slack, "typed"))
         clicked = slack_http.click(server.url, Action.APPROVE, awaiting, user=APPROVER, channel=CHANNEL,
-                                   message_ts="1700000300.000050", response_url=response_url(fake_slack, "clicked"))
+                                   message_ts="1700000300.000050", response_url=slack_http.response_url(fake_slack, "clicked"))
         assert typed.status_code == 200 and clicked.status_code == 200
         for name in ("typed", "clicked"):
             [told] = fake_slack.wait_for(f"response/{name}", 1, timeout=3)

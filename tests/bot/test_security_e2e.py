@@ -24,23 +24,11 @@ SMALL_LIMIT = 4096  # bytes; Slack's payloads are far below PORTLLM_MAX_REQUEST_
 @pytest.fixture
 def serve(world, fake_slack, migrated_url, data_dir, tmp_path):
     """Start app processes (gunicorn, one worker each) on the test's registry; all stopped after."""
-    started: list[slack_http.Server] = []
-
-    def start(**env: str) -> slack_http.Server:
-        full = {"PORTLLM_DATA_DIR": str(data_dir), "PORTLLM_DATABASE_URL": migrated_url,
-                "SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_SIGNING_SECRET": slack_http.SIGNING_SECRET,
-                "SLACK_API_URL": fake_slack.url, "PORTLLM_MAX_REQUEST_BYTES": str(SMALL_LIMIT), **env}
-        server = slack_http.start_server(full, tmp_path / f"server-{len(started)}.log", workers=1, threads=8)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def response_url(fake_slack, name: str) -> str:
-    return fake_slack.url + f"response/{name}"
+    base = {"PORTLLM_DATA_DIR": str(data_dir), "PORTLLM_DATABASE_URL": migrated_url,
+            "SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_SIGNING_SECRET": slack_http.SIGNING_SECRET,
+            "SLACK_API_URL": fake_slack.url, "PORTLLM_MAX_REQUEST_BYTES": str(SMALL_LIMIT)}
+    with slack_http.app_servers(base, tmp_path) as start:
+        yield start
 
 
 # -- 1. bounded bodies, 401 for anything unsigned or malformed -----------------------------------
@@ -73,7 +61,7 @@ def test_unsigned_requests_get_401_and_signed_garbage_400_never_500(serve, world
     assert [r.status_code for r in (unsigned, bad_timestamp)] == [401] * 2
     assert [r.status_code for r in (signed_garbage, signed_bad_json)] == [400] * 2  # signed, not a Slack payload
     ok = slack_http.slash(server.url, "status", user=OUTSIDER, channel=CHANNEL, trigger_id="t-after",
-                          response_url=response_url(fake_slack, "after"))
+                          response_url=slack_http.response_url(fake_slack, "after"))
     assert ok.status_code == 200 and fake_slack.wait_for("response/after", 1)
 
 
@@ -120,7 +108,7 @@ def test_two_app_processes_answer_each_event_and_command_once(serve, fake_slack,
     trigger = f"trig-{uuid.uuid4().hex[:8]}"
     for server in (first, second):  # one slash command delivered to both processes
         slack_http.slash(server.url, "status", user=OUTSIDER, channel=CHANNEL, trigger_id=trigger,
-                         response_url=response_url(fake_slack, "once"))
+                         response_url=slack_http.response_url(fake_slack, "once"))
     fake_slack.wait_for("response/once", 1)
     time.sleep(1.5)  # time for a duplicate to show up
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
@@ -133,9 +121,9 @@ def test_a_click_in_another_channel_or_by_an_outsider_changes_nothing(serve, wor
     server = serve()
     run_id = awaiting_run(world.session_factory, key="k-scope", verdict="fail")
     slack_http.click(server.url, Action.RETUNE, run_id, user=OUTSIDER, channel=CHANNEL,
-                     message_ts="1700000000.000100", response_url=response_url(fake_slack, "c1"))
+                     message_ts="1700000000.000100", response_url=slack_http.response_url(fake_slack, "c1"))
     slack_http.click(server.url, Action.REJECT, run_id, user=APPROVER, channel="COTHER1",
-                     message_ts="1700000000.000100", response_url=response_url(fake_slack, "c2"))
+                     message_ts="1700000000.000100", response_url=slack_http.response_url(fake_slack, "c2"))
     refusals = {call.body["user"]: call.body for call in fake_slack.wait_for("chat.postEphemeral", 2)}
     outsider, elsewhere = refusals[OUTSIDER], refusals[APPROVER]
     assert "not an approver" in outsider["text"]
@@ -150,7 +138,7 @@ def test_a_person_over_the_rate_limit_is_told_when_to_try_again(serve, world, fa
     server = serve(PORTLLM_RUNS_PER_USER_PER_HOUR="1")
     for n in (1, 2):
         slack_http.slash(server.url, f"patch {ASSISTANT} onto v2", user=OUTSIDER, channel=CHANNEL,
-                         trigger_id=f"rl-{n}", response_url=response_url(fake_slack, f"rl-{n}"))
+                         trigger_id=f"rl-{n}", response_url=slack_http.response_url(fake_slack, f"rl-{n}"))
         fake_slack.wait_for(f"response/rl-{n}", 1)
     [refused] = fake_slack.calls_to("response/rl-2")
     assert "Your runs: 1 requested in the last 60 minutes" in refused.body["text"]
@@ -180,7 +168,7 @@ def test_ten_signed_requests_at_once_across_assistants_and_channels_keep_the_per
     def send(i: int) -> int:
         assistant, channel = targets[i % 2]
         return slack_http.slash(servers[i % 2].url, f"eval {assistant} on v2", user=OUTSIDER, channel=channel,
-                                trigger_id=f"t-quota-{i}", response_url=response_url(fake_slack, f"quota-{i}")).status_code
+                                trigger_id=f"t-quota-{i}", response_url=slack_http.response_url(fake_slack, f"quota-{i}")).status_code
 
     with ThreadPoolExecutor(10) as pool:
         assert list(pool.map(send, range(10))) == [200] * 10
@@ -195,7 +183,7 @@ def test_what_a_person_typed_is_escaped_in_the_reply(serve, fake_slack):
     server = serve()
     hostile = "patch <!channel> onto <https://evil.example|v2>"
     slack_http.slash(server.url, hostile, user=OUTSIDER, channel=CHANNEL, trigger_id="t-hostile",
-                     response_url=response_url(fake_slack, "hostile"))
+                     response_url=slack_http.response_url(fake_slack, "hostile"))
     [reply] = fake_slack.wait_for("response/hostile", 1)
     everything = json.dumps(reply.body)
     assert "<!channel>" not in everything and "<https://evil" not in everything
@@ -225,7 +213,7 @@ def test_a_rating_counts_only_in_the_answers_channel_and_the_guard_card_goes_the
 
     def rate(text: str, user: str, channel: str, name: str) -> dict:
         slack_http.slash(server.url, text, user=user, channel=channel, trigger_id=f"t-{name}",
-                         response_url=response_url(fake_slack, name))
+                         response_url=slack_http.response_url(fake_slack, name))
         [reply] = fake_slack.wait_for(f"response/{name}", 1)
         return reply.body
 
@@ -265,7 +253,7 @@ def test_a_release_offer_click_passes_the_same_requester_and_quota_checks_as_typ
 
     def accept(user: str, name: str) -> None:
         slack_http.click(server.url, Action.ACCEPT_OFFER, f"{release_id}:{ASSISTANT}", user=user, channel=CHANNEL,
-                         message_ts="1700000002.000100", response_url=response_url(fake_slack, name))
+                         message_ts="1700000002.000100", response_url=slack_http.response_url(fake_slack, name))
 
     accept(OUTSIDER, "offer-outsider")
     accept("UBUSY1", "offer-busy")
@@ -273,7 +261,7 @@ def test_a_release_offer_click_passes_the_same_requester_and_quota_checks_as_typ
     typed = {}
     for user in (OUTSIDER, "UBUSY1"):  # what typing the same request says to each of them
         slack_http.slash(server.url, f"patch {ASSISTANT} onto v2", user=user, channel=CHANNEL,
-                         trigger_id=f"t-typed-{user}", response_url=response_url(fake_slack, f"typed-{user}"))
+                         trigger_id=f"t-typed-{user}", response_url=slack_http.response_url(fake_slack, f"typed-{user}"))
         typed[user] = fake_slack.wait_for(f"response/typed-{user}", 1)[0].body["text"]
     assert "Only @UREQUESTER1" in refusals[OUTSIDER] and refusals[OUTSIDER] == typed[OUTSIDER]
     assert "Your runs: 1 requested" in refusals["UBUSY1"] and "Your runs: 1 requested" in typed["UBUSY1"]
@@ -310,7 +298,7 @@ def test_every_control_character_is_refused_the_same_way_on_every_entry_point(se
                (Action.ROLLBACK, ASSISTANT), (Action.ACCEPT_OFFER, f"1:{ASSISTANT}")]
     for i, char in enumerate(CONTROL_CHARACTERS):
         typed = slack_http.slash(server.url, f"status{char}", user=OUTSIDER, channel=CHANNEL, trigger_id=f"t-ctl-{i}",
-                                 response_url=response_url(fake_slack, f"ctl-{i}"))
+                                 response_url=slack_http.response_url(fake_slack, f"ctl-{i}"))
         assert typed.status_code == 200 and typed.json()["text"] == refusal, (i, typed.text)
         ts = f"1700000100.{i:06d}"
         mention = {"type": "app_mention", "channel": CHANNEL, "user": OUTSIDER, "ts": ts, "event_ts": ts,
@@ -322,7 +310,7 @@ def test_every_control_character_is_refused_the_same_way_on_every_entry_point(se
                                     bot_user=BOT_USER_ID).status_code == 200
         for action, value in buttons:
             assert slack_http.click(server.url, action, value + char, user=APPROVER, channel=CHANNEL,
-                                    message_ts=ts, response_url=response_url(fake_slack, f"b-{i}")).status_code == 200
+                                    message_ts=ts, response_url=slack_http.response_url(fake_slack, f"b-{i}")).status_code == 200
 
     n = len(CONTROL_CHARACTERS)
     posted = fake_slack.wait_for("chat.postMessage", 2 * n, timeout=60)
@@ -346,7 +334,7 @@ def test_bidi_controls_in_a_reason_are_neutralised_in_the_card(serve, world, fak
     run_id = awaiting_run(world.session_factory, key="k-bidi")
     reason = "\u202edesserper eb ot\u202c \u2067fine\u2069"
     slack_http.slash(server.url, f"reject {run_id} {reason}", user=APPROVER, channel=CHANNEL, trigger_id="t-bidi",
-                     response_url=response_url(fake_slack, "bidi"))
+                     response_url=slack_http.response_url(fake_slack, "bidi"))
     [reply] = fake_slack.wait_for("response/bidi", 1)
     shown = json.dumps(reply.body, ensure_ascii=False)
     assert "Rejected by <@UAPPROVER1>: desserper eb ot fine" in shown
